@@ -1,0 +1,26 @@
+// The torchmoo operator library: every schema is declared here, once. Kernels register themselves
+// for the CPU and CUDA dispatch keys in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(torchmoo, m) {
+  // min over w in the probability simplex of 0.5 w'Gw + c'w, batched over leading dims.
+  // Returns (w, iterations, kkt_residual, converged).
+  m.def(
+      "min_norm_simplex(Tensor G, Tensor? c=None, str method='active_set', int max_iter=-1, float tol=-1.0)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+  // min over lambda >= 0 of 0.5 l'Gl + c'l, batched over leading dims.
+  // Returns (lambda, iterations, kkt_residual, converged).
+  m.def(
+      "nonneg_qp(Tensor G, Tensor c, str method='active_set', int max_iter=-1, float tol=-1.0, float radius=-1.0)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "torchmoo's compiled operators (registered under torch.ops.torchmoo).";
+#ifdef TORCHMOO_WITH_CUDA
+  module.attr("cuda_built") = true;
+#else
+  module.attr("cuda_built") = false;
+#endif
+}

@@ -1,0 +1,126 @@
+#include "qp_host.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+namespace torchmoo {
+
+namespace {
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+std::string batch_index_string(int64_t flat, const std::vector<int64_t>& shape) {
+  if (shape.empty()) return "";
+  std::vector<int64_t> idx(shape.size());
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+    idx[d] = flat % shape[d];
+    flat /= shape[d];
+  }
+  std::ostringstream os;
+  os << " (batch index [";
+  for (size_t d = 0; d < idx.size(); ++d) os << (d ? ", " : "") << idx[d];
+  os << "])";
+  return os.str();
+}
+
+}  // namespace
+
+QPProblem prepare_qp(const at::Tensor& G, const c10::optional<at::Tensor>& c, const char* op) {
+  TORCH_CHECK_TYPE(is_supported_float(G.scalar_type()), op, ": G must be a floating-point tensor (float16, bfloat16, ",
+                   "float32 or float64), got ", G.scalar_type(), ".");
+  TORCH_CHECK_VALUE(G.dim() >= 2 && G.size(-1) == G.size(-2), op,
+                    ": G must have shape (..., m, m) with square trailing dimensions, got shape ", G.sizes(), ".");
+  const int64_t m = G.size(-1);
+  TORCH_CHECK_VALUE(m >= 1, op, ": G must have m >= 1 objectives, got shape ", G.sizes(), ".");
+  TORCH_CHECK_VALUE(m <= 4096, op, ": m = ", m, " is too large for a dense small-QP solver (at most 4096).");
+  QPProblem p;
+  p.m = m;
+  p.batch_shape.assign(G.sizes().begin(), G.sizes().end() - 2);
+  p.B = 1;
+  for (auto s : p.batch_shape) p.B *= s;
+  p.G = G.reshape({p.B, m, m});
+  if (c.has_value() && c->defined()) {
+    const at::Tensor& cv = *c;
+    TORCH_CHECK_TYPE(cv.scalar_type() == G.scalar_type(), op, ": c must have the dtype of G (", G.scalar_type(),
+                     "), got ", cv.scalar_type(), ".");
+    TORCH_CHECK_VALUE(cv.device() == G.device(), op, ": G and c must be on the same device, got G on ", G.device(),
+                      " and c on ", cv.device(), ".");
+    std::vector<int64_t> expected(G.sizes().begin(), G.sizes().end() - 1);
+    TORCH_CHECK_VALUE(cv.sizes().vec() == expected, op, ": c must have shape (..., m) = ", at::IntArrayRef(expected),
+                      " to match G of shape ", G.sizes(), ", got ", cv.sizes(), ".");
+    p.c = cv.reshape({p.B, m});
+  }
+  return p;
+}
+
+QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_iter, double tol, double radius,
+                          const QPProblem& problem, const char* op) {
+  QPOptions o{};
+  o.simplex = simplex;
+  if (method == "active_set") {
+    o.method = kActiveSet;
+  } else if (method == "frank_wolfe") {
+    o.method = kFrankWolfe;
+  } else {
+    TORCH_CHECK_VALUE(false, op, ": method must be 'active_set' or 'frank_wolfe', got '", std::string(method), "'.");
+  }
+  TORCH_CHECK_VALUE(max_iter == -1 || max_iter >= 0, op, ": max_iter must be non-negative, got ", max_iter, ".");
+  TORCH_CHECK_VALUE(!(tol < 0.0) || tol == -1.0, op, ": tol must be positive, got ", tol, ".");
+  if (max_iter < 0) {
+    max_iter = o.method == kActiveSet ? 50 + 10 * problem.m : 1000;
+  }
+  o.max_iter = static_cast<int32_t>(std::min<int64_t>(max_iter, 1 << 30));
+  o.tol = tol;
+  o.radius = radius;
+  const auto t = problem.G.scalar_type();
+  o.sym_tol = (t == at::kDouble) ? 1e-8 : 1e-4;
+  if (t == at::kHalf || t == at::kBFloat16) o.sym_tol = 1e-2;
+  return o;
+}
+
+QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at::Tensor& residual,
+                    const at::Tensor& converged, const at::Tensor& status, const QPProblem& problem,
+                    const QPOptions& options, const char* op) {
+  if (problem.B > 0) {
+    // One reduction (and, on CUDA, one synchronization) to find the first failed problem.
+    const at::Tensor failed = status.ne(kQPOk).logical_and(status.ne(kQPMaxIter));
+    if (failed.any().item<bool>()) {
+      const at::Tensor st = status.to(at::kCPU);
+      const int32_t* s = st.data_ptr<int32_t>();
+      for (int64_t b = 0; b < problem.B; ++b) {
+        const std::string where = batch_index_string(b, problem.batch_shape);
+        switch (s[b]) {
+          case kQPNonFinite:
+            TORCH_CHECK_VALUE(false, op, ": G and c must be finite, found NaN or infinity", where, ".");
+          case kQPAsymmetric:
+            TORCH_CHECK_VALUE(false, op, ": G must be symmetric; |G - G^T| exceeds ", options.sym_tol,
+                              " * max|G|", where, ". Symmetrize it with (G + G.mT) / 2 if the asymmetry is round-off.");
+          case kQPNotPSD:
+            TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where,
+                              " (a negative diagonal entry or a negative pivot was found).");
+          case kQPUnbounded:
+            TORCH_CHECK_VALUE(false, op, ": the problem is unbounded below", where,
+                              ": G is singular and c has a negative component along a non-negative direction of its "
+                              "null space, so the objective decreases without limit.");
+          case kQPNeedsRadius:
+            TORCH_CHECK_VALUE(false, op, ": method='frank_wolfe' needs a bound on sum(lambda), and none can be certified",
+                              where, " because G is singular on the simplex. Pass radius=R or use method='active_set'.");
+          default:
+            break;
+        }
+      }
+    }
+  }
+  std::vector<int64_t> xshape = problem.batch_shape;
+  xshape.push_back(problem.m);
+  return {x.view(xshape), iterations.view(problem.batch_shape), residual.view(problem.batch_shape),
+          converged.view(problem.batch_shape)};
+}
+
+}  // namespace torchmoo
