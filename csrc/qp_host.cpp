@@ -85,36 +85,34 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
 }
 
 QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at::Tensor& residual,
-                    const at::Tensor& converged, const at::Tensor& status, const QPProblem& problem,
+                    const at::Tensor& converged, const at::Tensor& status, int64_t first_failed,
+                    const QPProblem& problem,
                     const QPOptions& options, const char* op) {
-  if (problem.B > 0) {
-    // One reduction (and, on CUDA, one synchronization) to find the first failed problem.
+  if (first_failed == -2 && problem.B > 0) {
     const at::Tensor failed = status.ne(kQPOk).logical_and(status.ne(kQPMaxIter));
-    if (failed.any().item<bool>()) {
-      const at::Tensor st = status.to(at::kCPU);
-      const int32_t* s = st.data_ptr<int32_t>();
-      for (int64_t b = 0; b < problem.B; ++b) {
-        const std::string where = batch_index_string(b, problem.batch_shape);
-        switch (s[b]) {
-          case kQPNonFinite:
-            TORCH_CHECK_VALUE(false, op, ": G and c must be finite, found NaN or infinity", where, ".");
-          case kQPAsymmetric:
-            TORCH_CHECK_VALUE(false, op, ": G must be symmetric; |G - G^T| exceeds ", options.sym_tol,
-                              " * max|G|", where, ". Symmetrize it with (G + G.mT) / 2 if the asymmetry is round-off.");
-          case kQPNotPSD:
-            TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where,
-                              " (a negative diagonal entry or a negative pivot was found).");
-          case kQPUnbounded:
-            TORCH_CHECK_VALUE(false, op, ": the problem is unbounded below", where,
-                              ": G is singular and c has a negative component along a non-negative direction of its "
-                              "null space, so the objective decreases without limit.");
-          case kQPNeedsRadius:
-            TORCH_CHECK_VALUE(false, op, ": method='frank_wolfe' needs a bound on sum(lambda), and none can be certified",
-                              where, " because G is singular on the simplex. Pass radius=R or use method='active_set'.");
-          default:
-            break;
-        }
-      }
+    first_failed = failed.any().item<bool>() ? failed.to(at::kCPU).nonzero()[0][0].item<int64_t>() : -1;
+  }
+  if (first_failed >= 0) {
+    const int32_t code = status.to(at::kCPU)[first_failed].item<int32_t>();
+    const std::string where = batch_index_string(first_failed, problem.batch_shape);
+    switch (code) {
+      case kQPNonFinite:
+        TORCH_CHECK_VALUE(false, op, ": G and c must be finite, found NaN or infinity", where, ".");
+      case kQPAsymmetric:
+        TORCH_CHECK_VALUE(false, op, ": G must be symmetric; |G - G^T| exceeds ", options.sym_tol, " * max|G|", where,
+                          ". Symmetrize it with (G + G.mT) / 2 if the asymmetry is round-off.");
+      case kQPNotPSD:
+        TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where,
+                          " (a negative diagonal entry or a negative pivot was found).");
+      case kQPUnbounded:
+        TORCH_CHECK_VALUE(false, op, ": the problem is unbounded below", where,
+                          ": G is singular and c has a negative component along a non-negative direction of its "
+                          "null space, so the objective decreases without limit.");
+      case kQPNeedsRadius:
+        TORCH_CHECK_VALUE(false, op, ": method='frank_wolfe' needs a bound on sum(lambda), and none can be certified",
+                          where, " because G is singular on the simplex. Pass radius=R or use method='active_set'.");
+      default:
+        TORCH_CHECK(false, op, ": internal error, unknown status ", code, where, ".");
     }
   }
   std::vector<int64_t> xshape = problem.batch_shape;

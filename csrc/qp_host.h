@@ -30,10 +30,12 @@ QPProblem prepare_qp(const at::Tensor& G, const c10::optional<at::Tensor>& c, co
 QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_iter, double tol, double radius,
                           const QPProblem& problem, const char* op);
 
-// status: (B,) int32 on any device. Raises ValueError for the first problem that failed.
+// status: (B,) int32 on any device; first_failed: index of the first failed problem, -1 if none,
+// or -2 to find it here (one reduction, which synchronizes a CUDA stream). Raises ValueError for it.
 // Returns the outputs reshaped to the batch shape.
 QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at::Tensor& residual,
-                    const at::Tensor& converged, const at::Tensor& status, const QPProblem& problem,
+                    const at::Tensor& converged, const at::Tensor& status, int64_t first_failed,
+                    const QPProblem& problem,
                     const QPOptions& options, const char* op);
 
 }  // namespace torchmoo

@@ -40,48 +40,62 @@ enum QPStatus : int32_t {
 // NaN and infinity are the only doubles for which v - v != 0 (works on host and device alike).
 C10_HOST_DEVICE inline bool is_finite(double v) { return v - v == 0.0; }
 
-// A strided view of a double array: element k lives at data[k * stride].
-struct StridedVec {
-  double* data;
-  int64_t stride;
-  C10_HOST_DEVICE inline double& operator[](int64_t k) const { return data[k * stride]; }
-};
+// Scalar helpers that compile to single instructions on host and device (std::fmax and hypot would
+// be library calls on the host, and the problem is normalized so squares cannot overflow).
+C10_HOST_DEVICE inline double dmax(double a, double b) { return a > b ? a : b; }
+C10_HOST_DEVICE inline double dmin(double a, double b) { return a < b ? a : b; }
+C10_HOST_DEVICE inline double dabs(double a) { return a < 0.0 ? -a : a; }
 
-struct StridedIdx {
-  int32_t* data;
+// A view of an array whose element k lives at data[k * stride]. kContiguous makes the stride the
+// compile-time constant 1 (CPU); otherwise it is the batch size (CUDA's interleaved layout).
+template <bool kContiguous, typename T>
+struct StridedArray {
+  T* data;
   int64_t stride;
-  C10_HOST_DEVICE inline int32_t& operator[](int64_t k) const { return data[k * stride]; }
+  C10_HOST_DEVICE inline T& operator[](int64_t k) const { return kContiguous ? data[k] : data[k * stride]; }
 };
 
 // Workspace for one problem of size m: doubles_needed(m) doubles and ints_needed(m) ints.
+template <bool kContiguous>
 struct QPWorkspace {
-  StridedVec G;    // m*m, normalized copy of the (symmetrized) input
-  StridedVec L;    // m*m, Cholesky factor of H_FF, row-major with leading dimension m
-  StridedVec x;    // m, current iterate (full length)
-  StridedVec g;    // m, gradient G x + c (normalized)
-  StridedVec c;    // m, normalized linear term
-  StridedVec u;    // m, scratch
-  StridedVec v;    // m, scratch
-  StridedVec y;    // m, scratch
-  StridedVec c0;   // m, scratch copy of c
-  StridedIdx F;    // m, free set in factor order
-  StridedIdx inF;  // m, position of index i in F, or -1
+  using Vec = StridedArray<kContiguous, double>;
+  using Idx = StridedArray<kContiguous, int32_t>;
+  Vec G;     // m*m, normalized copy of the (symmetrized) input
+  Vec L;     // m*m, Cholesky factor of H_FF, row-major with leading dimension m
+  Vec invd;  // m, 1 / L_pp
+  Vec z1;    // m, L^{-1} 1_F (simplex mode)
+  Vec zc;    // m, L^{-1} c_F
+  Vec x;     // m, current iterate (full length)
+  Vec g;     // m, gradient G x + c (normalized)
+  Vec c;     // m, normalized linear term
+  Vec u;     // m, scratch
+  Vec y;     // m, scratch
+  Vec c0;    // m, scratch copy of c
+  Idx F;     // m, free set in factor order
+  Idx inF;   // m, position of index i in F, or -1
 
-  C10_HOST_DEVICE static int64_t doubles_needed(int64_t m) { return 2 * m * m + 7 * m; }
+  C10_HOST_DEVICE static int64_t doubles_needed(int64_t m) { return 2 * m * m + 9 * m; }
   C10_HOST_DEVICE static int64_t ints_needed(int64_t m) { return 2 * m; }
 
   C10_HOST_DEVICE static QPWorkspace make(double* dbuf, int32_t* ibuf, int64_t m, int64_t stride) {
     QPWorkspace ws;
     int64_t off = 0;
-    ws.G = {dbuf + off * stride, stride}; off += m * m;
-    ws.L = {dbuf + off * stride, stride}; off += m * m;
-    ws.x = {dbuf + off * stride, stride}; off += m;
-    ws.g = {dbuf + off * stride, stride}; off += m;
-    ws.c = {dbuf + off * stride, stride}; off += m;
-    ws.u = {dbuf + off * stride, stride}; off += m;
-    ws.v = {dbuf + off * stride, stride}; off += m;
-    ws.y = {dbuf + off * stride, stride}; off += m;
-    ws.c0 = {dbuf + off * stride, stride}; off += m;
+    auto take = [&](int64_t len) {
+      Vec v{dbuf + off * stride, stride};
+      off += len;
+      return v;
+    };
+    ws.G = take(m * m);
+    ws.L = take(m * m);
+    ws.invd = take(m);
+    ws.z1 = take(m);
+    ws.zc = take(m);
+    ws.x = take(m);
+    ws.g = take(m);
+    ws.c = take(m);
+    ws.u = take(m);
+    ws.y = take(m);
+    ws.c0 = take(m);
     ws.F = {ibuf, stride};
     ws.inF = {ibuf + m * stride, stride};
     return ws;
@@ -98,110 +112,143 @@ struct QPResult {
 struct QPTolerances {
   double optimality;  // stop when no inactive index has reduced gradient below -optimality
   double pivot;       // relative Cholesky pivot below which the reduced Hessian counts as singular
-  double not_psd;     // relative negative pivot beyond which G is declared not PSD
+  double not_psd;     // negative pivot beyond which G is declared not PSD
 };
 
 C10_HOST_DEVICE inline QPTolerances default_qp_tolerances() { return {1e-13, 1e-11, 1e-7}; }
 
 // ---------------------------------------------------------------------------------------------
 // Loading: copy (G + G')/2 and c into the workspace, normalized by s = max(|G|, |c|), and check the
-// input. `load` reads element (i, j) of G and element i of c in any dtype (a functor), and returns the
-// status plus the scale s (0 when G and c are both zero).
+// input. loadG(i, j) and loadC(i) read the input in any dtype as double. Returns the status and
+// writes the scale s (0 when G and c are both zero).
 
-template <typename LoadG, typename LoadC>
-C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace& ws, int64_t m, LoadG loadG, LoadC loadC,
+template <bool kC, int M = 0, typename LoadG, typename LoadC>
+C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace<kC>& ws, int64_t m_runtime, LoadG loadG, LoadC loadC,
                                             bool has_c, double sym_tol, double* scale_out) {
-  double s = 0.0;
+  const int64_t m = M > 0 ? M : m_runtime;
+  // One pass over the upper triangle: copy, scale, asymmetry and finiteness (x - x is 0 unless x is
+  // NaN or infinite, so a running sum of them stays 0 exactly when everything is finite).
+  double sG = 0.0, asym = 0.0, nonfinite = 0.0;
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < m; ++j) {
-      const double gij = loadG(i, j);
-      if (!is_finite(gij)) return kQPNonFinite;
-      ws.G[i * m + j] = gij;
-      s = fmax(s, fabs(gij));
-    }
-    const double ci = has_c ? loadC(i) : 0.0;
-    if (!is_finite(ci)) return kQPNonFinite;
-    ws.c[i] = ci;
-  }
-  const double sG = s;
-  for (int64_t i = 0; i < m; ++i) s = fmax(s, fabs(ws.c[i]));
-  // Symmetry is judged relative to the scale of G itself.
-  for (int64_t i = 0; i < m; ++i) {
+    const double gii = loadG(i, i);
+    ws.G[i * m + i] = gii;
+    nonfinite += gii - gii;
+    sG = dmax(sG, dabs(gii));
     for (int64_t j = i + 1; j < m; ++j) {
-      const double a = ws.G[i * m + j], b = ws.G[j * m + i];
-      if (fabs(a - b) > sym_tol * sG) return kQPAsymmetric;
+      const double a = loadG(i, j), b = loadG(j, i);
+      nonfinite += (a - a) + (b - b);
+      sG = dmax(sG, dmax(dabs(a), dabs(b)));
+      asym = dmax(asym, dabs(a - b));
+      ws.G[i * m + j] = 0.5 * (a + b);
     }
   }
+  double s = sG;
+  for (int64_t i = 0; i < m; ++i) {
+    const double ci = has_c ? loadC(i) : 0.0;
+    nonfinite += ci - ci;
+    ws.c[i] = ci;
+    s = dmax(s, dabs(ci));
+  }
+  if (!(nonfinite == 0.0)) return kQPNonFinite;
+  if (asym > sym_tol * sG) return kQPAsymmetric;  // judged relative to the scale of G itself
   *scale_out = s;
   if (s == 0.0) return kQPOk;
   const double inv = 1.0 / s;
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = i; j < m; ++j) {
-      const double sym = 0.5 * (ws.G[i * m + j] + ws.G[j * m + i]) * inv;
-      ws.G[i * m + j] = sym;
-      ws.G[j * m + i] = sym;
+      const double v = ws.G[i * m + j] * inv;
+      ws.G[i * m + j] = v;
+      ws.G[j * m + i] = v;
     }
     ws.c[i] *= inv;
-  }
-  for (int64_t i = 0; i < m; ++i) {
     if (ws.G[i * m + i] < 0.0) return kQPNotPSD;
   }
   return kQPOk;
 }
 
 // ---------------------------------------------------------------------------------------------
-// The solver.
+// The solver. Besides L (H_FF = L L'), it keeps the forward-solved right-hand sides z1 = L^{-1} 1 and
+// zc = L^{-1} c_F up to date: appending an index extends them by one entry, removing one applies the
+// same Givens rotations as to L. A subspace minimizer then costs one backward substitution:
+//   simplex: y = L'^{-1}(nu z1 - zc) with nu = (1 + z1.zc) / |z1|^2;   nonneg: y = -L'^{-1} zc.
 
+template <bool kC, int M = 0>
 class ActiveSetQP {
  public:
-  C10_HOST_DEVICE ActiveSetQP(const QPWorkspace& ws, int64_t m, bool simplex, QPTolerances tol)
+  C10_HOST_DEVICE ActiveSetQP(const QPWorkspace<kC>& ws, int64_t m, bool simplex, QPTolerances tol)
       : ws_(ws), m_(m), simplex_(simplex), tol_(tol), t_(simplex ? 1.0 : 0.0), nF_(0) {}
 
   // Solves the normalized problem in the workspace; the solution is left in ws.x.
   C10_HOST_DEVICE QPResult solve(int32_t max_iter) {
     QPResult res{kQPOk, 0, 0.0};
-    for (int64_t i = 0; i < m_; ++i) {
+    for (int64_t i = 0; i < dim(); ++i) {
       ws_.x[i] = 0.0;
       ws_.inF[i] = -1;
     }
     nF_ = 0;
     if (simplex_) {
-      // Start at the best vertex: x = e_k minimizes 0.5 G_kk + c_k among the vertices.
-      int64_t k = 0;
-      double best = 0.5 * ws_.G[0] + ws_.c[0];
-      for (int64_t i = 1; i < m_; ++i) {
-        const double val = 0.5 * ws_.G[i * m_ + i] + ws_.c[i];
-        if (val < best) {
-          best = val;
-          k = i;
+      // Start from the uniform point with every index free when G is positive definite on the
+      // simplex directions (the usual case when the gradients are independent): one factorization,
+      // then the subspace step drops the indices that leave the support. Otherwise start at the best
+      // vertex, x = e_k minimizing 0.5 G_kk + c_k, and add indices one at a time.
+      bool full = true;
+      for (int64_t i = 0; i < dim() && full; ++i) full = append(i) == kQPOk;
+      if (full) {
+        const double u = 1.0 / static_cast<double>(dim());
+        for (int64_t i = 0; i < dim(); ++i) ws_.x[i] = u;
+        res.iterations = 1;
+        minimize_on_free_set(res, max_iter);
+        renormalize();
+      } else {
+        nF_ = 0;
+        for (int64_t i = 0; i < dim(); ++i) ws_.inF[i] = -1;
+        int64_t k = 0;
+        double best = 0.5 * ws_.G[0] + ws_.c[0];
+        for (int64_t i = 1; i < dim(); ++i) {
+          const double val = 0.5 * ws_.G[i * dim() + i] + ws_.c[i];
+          if (val < best) {
+            best = val;
+            k = i;
+          }
         }
-      }
-      ws_.x[k] = 1.0;
-      const int32_t st = append(k);
-      if (st != kQPOk) {
-        res.status = st;
-        return res;
+        ws_.x[k] = 1.0;
+        const int32_t st = append(k);
+        if (st != kQPOk) {
+          res.status = st;
+          return res;
+        }
       }
     }
     while (true) {
-      compute_gradient();
-      // Multiplier of the equality constraint: at a subspace minimizer g_F = nu 1, and nu = x'g.
+      // Reduced gradients of the inactive indices. In simplex mode they are relative to the
+      // multiplier of sum(x) = 1, nu = x'g (at a subspace minimizer g_F = nu 1).
+      // Small compile-time sizes take a dense mat-vec (constant trip counts, vectorized); large
+      // ones sum over the free set only.
       double nu = 0.0;
-      if (simplex_) {
-        for (int64_t p = 0; p < nF_; ++p) {
-          const int32_t i = ws_.F[p];
-          nu += ws_.x[i] * ws_.g[i];
+      if (M > 0) {
+        for (int64_t i = 0; i < M; ++i) {
+          double acc = ws_.c[i];
+          for (int64_t k = 0; k < M; ++k) acc += ws_.G[i * M + k] * ws_.x[k];
+          ws_.g[i] = acc;
+          nu += ws_.x[i] * acc;
+        }
+        if (!simplex_) nu = 0.0;
+      } else {
+        for (int64_t i = 0; i < dim(); ++i) {
+          if (ws_.inF[i] >= 0 && !simplex_) continue;
+          ws_.g[i] = gradient(i);
+        }
+        if (simplex_) {
+          for (int64_t p = 0; p < nF_; ++p) nu += ws_.x[ws_.F[p]] * ws_.g[ws_.F[p]];
         }
       }
       int64_t j = -1;
       double most_negative = -tol_.optimality;
-      for (int64_t i = 0; i < m_; ++i) {
-        if (ws_.inF[i] >= 0) continue;
+      for (int64_t i = 0; i < dim(); ++i) {
         const double r = ws_.g[i] - nu;
-        if (r < most_negative) {
-          most_negative = r;
-          j = i;
-        }
+        const bool better = (ws_.inF[i] < 0) & (r < most_negative);  // & keeps it branch-free
+        most_negative = better ? r : most_negative;
+        j = better ? i : j;
       }
       if (j < 0) break;  // KKT holds
       if (res.iterations >= max_iter) {
@@ -211,6 +258,7 @@ class ActiveSetQP {
       ++res.iterations;
       int32_t st = append(j);
       if (st == kSingular) {
+        // F + {j} has a zero-curvature direction: follow it to a bound, then j fits.
         st = ray_step(j);
         if (st != kQPOk) {
           res.status = st;
@@ -218,43 +266,13 @@ class ActiveSetQP {
         }
         ++res.iterations;
         st = append(j);
-        if (st == kSingular) st = kQPOk;  // numerically borderline: retry from the new point next round
+        if (st == kSingular) st = kQPOk;  // numerically borderline: try again from the new point
       }
       if (st != kQPOk) {
         res.status = st;
         return res;
       }
-      // Subspace minimization: step toward the minimizer on F, dropping blocking indices.
-      while (nF_ > 0) {
-        subspace_minimizer();  // into ws.y (indexed by position in F)
-        double alpha = 1.0;
-        int64_t block = -1;
-        for (int64_t p = 0; p < nF_; ++p) {
-          const int32_t i = ws_.F[p];
-          const double xi = ws_.x[i], yi = ws_.y[p];
-          if (yi <= 0.0) {
-            // a <= 1 always, so the first candidate is taken and later ones only if smaller.
-            const double a = xi <= 0.0 ? 0.0 : xi / (xi - yi);
-            if (block < 0 || a < alpha) {
-              alpha = a;
-              block = p;
-            }
-          }
-        }
-        if (block < 0) {
-          for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] = ws_.y[p];
-          break;
-        }
-        for (int64_t p = 0; p < nF_; ++p) {
-          const int32_t i = ws_.F[p];
-          ws_.x[i] += alpha * (ws_.y[p] - ws_.x[i]);
-        }
-        const int32_t i_block = ws_.F[block];
-        remove(block);
-        ws_.x[i_block] = 0.0;
-        ++res.iterations;
-        if (res.iterations >= max_iter) break;
-      }
+      minimize_on_free_set(res, max_iter);
       if (simplex_) renormalize();
     }
     return res;
@@ -263,57 +281,101 @@ class ActiveSetQP {
  private:
   static constexpr int32_t kSingular = -1;
 
-  C10_HOST_DEVICE inline double H(int64_t i, int64_t j) const { return ws_.G[i * m_ + j] + t_; }
-  C10_HOST_DEVICE inline double& Lref(int64_t p, int64_t q) const { return ws_.L[p * m_ + q]; }
-
-  C10_HOST_DEVICE void compute_gradient() {
-    for (int64_t i = 0; i < m_; ++i) {
-      double acc = ws_.c[i];
+  // Subspace minimization: step toward the minimizer on F, dropping blocking indices until the
+  // minimizer is strictly feasible.
+  C10_HOST_DEVICE void minimize_on_free_set(QPResult& res, int32_t max_iter) {
+    while (nF_ > 0) {
+      subspace_minimizer();  // into ws.y, by position in F
+      double alpha = 1.0;
+      int64_t block = -1;
       for (int64_t p = 0; p < nF_; ++p) {
-        const int32_t k = ws_.F[p];
-        acc += ws_.G[i * m_ + k] * ws_.x[k];
+        // Indices with y_i <= 0 block at a = x_i / (x_i - y_i) <= 1; take the smallest a
+        // (the first one on ties). Written branch-free: the outcome is data-dependent.
+        const double xi = ws_.x[ws_.F[p]], yi = ws_.y[p];
+        const double den = xi - yi;
+        const double a = xi <= 0.0 ? 0.0 : xi / (den > 0.0 ? den : 1.0);
+        const bool take = (yi <= 0.0) & ((block < 0) | (a < alpha));
+        alpha = take ? a : alpha;
+        block = take ? p : block;
       }
-      ws_.g[i] = acc;
+      if (block < 0) {
+        for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] = ws_.y[p];
+        break;
+      }
+      for (int64_t p = 0; p < nF_; ++p) {
+        const int32_t i = ws_.F[p];
+        ws_.x[i] += alpha * (ws_.y[p] - ws_.x[i]);
+      }
+      const int32_t i_block = ws_.F[block];
+      remove(block);
+      ws_.x[i_block] = 0.0;
+      ++res.iterations;
+      if (res.iterations >= max_iter) break;
     }
   }
 
-  // Solve L z = b in place (b indexed by position), forward substitution.
-  C10_HOST_DEVICE void forward(StridedVec b, int64_t n) const {
+
+  // M > 0 fixes the problem size at compile time (small m on the CPU), so loops over it unroll.
+  C10_HOST_DEVICE inline int64_t dim() const { return M > 0 ? M : m_; }
+
+  C10_HOST_DEVICE inline double H(int64_t i, int64_t j) const { return ws_.G[i * dim() + j] + t_; }
+  C10_HOST_DEVICE inline double& Lref(int64_t p, int64_t q) const { return ws_.L[p * dim() + q]; }
+
+  // (G x + c)_i, summing over the free set only (x vanishes elsewhere).
+  C10_HOST_DEVICE inline double gradient(int64_t i) const {
+    double acc = ws_.c[i];
+    for (int64_t p = 0; p < nF_; ++p) {
+      const int32_t k = ws_.F[p];
+      acc += ws_.G[i * dim() + k] * ws_.x[k];
+    }
+    return acc;
+  }
+
+  // In-place triangular solves with L (forward) and L' (backward), by position in F.
+  C10_HOST_DEVICE void forward(typename QPWorkspace<kC>::Vec b, int64_t n) const {
     for (int64_t p = 0; p < n; ++p) {
       double acc = b[p];
       for (int64_t q = 0; q < p; ++q) acc -= Lref(p, q) * b[q];
-      b[p] = acc / Lref(p, p);
+      b[p] = acc * ws_.invd[p];
     }
   }
-  // Solve L' z = b in place, backward substitution.
-  C10_HOST_DEVICE void backward(StridedVec b, int64_t n) const {
+  C10_HOST_DEVICE void backward(typename QPWorkspace<kC>::Vec b, int64_t n) const {
     for (int64_t p = n - 1; p >= 0; --p) {
       double acc = b[p];
       for (int64_t q = p + 1; q < n; ++q) acc -= Lref(q, p) * b[q];
-      b[p] = acc / Lref(p, p);
+      b[p] = acc * ws_.invd[p];
     }
   }
 
-  // Append index j to F, extending the Cholesky factor by one row. Returns kSingular (F unchanged)
-  // when the new pivot vanishes, kQPNotPSD when it is clearly negative.
+  // Append index j to F, extending L, z1 and zc by one row/entry. Returns kSingular (F unchanged)
+  // when the new pivot vanishes and kQPNotPSD when it is clearly negative.
   C10_HOST_DEVICE int32_t append(int64_t j) {
     const int64_t n = nF_;
     for (int64_t p = 0; p < n; ++p) ws_.u[p] = H(ws_.F[p], j);
     forward(ws_.u, n);
-    double d2 = H(j, j);
-    for (int64_t p = 0; p < n; ++p) d2 -= ws_.u[p] * ws_.u[p];
     const double hjj = H(j, j);
+    double d2 = hjj, dot1 = 0.0, dotc = 0.0;
+    for (int64_t p = 0; p < n; ++p) {
+      d2 -= ws_.u[p] * ws_.u[p];
+      dot1 += ws_.u[p] * ws_.z1[p];
+      dotc += ws_.u[p] * ws_.zc[p];
+    }
     if (d2 < -tol_.not_psd) return kQPNotPSD;  // the normalized problem has entries of order 1
-    if (!(d2 > tol_.pivot * hjj) || d2 <= 0.0) return kSingular;
+    if (!(d2 > tol_.pivot * hjj)) return kSingular;
+    const double d = sqrt(d2), inv = 1.0 / d;
     for (int64_t p = 0; p < n; ++p) Lref(n, p) = ws_.u[p];
-    Lref(n, n) = sqrt(d2);
+    Lref(n, n) = d;
+    ws_.invd[n] = inv;
+    ws_.z1[n] = (1.0 - dot1) * inv;
+    ws_.zc[n] = (ws_.c[j] - dotc) * inv;
     ws_.F[n] = static_cast<int32_t>(j);
     ws_.inF[j] = static_cast<int32_t>(n);
     nF_ = n + 1;
     return kQPOk;
   }
 
-  // Remove position r from F: delete row r of L and restore triangularity with Givens rotations.
+  // Remove position r from F: delete row r of L and restore triangularity with Givens rotations on
+  // neighbouring columns, which act on z1 and zc as well (L z = b stays true without row r).
   C10_HOST_DEVICE void remove(int64_t r) {
     const int64_t n = nF_;
     ws_.inF[ws_.F[r]] = -1;
@@ -322,55 +384,53 @@ class ActiveSetQP {
       ws_.inF[ws_.F[p]] = static_cast<int32_t>(p);
       for (int64_t q = 0; q <= p + 1; ++q) Lref(p, q) = Lref(p + 1, q);
     }
-    // Rows r..n-2 now have one entry beyond the diagonal (column p+1); rotate it away.
+    // Rows r..n-2 now have one entry right of the diagonal (column p+1); rotate it away.
     for (int64_t p = r; p < n - 1; ++p) {
       const double a = Lref(p, p), b = Lref(p, p + 1);
-      const double rho = hypot(a, b);
+      const double rho = sqrt(a * a + b * b);
       const double cs = a / rho, sn = b / rho;
-      for (int64_t i = p; i < n - 1; ++i) {
+      for (int64_t i = p + 1; i < n - 1; ++i) {
         const double xa = Lref(i, p), xb = Lref(i, p + 1);
         Lref(i, p) = cs * xa + sn * xb;
         Lref(i, p + 1) = -sn * xa + cs * xb;
       }
+      Lref(p, p) = rho;
       Lref(p, p + 1) = 0.0;
+      ws_.invd[p] = 1.0 / rho;
+      const double z1a = ws_.z1[p], z1b = ws_.z1[p + 1];
+      ws_.z1[p] = cs * z1a + sn * z1b;
+      ws_.z1[p + 1] = -sn * z1a + cs * z1b;
+      const double zca = ws_.zc[p], zcb = ws_.zc[p + 1];
+      ws_.zc[p] = cs * zca + sn * zcb;
+      ws_.zc[p + 1] = -sn * zca + cs * zcb;
     }
     nF_ = n - 1;
   }
 
-  // Minimizer of the quadratic restricted to F (and to sum = 1 in simplex mode), into ws.y by position.
+  // Minimizer of the quadratic restricted to F (and to sum = 1 in simplex mode), into ws.y.
   C10_HOST_DEVICE void subspace_minimizer() {
     const int64_t n = nF_;
     if (simplex_) {
-      // y = nu H^{-1} 1 - H^{-1} c with nu = (1 + 1'H^{-1}c) / (1'H^{-1}1).
+      double z11 = 0.0, z1c = 0.0;
       for (int64_t p = 0; p < n; ++p) {
-        ws_.u[p] = 1.0;
-        ws_.v[p] = ws_.c[ws_.F[p]];
+        z11 += ws_.z1[p] * ws_.z1[p];
+        z1c += ws_.z1[p] * ws_.zc[p];
       }
-      forward(ws_.u, n);
-      backward(ws_.u, n);
-      forward(ws_.v, n);
-      backward(ws_.v, n);
-      double su = 0.0, sv = 0.0;
-      for (int64_t p = 0; p < n; ++p) {
-        su += ws_.u[p];
-        sv += ws_.v[p];
-      }
-      const double nu = (1.0 + sv) / su;
-      for (int64_t p = 0; p < n; ++p) ws_.y[p] = nu * ws_.u[p] - ws_.v[p];
+      const double nu = (1.0 + z1c) / z11;
+      for (int64_t p = 0; p < n; ++p) ws_.y[p] = nu * ws_.z1[p] - ws_.zc[p];
     } else {
-      for (int64_t p = 0; p < n; ++p) ws_.y[p] = -ws_.c[ws_.F[p]];
-      forward(ws_.y, n);
-      backward(ws_.y, n);
+      for (int64_t p = 0; p < n; ++p) ws_.y[p] = -ws_.zc[p];
     }
+    backward(ws_.y, n);
   }
 
-  // F ∪ {j} has a singular reduced Hessian: d = (-H_FF^{-1} H_Fj, 1) is a zero-curvature descent
-  // direction. Follow it to the first bound and drop that index.
+  // d = (-H_FF^{-1} H_Fj, 1) has zero curvature and slope g_j - nu < 0: follow it to the first bound
+  // and drop that index. Without a bound (nonneg mode only) the problem is unbounded below.
   C10_HOST_DEVICE int32_t ray_step(int64_t j) {
     const int64_t n = nF_;
     for (int64_t p = 0; p < n; ++p) ws_.u[p] = H(ws_.F[p], j);
     forward(ws_.u, n);
-    backward(ws_.u, n);  // u = H_FF^{-1} H_Fj, direction on F is -u
+    backward(ws_.u, n);  // u = H_FF^{-1} H_Fj; the direction on F is -u
     double alpha = 0.0;
     int64_t block = -1;
     for (int64_t p = 0; p < n; ++p) {
@@ -382,7 +442,7 @@ class ActiveSetQP {
         }
       }
     }
-    if (block < 0) return kQPUnbounded;  // only possible in nonneg mode
+    if (block < 0) return kQPUnbounded;
     for (int64_t p = 0; p < n; ++p) ws_.x[ws_.F[p]] -= alpha * ws_.u[p];
     ws_.x[j] += alpha;
     const int32_t i_block = ws_.F[block];
@@ -399,12 +459,13 @@ class ActiveSetQP {
       if (ws_.x[i] < 0.0) ws_.x[i] = 0.0;
       s += ws_.x[i];
     }
-    if (s > 0.0) {
-      for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] /= s;
+    if (s > 0.0 && s != 1.0) {
+      const double inv = 1.0 / s;
+      for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] *= inv;
     }
   }
 
-  QPWorkspace ws_;
+  QPWorkspace<kC> ws_;
   int64_t m_;
   bool simplex_;
   QPTolerances tol_;
@@ -413,36 +474,45 @@ class ActiveSetQP {
 };
 
 // ---------------------------------------------------------------------------------------------
-// KKT residuals of the normalized problem (see the README for the definitions); x in ws.x.
+// KKT residuals of the normalized problem (definitions in the README); x in ws.x, g overwritten.
 
-C10_HOST_DEVICE inline double simplex_kkt_residual(const QPWorkspace& ws, int64_t m) {
-  double gmin = 0.0, sum = 0.0, neg = 0.0;
+template <bool kC, int M = 0>
+C10_HOST_DEVICE inline void full_gradient(const QPWorkspace<kC>& ws, int64_t m_runtime) {
+  const int64_t m = M > 0 ? M : m_runtime;
   for (int64_t i = 0; i < m; ++i) {
     double acc = ws.c[i];
     for (int64_t k = 0; k < m; ++k) acc += ws.G[i * m + k] * ws.x[k];
     ws.g[i] = acc;
-    gmin = (i == 0 || acc < gmin) ? acc : gmin;
+  }
+}
+
+template <bool kC, int M = 0>
+C10_HOST_DEVICE inline double simplex_kkt_residual(const QPWorkspace<kC>& ws, int64_t m_runtime) {
+  const int64_t m = M > 0 ? M : m_runtime;
+  full_gradient<kC, M>(ws, m);
+  double gmin = ws.g[0], sum = 0.0, neg = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    gmin = dmin(gmin, ws.g[i]);
     sum += ws.x[i];
-    neg = fmax(neg, -ws.x[i]);
+    neg = dmax(neg, -ws.x[i]);
   }
   double gap = 0.0;
   for (int64_t i = 0; i < m; ++i) gap += ws.x[i] * (ws.g[i] - gmin);
-  return fmax(fmax(gap, neg), fabs(sum - 1.0));
+  return dmax(dmax(gap, neg), dabs(sum - 1.0));
 }
 
-C10_HOST_DEVICE inline double nonneg_kkt_residual(const QPWorkspace& ws, int64_t m) {
-  double xmax = 1.0, neg = 0.0, dual = 0.0;
+template <bool kC, int M = 0>
+C10_HOST_DEVICE inline double nonneg_kkt_residual(const QPWorkspace<kC>& ws, int64_t m_runtime) {
+  const int64_t m = M > 0 ? M : m_runtime;
+  full_gradient<kC, M>(ws, m);
+  double xmax = 1.0, neg = 0.0, dual = 0.0, comp = 0.0;
   for (int64_t i = 0; i < m; ++i) {
-    double acc = ws.c[i];
-    for (int64_t k = 0; k < m; ++k) acc += ws.G[i * m + k] * ws.x[k];
-    ws.g[i] = acc;
-    xmax = fmax(xmax, ws.x[i]);
-    neg = fmax(neg, -ws.x[i]);
-    dual = fmax(dual, -acc);
+    xmax = dmax(xmax, ws.x[i]);
+    neg = dmax(neg, -ws.x[i]);
+    dual = dmax(dual, -ws.g[i]);
+    comp = dmax(comp, ws.x[i] * dabs(ws.g[i]));
   }
-  double comp = 0.0;
-  for (int64_t i = 0; i < m; ++i) comp = fmax(comp, ws.x[i] * fabs(ws.g[i]));
-  return fmax(fmax(dual, comp / xmax), neg);
+  return dmax(dmax(dual, comp / xmax), neg);
 }
 
 }  // namespace torchmoo

@@ -13,10 +13,11 @@
 
 namespace torchmoo {
 
-C10_HOST_DEVICE inline QPResult frank_wolfe_simplex(const QPWorkspace& ws, int64_t m, int32_t max_iter,
+template <bool kC>
+C10_HOST_DEVICE inline QPResult frank_wolfe_simplex(const QPWorkspace<kC>& ws, int64_t m, int32_t max_iter,
                                                     double tol) {
   QPResult res{kQPOk, 0, 0.0};
-  StridedVec Gx = ws.u;
+  const auto Gx = ws.u;
   int64_t k = 0;
   double best = 0.5 * ws.G[0] + ws.c[0];
   for (int64_t i = 1; i < m; ++i) {
@@ -50,7 +51,7 @@ C10_HOST_DEVICE inline QPResult frank_wolfe_simplex(const QPWorkspace& ws, int64
     }
     // d = e_s - x: curvature d'Gd = G_ss - 2 (Gx)_s + x'Gx, slope g'd = -gap.
     const double curv = ws.G[s * m + s] - 2.0 * Gx[s] + xGx;
-    const double gamma = curv > 0.0 ? fmin(1.0, gap / curv) : 1.0;
+    const double gamma = curv > 0.0 ? dmin(1.0, gap / curv) : 1.0;
     for (int64_t i = 0; i < m; ++i) {
       ws.x[i] *= (1.0 - gamma);
       Gx[i] = (1.0 - gamma) * Gx[i] + gamma * ws.G[i * m + s];
@@ -61,10 +62,11 @@ C10_HOST_DEVICE inline QPResult frank_wolfe_simplex(const QPWorkspace& ws, int64
 }
 
 // Away-step Frank-Wolfe on {x >= 0, sum(x) <= R}; x starts at 0.
-C10_HOST_DEVICE inline QPResult frank_wolfe_nonneg(const QPWorkspace& ws, int64_t m, int32_t max_iter, double tol,
+template <bool kC>
+C10_HOST_DEVICE inline QPResult frank_wolfe_nonneg(const QPWorkspace<kC>& ws, int64_t m, int32_t max_iter, double tol,
                                                    double R) {
   QPResult res{kQPOk, 0, 0.0};
-  StridedVec Gx = ws.u;
+  const auto Gx = ws.u;
   for (int64_t i = 0; i < m; ++i) {
     ws.x[i] = 0.0;
     Gx[i] = 0.0;
@@ -117,7 +119,7 @@ C10_HOST_DEVICE inline QPResult frank_wolfe_nonneg(const QPWorkspace& ws, int64_
     const double vGv = vtx < 0 ? 0.0 : R * R * ws.G[vtx * m + vtx];
     const double vGx = vtx < 0 ? 0.0 : R * Gx[vtx];
     curv = vGv - 2.0 * vGx + xGx;
-    double gamma = curv > 0.0 ? fmin(gamma_max, -slope / curv) : gamma_max;
+    double gamma = curv > 0.0 ? dmin(gamma_max, -slope / curv) : gamma_max;
     if (!(gamma < 1e300)) gamma = gamma_max;
     // x <- x + gamma * sign * (v - x)
     const double step = gamma * sign;

@@ -27,9 +27,10 @@ struct QPOutcome {
 
 // Certified bound for the nonneg QP: at the optimum x'Gx = -c'x, and with x = s w (w on the simplex),
 // s = -c'w / w'Gw <= max_i(-c_i)_+ / min_{w in simplex} w'Gw.
-C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace& ws, int64_t m, double* R) {
+template <bool kC>
+C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace<kC>& ws, int64_t m, double* R) {
   double most_negative = 0.0;
-  for (int64_t i = 0; i < m; ++i) most_negative = fmax(most_negative, -ws.c[i]);
+  for (int64_t i = 0; i < m; ++i) most_negative = dmax(most_negative, -ws.c[i]);
   if (most_negative == 0.0) {
     *R = 0.0;  // c >= 0 and G PSD: x = 0 is optimal
     return kQPOk;
@@ -38,7 +39,7 @@ C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace& ws, int64_t m
     ws.c0[i] = ws.c[i];
     ws.c[i] = 0.0;
   }
-  ActiveSetQP qp(ws, m, /*simplex=*/true, default_qp_tolerances());
+  ActiveSetQP<kC> qp(ws, m, /*simplex=*/true, default_qp_tolerances());
   const QPResult r = qp.solve(static_cast<int32_t>(50 + 10 * m));
   double gmin = 0.0;
   for (int64_t i = 0; i < m; ++i) {
@@ -52,12 +53,14 @@ C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace& ws, int64_t m
 }
 
 // loadG(i, j), loadC(i) read the input as double; storeX(i, value) writes the solution.
-template <typename LoadG, typename LoadC, typename StoreX>
-C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace& ws, int64_t m, LoadG loadG, LoadC loadC,
-                                              bool has_c, StoreX storeX, const QPOptions& opt) {
+// M > 0 fixes m at compile time (the CPU kernel instantiates small sizes); M = 0 reads it at run time.
+template <bool kC, int M = 0, typename LoadG, typename LoadC, typename StoreX>
+C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace<kC>& ws, int64_t m_runtime, LoadG loadG,
+                                              LoadC loadC, bool has_c, StoreX storeX, const QPOptions& opt) {
+  const int64_t m = M > 0 ? M : m_runtime;
   QPOutcome out{kQPOk, 0, 0.0, true};
   double scale = 0.0;
-  out.status = load_problem(ws, m, loadG, loadC, has_c, opt.sym_tol, &scale);
+  out.status = load_problem<kC, M>(ws, m, loadG, loadC, has_c, opt.sym_tol, &scale);
   if (out.status != kQPOk) {
     for (int64_t i = 0; i < m; ++i) storeX(i, 0.0);
     out.converged = false;
@@ -72,7 +75,7 @@ C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace& ws, int64_t m, 
   if (opt.method == kActiveSet) {
     QPTolerances tol = default_qp_tolerances();
     if (opt.tol > 0.0) tol.optimality = opt.tol;
-    ActiveSetQP qp(ws, m, opt.simplex, tol);
+    ActiveSetQP<kC, M> qp(ws, m, opt.simplex, tol);
     r = qp.solve(opt.max_iter);
   } else if (opt.simplex) {
     r = frank_wolfe_simplex(ws, m, opt.max_iter, opt.tol > 0.0 ? opt.tol : 1e-6);
@@ -95,7 +98,7 @@ C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace& ws, int64_t m, 
     return out;
   }
   out.converged = (r.status == kQPOk);
-  out.kkt_residual = opt.simplex ? simplex_kkt_residual(ws, m) : nonneg_kkt_residual(ws, m);
+  out.kkt_residual = opt.simplex ? simplex_kkt_residual<kC, M>(ws, m) : nonneg_kkt_residual<kC, M>(ws, m);
   // The solution is invariant under the joint scaling of G and c.
   for (int64_t i = 0; i < m; ++i) storeX(i, ws.x[i]);
   return out;

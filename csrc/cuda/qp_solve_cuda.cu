@@ -25,7 +25,7 @@ __global__ void qp_batch_kernel(const scalar_t* __restrict__ G, int64_t gb, int6
   const int64_t local = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (local >= count) return;
   const int64_t b = first + local;
-  const QPWorkspace ws = QPWorkspace::make(dws + local, iws + local, m, count);
+  const auto ws = QPWorkspace<false>::make(dws + local, iws + local, m, count);
   const scalar_t* Gb = G + b * gb;
   const scalar_t* cbp = has_c ? c + b * cb : nullptr;
   scalar_t* xb = x + b * m;
@@ -53,13 +53,13 @@ QPOutputs solve_qp_cuda(const at::Tensor& G, const c10::optional<at::Tensor>& c,
   at::Tensor residual = at::empty({B}, dev.dtype(at::kDouble));
   at::Tensor converged = at::empty({B}, dev.dtype(at::kBool));
   at::Tensor status = at::empty({B}, dev.dtype(at::kInt));
-  if (B == 0) return finish_qp(x, iterations, residual, converged, status, p, opt, op);
+  if (B == 0) return finish_qp(x, iterations, residual, converged, status, /*first_failed=*/-2, p, opt, op);
 
   // Bound the workspace to about 256 MiB by solving the batch in chunks.
-  const int64_t per_problem = QPWorkspace::doubles_needed(m) * 8 + QPWorkspace::ints_needed(m) * 4;
+  const int64_t per_problem = QPWorkspace<false>::doubles_needed(m) * 8 + QPWorkspace<false>::ints_needed(m) * 4;
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, (int64_t{256} << 20) / per_problem));
-  at::Tensor dws = at::empty({QPWorkspace::doubles_needed(m) * chunk}, dev.dtype(at::kDouble));
-  at::Tensor iws = at::empty({QPWorkspace::ints_needed(m) * chunk}, dev.dtype(at::kInt));
+  at::Tensor dws = at::empty({QPWorkspace<false>::doubles_needed(m) * chunk}, dev.dtype(at::kDouble));
+  at::Tensor iws = at::empty({QPWorkspace<false>::ints_needed(m) * chunk}, dev.dtype(at::kInt));
   const bool has_c = p.c.has_value();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   constexpr int threads = 128;
@@ -78,7 +78,7 @@ QPOutputs solve_qp_cuda(const at::Tensor& G, const c10::optional<at::Tensor>& c,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return finish_qp(x, iterations, residual, converged, status, p, opt, op);
+  return finish_qp(x, iterations, residual, converged, status, /*first_failed=*/-2, p, opt, op);
 }
 
 }  // namespace torchmoo
