@@ -78,77 +78,101 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
     }
     for (int l = 0; l < W; ++l) c[i][l] *= s[l];
   }
-  // Cholesky of H = G + t 11' with the same singularity test as the active-set solver.
+  // Cholesky of H = G + t 11' with the same singularity test as the active-set solver. Every loop
+  // has the lanes innermost so that it vectorizes; `bad` counts failed tests per lane.
   const QPTolerances tol = default_qp_tolerances();
+  double bad[W], acc[W], acc2[W];
+  for (int l = 0; l < W; ++l) bad[l] = ok[l] ? 0.0 : 1.0;
   for (int k = 0; k < M; ++k) {
+    for (int l = 0; l < W; ++l) acc[l] = G[k][k][l] + t;
+    for (int q = 0; q < k; ++q) {
+      for (int l = 0; l < W; ++l) acc[l] -= L[k][q][l] * L[k][q][l];
+    }
     for (int l = 0; l < W; ++l) {
-      double d = G[k][k][l] + t;
-      for (int q = 0; q < k; ++q) d -= L[k][q][l] * L[k][q][l];
-      ok[l] = ok[l] & (d > tol.pivot * (G[k][k][l] + t));
-      L[k][k][l] = ok[l] ? 1.0 / __builtin_sqrt(d) : 1.0;  // the diagonal holds 1 / L_kk
+      const bool pivot_ok = acc[l] > tol.pivot * (G[k][k][l] + t);
+      bad[l] += pivot_ok ? 0.0 : 1.0;
+      L[k][k][l] = 1.0 / __builtin_sqrt(pivot_ok ? acc[l] : 1.0);  // the diagonal holds 1 / L_kk
     }
     for (int i = k + 1; i < M; ++i) {
-      for (int l = 0; l < W; ++l) {
-        double v = G[i][k][l] + t;
-        for (int q = 0; q < k; ++q) v -= L[i][q][l] * L[k][q][l];
-        L[i][k][l] = v * L[k][k][l];
+      for (int l = 0; l < W; ++l) acc[l] = G[i][k][l] + t;
+      for (int q = 0; q < k; ++q) {
+        for (int l = 0; l < W; ++l) acc[l] -= L[i][q][l] * L[k][q][l];
       }
+      for (int l = 0; l < W; ++l) L[i][k][l] = acc[l] * L[k][k][l];
     }
   }
   // z1 = L^{-1} 1, zc = L^{-1} c, then y = L'^{-1}(nu z1 - zc) or -L'^{-1} zc.
   for (int p = 0; p < M; ++p) {
     for (int l = 0; l < W; ++l) {
-      double a1 = 1.0, ac = c[p][l];
-      for (int q = 0; q < p; ++q) {
-        a1 -= L[p][q][l] * z1[q][l];
-        ac -= L[p][q][l] * zc[q][l];
+      acc[l] = 1.0;
+      acc2[l] = c[p][l];
+    }
+    for (int q = 0; q < p; ++q) {
+      for (int l = 0; l < W; ++l) {
+        acc[l] -= L[p][q][l] * z1[q][l];
+        acc2[l] -= L[p][q][l] * zc[q][l];
       }
-      z1[p][l] = a1 * L[p][p][l];
-      zc[p][l] = ac * L[p][p][l];
+    }
+    for (int l = 0; l < W; ++l) {
+      z1[p][l] = acc[l] * L[p][p][l];
+      zc[p][l] = acc2[l] * L[p][p][l];
     }
   }
   double nu[W];
   for (int l = 0; l < W; ++l) {
-    double z11 = 0.0, z1c = 0.0;
-    for (int p = 0; p < M; ++p) {
-      z11 += z1[p][l] * z1[p][l];
-      z1c += z1[p][l] * zc[p][l];
-    }
-    nu[l] = simplex ? (1.0 + z1c) / z11 : 0.0;
+    acc[l] = 0.0;
+    acc2[l] = 0.0;
   }
-  for (int p = M - 1; p >= 0; --p) {
+  for (int p = 0; p < M; ++p) {
     for (int l = 0; l < W; ++l) {
-      double acc = simplex ? nu[l] * z1[p][l] - zc[p][l] : -zc[p][l];
-      for (int q = p + 1; q < M; ++q) acc -= L[q][p][l] * y[q][l];
-      y[p][l] = acc * L[p][p][l];
+      acc[l] += z1[p][l] * z1[p][l];
+      acc2[l] += z1[p][l] * zc[p][l];
     }
+  }
+  for (int l = 0; l < W; ++l) nu[l] = simplex ? (1.0 + acc2[l]) / acc[l] : 0.0;
+  for (int p = M - 1; p >= 0; --p) {
+    for (int l = 0; l < W; ++l) acc[l] = nu[l] * z1[p][l] - zc[p][l];
+    for (int q = p + 1; q < M; ++q) {
+      for (int l = 0; l < W; ++l) acc[l] -= L[q][p][l] * y[q][l];
+    }
+    for (int l = 0; l < W; ++l) y[p][l] = acc[l] * L[p][p][l];
   }
   // Accept strictly positive solutions whose KKT residual verifies (residual as in qp_active_set.h).
+  double g[M][W], sum[W], gmin[W], xmax[W], dual[W], comp[W], gap[W];
   for (int l = 0; l < W; ++l) {
-    double sum = 0.0, gmin = 1e300, gap = 0.0, xmax = 1.0, dual = 0.0, comp = 0.0;
-    bool positive = true;
-    double g[M];
-    for (int i = 0; i < M; ++i) {
-      double acc = c[i][l];
-      for (int k = 0; k < M; ++k) acc += G[i][k][l] * y[k][l];
-      g[i] = acc;
-      positive = positive & (y[i][l] > 0.0);
-      sum += y[i][l];
-      gmin = dmin(gmin, acc);
-      xmax = dmax(xmax, y[i][l]);
-      dual = dmax(dual, -acc);
-      comp = dmax(comp, y[i][l] * dabs(acc));
+    sum[l] = 0.0;
+    gmin[l] = 1e300;
+    xmax[l] = 1.0;
+    dual[l] = 0.0;
+    comp[l] = 0.0;
+    gap[l] = 0.0;
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int l = 0; l < W; ++l) acc[l] = c[i][l];
+    for (int k = 0; k < M; ++k) {
+      for (int l = 0; l < W; ++l) acc[l] += G[i][k][l] * y[k][l];
     }
-    double r;
-    if (simplex) {
-      for (int i = 0; i < M; ++i) gap += y[i][l] * (g[i] - gmin);
-      r = dmax(gap, dabs(sum - 1.0));
-    } else {
-      r = dmax(dual, comp / xmax);
+    for (int l = 0; l < W; ++l) {
+      const double yi = y[i][l];
+      g[i][l] = acc[l];
+      bad[l] += yi > 0.0 ? 0.0 : 1.0;
+      sum[l] += yi;
+      gmin[l] = dmin(gmin[l], acc[l]);
+      xmax[l] = dmax(xmax[l], yi);
+      dual[l] = dmax(dual[l], -acc[l]);
+      comp[l] = dmax(comp[l], yi * dabs(acc[l]));
     }
-    out.solved[l] = ok[l] & positive & (r <= accept_tol);
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int l = 0; l < W; ++l) gap[l] += y[i][l] * (g[i][l] - gmin[l]);
+  }
+  for (int l = 0; l < W; ++l) {
+    const double r = simplex ? dmax(gap[l], dabs(sum[l] - 1.0)) : dmax(dual[l], comp[l] / xmax[l]);
+    out.solved[l] = (bad[l] == 0.0) & (r <= accept_tol);
     out.residual[l] = r;
-    for (int i = 0; i < M; ++i) out.x[i][l] = y[i][l];
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int l = 0; l < W; ++l) out.x[i][l] = y[i][l];
   }
 }
 

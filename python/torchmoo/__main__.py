@@ -1,0 +1,3 @@
+from torchmoo.cli import main
+
+main()
