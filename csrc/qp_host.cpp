@@ -79,8 +79,19 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
   o.tol = tol;
   o.radius = radius;
   const auto t = problem.G.scalar_type();
-  o.sym_tol = (t == at::kDouble) ? 1e-8 : 1e-4;
-  if (t == at::kHalf || t == at::kBFloat16) o.sym_tol = 1e-2;
+  if (t == at::kDouble) {
+    o.sym_tol = 1e-8;
+    o.pivot_tol = 1e-11;
+    o.not_psd_tol = 1e-9;
+  } else if (t == at::kFloat) {
+    o.sym_tol = 1e-4;
+    o.pivot_tol = 1e-6;
+    o.not_psd_tol = 1e-4;
+  } else {  // float16, bfloat16
+    o.sym_tol = 1e-2;
+    o.pivot_tol = 1e-3;
+    o.not_psd_tol = 1e-2;
+  }
   return o;
 }
 

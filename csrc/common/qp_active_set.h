@@ -257,8 +257,10 @@ class ActiveSetQP {
       }
       ++res.iterations;
       int32_t st = append(j);
-      if (st == kSingular) {
-        // F + {j} has a zero-curvature direction: follow it to a bound, then j fits.
+      while (st == kSingular) {
+        // F + {j} has a zero-curvature direction: follow it to a bound, which drops an index from F.
+        // Repeat until j fits (F shrinks each time; in simplex mode an empty F always fits), so that
+        // j never carries weight outside the free set.
         st = ray_step(j);
         if (st != kQPOk) {
           res.status = st;
@@ -266,7 +268,6 @@ class ActiveSetQP {
         }
         ++res.iterations;
         st = append(j);
-        if (st == kSingular) st = kQPOk;  // numerically borderline: try again from the new point
       }
       if (st != kQPOk) {
         res.status = st;
@@ -275,6 +276,7 @@ class ActiveSetQP {
       minimize_on_free_set(res, max_iter);
       if (simplex_) renormalize();
     }
+    if (simplex_) renormalize();
     return res;
   }
 
@@ -360,7 +362,8 @@ class ActiveSetQP {
       dot1 += ws_.u[p] * ws_.z1[p];
       dotc += ws_.u[p] * ws_.zc[p];
     }
-    if (d2 < -tol_.not_psd) return kQPNotPSD;  // the normalized problem has entries of order 1
+    // Round-off in d2 scales with the terms subtracted, so judge negativity relative to them.
+    if (d2 < -tol_.not_psd * (hjj + (hjj - d2))) return kQPNotPSD;
     if (!(d2 > tol_.pivot * hjj)) return kSingular;
     const double d = sqrt(d2), inv = 1.0 / d;
     for (int64_t p = 0; p < n; ++p) Lref(n, p) = ws_.u[p];
@@ -512,7 +515,7 @@ C10_HOST_DEVICE inline double nonneg_kkt_residual(const QPWorkspace<kC>& ws, int
     dual = dmax(dual, -ws.g[i]);
     comp = dmax(comp, ws.x[i] * dabs(ws.g[i]));
   }
-  return dmax(dmax(dual, comp / xmax), neg);
+  return dmax(dmax(dual, comp) / xmax, neg);
 }
 
 }  // namespace torchmoo

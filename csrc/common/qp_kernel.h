@@ -16,7 +16,19 @@ struct QPOptions {
   double tol;        // optimality tolerance of the normalized problem (<= 0: the method's default)
   double radius;     // nonneg Frank-Wolfe: bound on sum(x); <= 0 means "derive a certified bound"
   double sym_tol;    // relative asymmetry tolerance
+  // Pivot tolerances follow the input precision: a Gram matrix rounded to float32 is PSD only to
+  // about 1e-7 of its scale, so smaller pivots are noise (singular) and small negative ones are not
+  // evidence of indefiniteness.
+  double pivot_tol;
+  double not_psd_tol;
 };
+
+C10_HOST_DEVICE inline QPTolerances tolerances_for(const QPOptions& opt) {
+  QPTolerances tol = default_qp_tolerances();
+  tol.pivot = opt.pivot_tol;
+  tol.not_psd = opt.not_psd_tol;
+  return tol;
+}
 
 struct QPOutcome {
   int32_t status;
@@ -28,7 +40,8 @@ struct QPOutcome {
 // Certified bound for the nonneg QP: at the optimum x'Gx = -c'x, and with x = s w (w on the simplex),
 // s = -c'w / w'Gw <= max_i(-c_i)_+ / min_{w in simplex} w'Gw.
 template <bool kC>
-C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace<kC>& ws, int64_t m, double* R) {
+C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace<kC>& ws, int64_t m, const QPTolerances& tol,
+                                                double* R) {
   double most_negative = 0.0;
   for (int64_t i = 0; i < m; ++i) most_negative = dmax(most_negative, -ws.c[i]);
   if (most_negative == 0.0) {
@@ -39,7 +52,7 @@ C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace<kC>& ws, int64
     ws.c0[i] = ws.c[i];
     ws.c[i] = 0.0;
   }
-  ActiveSetQP<kC> qp(ws, m, /*simplex=*/true, default_qp_tolerances());
+  ActiveSetQP<kC> qp(ws, m, /*simplex=*/true, tol);
   const QPResult r = qp.solve(static_cast<int32_t>(50 + 10 * m));
   double gmin = 0.0;
   for (int64_t i = 0; i < m; ++i) {
@@ -73,7 +86,7 @@ C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace<kC>& ws, int64_t
   }
   QPResult r{kQPOk, 0, 0.0};
   if (opt.method == kActiveSet) {
-    QPTolerances tol = default_qp_tolerances();
+    QPTolerances tol = tolerances_for(opt);
     if (opt.tol > 0.0) tol.optimality = opt.tol;
     ActiveSetQP<kC, M> qp(ws, m, opt.simplex, tol);
     r = qp.solve(opt.max_iter);
@@ -81,7 +94,7 @@ C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace<kC>& ws, int64_t
     r = frank_wolfe_simplex(ws, m, opt.max_iter, opt.tol > 0.0 ? opt.tol : 1e-6);
   } else {
     double R = opt.radius;
-    if (!(R > 0.0)) r.status = certified_radius(ws, m, &R);
+    if (!(R > 0.0)) r.status = certified_radius(ws, m, tolerances_for(opt), &R);
     if (r.status == kQPOk) {
       if (R == 0.0) {
         for (int64_t i = 0; i < m; ++i) ws.x[i] = 0.0;

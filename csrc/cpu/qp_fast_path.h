@@ -28,7 +28,7 @@ struct FastPathOut {
 // padded with the identity and never reported as solved.
 template <int M, typename LoadG, typename LoadC>
 inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool simplex, double sym_tol,
-                         double accept_tol, FastPathOut& out) {
+                         double pivot_tol, double accept_tol, FastPathOut& out) {
   static_assert(M >= 1 && M <= 8, "fast path is for m <= 8");
   constexpr int W = kLanes;
   double G[M][M][W], L[M][M][W], c[M][W], z1[M][W], zc[M][W], y[M][W];
@@ -80,7 +80,6 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
   }
   // Cholesky of H = G + t 11' with the same singularity test as the active-set solver. Every loop
   // has the lanes innermost so that it vectorizes; `bad` counts failed tests per lane.
-  const QPTolerances tol = default_qp_tolerances();
   double bad[W], acc[W], acc2[W];
   for (int l = 0; l < W; ++l) bad[l] = ok[l] ? 0.0 : 1.0;
   for (int k = 0; k < M; ++k) {
@@ -89,7 +88,7 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
       for (int l = 0; l < W; ++l) acc[l] -= L[k][q][l] * L[k][q][l];
     }
     for (int l = 0; l < W; ++l) {
-      const bool pivot_ok = acc[l] > tol.pivot * (G[k][k][l] + t);
+      const bool pivot_ok = acc[l] > pivot_tol * (G[k][k][l] + t);
       bad[l] += pivot_ok ? 0.0 : 1.0;
       L[k][k][l] = 1.0 / __builtin_sqrt(pivot_ok ? acc[l] : 1.0);  // the diagonal holds 1 / L_kk
     }
@@ -167,7 +166,7 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
     for (int l = 0; l < W; ++l) gap[l] += y[i][l] * (g[i][l] - gmin[l]);
   }
   for (int l = 0; l < W; ++l) {
-    const double r = simplex ? dmax(gap[l], dabs(sum[l] - 1.0)) : dmax(dual[l], comp[l] / xmax[l]);
+    const double r = simplex ? dmax(gap[l], dabs(sum[l] - 1.0)) : dmax(dual[l], comp[l]) / xmax[l];
     out.solved[l] = (bad[l] == 0.0) & (r <= accept_tol);
     out.residual[l] = r;
   }

@@ -61,7 +61,7 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
           return static_cast<double>(G0[l * bt.gb + i * bt.gi + j * bt.gj]);
         };
         auto loadC = [&](int l, int i) { return static_cast<double>(c0[l * bt.cb + i * bt.ci]); };
-        qp_fast_path<M>(count, loadG, loadC, has_c, opt.simplex, opt.sym_tol, kFastPathAccept, fp);
+        qp_fast_path<M>(count, loadG, loadC, has_c, opt.simplex, opt.sym_tol, opt.pivot_tol, kFastPathAccept, fp);
         for (int l = 0; l < count; ++l) {
           const int64_t b = b0 + l;
           if (!fp.solved[l]) {

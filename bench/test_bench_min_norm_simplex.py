@@ -1,0 +1,208 @@
+"""Benchmarks of ``torchmoo.ops.min_norm_simplex`` against quadprog, Sener & Koltun's solver, torchjd.
+
+Groups (each solved by every contender in this process, torchmoo first; see ``conftest.py``):
+
+* ``simplex batched B=1024 m=5`` and ``simplex batched B=65536 m=8``: ``G = J J^T``, ``J`` standard
+  normal ``(m, 20)``, float64. torchmoo solves the whole batch in one call; the Python loops
+  (quadprog with prebuilt constraint matrices, the Sener & Koltun port) solve all ``B`` problems
+  for ``B = 1024`` but only the first 2048 of the 65536 (their time is reported *per problem*);
+  the pure-torch reference solves the first 64. Every time is reported per problem.
+* ``simplex single m=...``: one problem per call, ``J`` ``(m, 100)``: torchmoo on a torch tensor
+  (dispatch and validation included), one ``quadprog.solve_qp`` call with prebuilt numpy inputs,
+  the Sener & Koltun port on a numpy array, and torchjd's ``MGDAWeighting`` on the Gramian (a torch
+  tensor); all four return the weights ``w`` from a given Gramian.
+* ``mgda direction m=...``: from the Jacobian ``J`` to the aggregated direction: torchjd's
+  ``MGDA()(J)`` (Gramian, its Frank-Wolfe weights, ``w @ J``) against torchmoo doing the same work
+  (``J @ J.T``, ``min_norm_simplex``, ``w @ J``).
+* ``simplex cuda B=65536 m=8``: torchmoo on the GPU (``torch.cuda.synchronize`` inside the timing)
+  against torchmoo on the CPU; skipped without CUDA.
+
+Quick mode (``TORCHMOO_BENCH_QUICK=1``) shrinks every batch to 64 problems (loops to 16,
+reference to 4).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytest_benchmark")
+
+import torchmoo as tm  # noqa: E402
+from torchmoo.reference import min_norm_simplex_reference, simplex_kkt_residual  # noqa: E402
+
+from baselines import (  # noqa: E402
+    QUICK,
+    MinNormSolver,
+    QuadprogSimplex,
+    make_gram,
+    make_jacobian,
+    sener_koltun_loop,
+)
+from conftest import record, run_timed  # noqa: E402
+
+# (B, m, problems timed for the Python loops, problems timed for the reference)
+BATCHED = {
+    "B=1024 m=5": (1024, 5, 1024, 64),
+    "B=65536 m=8": (65536, 8, 2048, 64),
+}
+if QUICK:
+    BATCHED = {k: (64, m, 16, 4) for k, (_, m, _, _) in BATCHED.items()}
+N_BATCHED = 20
+SINGLE_M = (2, 10, 40)
+N_SINGLE = 100
+
+
+@lru_cache(maxsize=None)
+def batched_problem(case: str):
+    B, m, _, _ = BATCHED[case]
+    return make_gram(B, m, N_BATCHED, seed=m)
+
+
+def _kkt(G: torch.Tensor, w) -> torch.Tensor:
+    w = torch.as_tensor(np.asarray(w)) if not isinstance(w, torch.Tensor) else w
+    return simplex_kkt_residual(G[: w.shape[0]], None, w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines are correct (not a benchmark; cheap)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_baselines_agree():
+    """quadprog, the Sener & Koltun port, scipy's SLSQP and the reference agree on small problems."""
+    pytest.importorskip("quadprog")
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    G = make_gram(12, 5, N_BATCHED, seed=123)
+    Gn = G.numpy()
+    w_ref = min_norm_simplex_reference(G).numpy()
+    w_qp = QuadprogSimplex(Gn).solve_all()
+    w_sk = sener_koltun_loop(Gn)
+    assert np.abs(w_qp - w_ref).max() < 1e-8
+    assert float(_kkt(G, w_qp).max()) < 1e-10
+    # Sener & Koltun stop at an L1 step of 1e-5 and clip 2-task weights to [0.001, 0.999]:
+    # compare objective values, to their accuracy.
+    f = lambda w: 0.5 * np.einsum("bi,bij,bj->b", w, Gn, w)  # noqa: E731
+    assert np.all(f(w_sk) - f(w_ref) <= 1e-2 * f(w_ref))
+    for i in range(3):
+        m = Gn.shape[-1]
+        res = scipy_optimize.minimize(
+            lambda w: 0.5 * w @ Gn[i] @ w, np.full(m, 1.0 / m), jac=lambda w: Gn[i] @ w,
+            bounds=[(0, None)] * m, method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000},
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}],
+        )
+        assert np.abs(res.x - w_qp[i]).max() < 1e-6
+    # m = 2 is solved in closed form by both.
+    G2 = make_gram(None, 2, N_BATCHED, seed=5).numpy()
+    np.testing.assert_allclose(MinNormSolver.find_min_norm_element(G2)[0], QuadprogSimplex(G2).solve_one(), atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Batched
+# --------------------------------------------------------------------------------------------------
+
+BATCHED_CONTENDERS = ["torchmoo", "torchmoo[frank_wolfe]", "quadprog loop", "sener_koltun loop", "reference loop"]
+
+
+@pytest.mark.parametrize("contender", BATCHED_CONTENDERS)
+@pytest.mark.parametrize("case", list(BATCHED))
+def test_min_norm_simplex_batched(benchmark, case, contender):
+    B, m, n_loop, n_ref = BATCHED[case]
+    G = batched_problem(case)
+    group = f"simplex batched {case}"
+    if contender == "torchmoo":
+        w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), fast=True)
+        kkt = _kkt(G, w)
+        record(benchmark, group, contender, B, kkt)
+        assert float(kkt.max()) <= 1e-10
+    elif contender == "torchmoo[frank_wolfe]":
+        w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G, method="frank_wolfe"), fast=True)
+        record(benchmark, group, contender, B, _kkt(G, w))
+    elif contender == "quadprog loop":
+        pytest.importorskip("quadprog")
+        qp = QuadprogSimplex(G[:n_loop].numpy())  # ridge, a, C, b built here, outside the timing
+        w = run_timed(benchmark, group, qp.solve_all, rounds=5)
+        record(benchmark, group, contender, n_loop, _kkt(G, w), subset=n_loop)
+    elif contender == "sener_koltun loop":
+        Gn = G[:n_loop].numpy()
+        w = run_timed(benchmark, group, lambda: sener_koltun_loop(Gn), rounds=3)
+        record(benchmark, group, contender, n_loop, _kkt(G, w), subset=n_loop)
+    elif contender == "reference loop":
+        Gs = G[:n_ref].clone()
+        w = run_timed(benchmark, group, lambda: min_norm_simplex_reference(Gs), rounds=3)
+        record(benchmark, group, contender, n_ref, _kkt(G, w), subset=n_ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Single problem: weights from a Gramian, and MGDA's direction from a Jacobian
+# --------------------------------------------------------------------------------------------------
+
+SINGLE_CONTENDERS = ["torchmoo", "quadprog", "sener_koltun", "torchjd MGDAWeighting"]
+
+
+@pytest.mark.parametrize("contender", SINGLE_CONTENDERS)
+@pytest.mark.parametrize("m", SINGLE_M)
+def test_min_norm_simplex_single(benchmark, m, contender):
+    J = make_jacobian(None, m, N_SINGLE, seed=m)
+    G = (J @ J.T).contiguous()
+    group = f"simplex single m={m}"
+    if contender == "torchmoo":
+        w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), fast=True)
+    elif contender == "quadprog":
+        pytest.importorskip("quadprog")
+        qp = QuadprogSimplex(G.numpy())
+        w = run_timed(benchmark, group, qp.solve_one, fast=True)
+    elif contender == "sener_koltun":
+        Gn = G.numpy()
+        w = run_timed(benchmark, group, lambda: MinNormSolver.find_min_norm_element(Gn)[0], fast=True)
+    else:
+        aggregation = pytest.importorskip("torchjd.aggregation")
+        weighting = aggregation.MGDAWeighting()  # defaults: epsilon=1e-3, max_iters=100
+        w = run_timed(benchmark, group, lambda: weighting(G), fast=True)
+    kkt = simplex_kkt_residual(G, None, torch.as_tensor(np.asarray(w)))
+    record(benchmark, group, contender, 1, kkt)
+
+
+@pytest.mark.parametrize("contender", ["torchmoo", "torchjd MGDA"])
+@pytest.mark.parametrize("m", SINGLE_M)
+def test_mgda_direction(benchmark, m, contender):
+    J = make_jacobian(None, m, N_SINGLE, seed=m)
+    group = f"mgda direction (J -> J^T w) m={m}"
+    if contender == "torchmoo":
+        def direction():
+            w = tm.ops.min_norm_simplex(J @ J.T)
+            return w @ J
+
+        d = run_timed(benchmark, group, direction, fast=True)
+    else:
+        aggregation = pytest.importorskip("torchjd.aggregation")
+        mgda = aggregation.MGDA()  # defaults: epsilon=1e-3, max_iters=100
+        d = run_timed(benchmark, group, lambda: mgda(J), fast=True)
+    # Residual of the weights behind d: recover them by least squares (J has full row rank).
+    w = torch.linalg.lstsq(J.T, d.unsqueeze(-1)).solution.squeeze(-1)
+    record(benchmark, group, contender, 1, simplex_kkt_residual(J @ J.T, None, w))
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. CUDA
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_min_norm_simplex_cuda(benchmark, device):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    if not getattr(tm, "cuda_built", False):
+        pytest.skip("torchmoo was built without CUDA")
+    case = "B=65536 m=8"
+    B = BATCHED[case][0]
+    G = batched_problem(case).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    group = f"simplex cuda {case}"
+    w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), sync=sync)
+    record(benchmark, group, f"torchmoo {device}", B, _kkt(G.cpu(), w.cpu()),
+           reference="torchmoo cpu")

@@ -1,0 +1,430 @@
+"""Tests of torchmoo.ops.nonneg_qp: min over lambda >= 0 of 0.5 lambda'G lambda + c'lambda.
+
+This is the dual of Pareto Navigation Gradient Descent (Ye & Liu, Eq. 10) with G = J J^T and
+c = J grad_F - phi * 1. The operator is checked against the contract (KKT residual bars, unbounded
+detection, shapes, dtypes, strides, batching, determinism), against the slow reference solver of
+torchmoo.reference, against quadprog, and against closed-form answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchmoo as tm
+from conftest import F64, KINDS, Problem, gram, is_well_conditioned, random_batch, scale_of
+from torchmoo.reference import nonneg_kkt_residual, nonneg_qp_reference, qp_objective
+
+BAR = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+#: c kinds that make the problem bounded below whatever G is.
+BOUNDED_C = ("bounded", "nonneg_c", "zero")
+#: Kinds whose singular directions are never >= 0 (so any c gives a bounded problem).
+NO_NONNEG_NULL_DIRECTION = ("full", "duplicate", "parallel")
+
+
+@st.composite
+def bounded_problems(draw, max_m: int = 8, kinds=KINDS) -> Problem:
+    kind = draw(st.sampled_from(kinds))
+    c_kinds = BOUNDED_C + (("random", "png", "range") if kind in NO_NONNEG_NULL_DIRECTION else ())
+    return Problem(
+        kind=kind,
+        m=draw(st.integers(1, max_m)),
+        n=draw(st.integers(1, 6)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+        e=draw(st.integers(-12, 12)),
+        c_kind=draw(st.sampled_from(c_kinds)),
+    )
+
+
+@st.composite
+def any_problems(draw, max_m: int = 7) -> Problem:
+    """Possibly unbounded problems: rank-deficient G with arbitrary c."""
+    return Problem(
+        kind=draw(st.sampled_from(("lowrank", "antiparallel", "zero_rows", "zero"))),
+        m=draw(st.integers(1, max_m)),
+        n=draw(st.integers(1, 6)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+        e=draw(st.integers(-12, 12)),
+        c_kind=draw(st.sampled_from(("random", "png"))),
+    )
+
+
+def solve(G, c, **kw):
+    return tm.ops.nonneg_qp(G, c, return_info=True, **kw)
+
+
+def check_solution(G, c, lam, info, dtype=F64):
+    """Contract checks shared by most tests; returns the residual computed here."""
+    assert lam.dtype == G.dtype and lam.shape == G.shape[:-1] and lam.device == G.device
+    r = nonneg_kkt_residual(G, c, lam)
+    assert r.shape == G.shape[:-2]
+    assert torch.all(r <= BAR[dtype]), f"KKT residual {r.max().item():.3e} above {BAR[dtype]:.0e}"
+    assert torch.all(lam >= 0)
+    assert info.iterations.dtype == torch.int64 and info.iterations.shape == G.shape[:-2]
+    assert info.kkt_residual.dtype == F64 and info.kkt_residual.shape == G.shape[:-2]
+    assert info.converged.dtype == torch.bool and info.converged.shape == G.shape[:-2]
+    assert bool(info.converged.all())
+    assert torch.all(info.kkt_residual <= BAR[dtype])
+    return r
+
+
+def objective_tolerance(G, c, lam, lam_ref, r: float) -> float:
+    """|f(lam) - f*| <= 2 m r s max(1, max lam, max lam*) for a point with KKT residual r (see README)."""
+    m = G.shape[-1]
+    big = max(1.0, float(lam.double().max()), float(lam_ref.max()))
+    return 2.0 * m * max(r, 1e-12) * scale_of(G.double(), c.double()) * big
+
+
+# --------------------------------------------------------------------------------------------------
+# Property tests against the reference
+# --------------------------------------------------------------------------------------------------
+
+
+@given(bounded_problems())
+def test_matches_reference_float64(problem):
+    G, c = problem.G, problem.c
+    lam, info = solve(G, c)
+    r = check_solution(G, c, lam, info)
+    assert torch.allclose(info.kkt_residual, r, rtol=1e-6, atol=1e-13)
+    lam_ref = nonneg_qp_reference(G, c)
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, lam_ref))
+    assert abs(f - f_ref) <= objective_tolerance(G, c, lam, lam_ref, 1e-9), (f, f_ref)
+    if is_well_conditioned(G):
+        torch.testing.assert_close(lam, lam_ref, rtol=0, atol=1e-8 * max(1.0, float(lam_ref.max())))
+
+
+@given(bounded_problems(max_m=6, kinds=("full", "duplicate", "parallel", "zero_rows", "zero")))
+def test_matches_reference_float32(problem):
+    # (kinds whose float32 rounding cannot make a bounded problem unbounded or vice versa)
+    G, c = problem.G.float(), problem.c.float()
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info, dtype=torch.float32)
+    lam_ref = nonneg_qp_reference(G, c)  # the reference solves the float32 data exactly
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, lam_ref))
+    assert abs(f - f_ref) <= objective_tolerance(G, c, lam, lam_ref, 1e-5), (f, f_ref)
+
+
+@given(any_problems())
+def test_unbounded_detection_agrees_with_reference(problem):
+    G, c = problem.G, problem.c
+    try:
+        lam_ref = nonneg_qp_reference(G, c)
+    except ValueError as err:
+        assert "unbounded" in str(err)
+        with pytest.raises(ValueError, match="unbounded"):
+            tm.ops.nonneg_qp(G, c)
+        return
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, lam_ref))
+    assert abs(f - f_ref) <= objective_tolerance(G, c, lam, lam_ref, 1e-9), (f, f_ref)
+
+
+@given(bounded_problems(max_m=6))
+@settings(max_examples=30)
+def test_matches_quadprog(problem):
+    quadprog = pytest.importorskip("quadprog")
+    G, c = problem.G, problem.c
+    m = G.shape[-1]
+    lam, _ = solve(G, c)
+    s = scale_of(G, c)
+    # quadprog needs strictly positive definite G: solve the scaled problem with a tiny ridge and
+    # compare objective values of the unregularized problem.
+    Gs, cs = (G / s).numpy(), (c / s).numpy()
+    ridge = 1e-9
+    x_qp = quadprog.solve_qp(Gs + ridge * np.eye(m), -cs, np.eye(m), np.zeros(m), 0)[0]
+    x_qp = np.clip(x_qp, 0.0, None)
+    f_qp = 0.5 * x_qp @ Gs @ x_qp + cs @ x_qp
+    f_op = float(qp_objective(G / s, c / s, lam))
+    size = max(1.0, float(np.abs(x_qp).max()), float(lam.max())) ** 2
+    assert f_op <= f_qp + 1e-9 * size, (f_op, f_qp)
+    assert f_op >= f_qp - 1e-8 * size, (f_op, f_qp)
+
+
+@given(st.integers(1, 8), st.integers(0, 2**31 - 1), st.integers(-12, 12))
+def test_interior_solution_is_minus_G_inverse_c(m, seed, e):
+    # G positive definite and x = -G^{-1} c > 0 (some entries 0 with c_i > 0 there): lambda = x
+    gen = torch.Generator().manual_seed(seed)
+    J = torch.randn(m, m + 3, generator=gen, dtype=F64)
+    G = gram(J, 10.0**e)
+    x = torch.rand(m, generator=gen, dtype=F64) + 0.1
+    zero = torch.rand(m, generator=gen, dtype=F64) < 0.3
+    x[zero] = 0.0
+    p = torch.where(zero, torch.rand(m, generator=gen, dtype=F64) + 0.1, torch.zeros(m, dtype=F64))
+    c = -G @ x + p * 10.0**e  # KKT: g = p >= 0, p_i x_i = 0
+    if not is_well_conditioned(G, 1e6):
+        return
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    torch.testing.assert_close(lam, x, rtol=0, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed-form and degenerate cases
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_singular_unbounded_and_bounded(dtype):
+    G = torch.diag(torch.tensor([1.0, 0.0], dtype=dtype))
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(G, torch.tensor([0.0, -1.0], dtype=dtype))
+    lam, info = solve(G, torch.tensor([-1.0, 1.0], dtype=dtype))
+    check_solution(G, torch.tensor([-1.0, 1.0], dtype=dtype), lam, info, dtype)
+    torch.testing.assert_close(lam, torch.tensor([1.0, 0.0], dtype=dtype), rtol=0, atol=1e-12)
+    # c = 0 along the null direction: bounded, lambda_1 = 1 and lambda_2 anything >= 0 optimal
+    c = torch.tensor([-1.0, 0.0], dtype=dtype)
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info, dtype)
+    assert abs(float(lam[0]) - 1.0) <= 1e-12
+
+
+def test_unbounded_batch_raises():
+    G = torch.eye(3, dtype=F64).repeat(5, 1, 1)
+    G[3, 1, 1] = 0.0
+    c = torch.ones(5, 3, dtype=F64)
+    c[3, 1] = -2.0
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(G, c)
+    c[3, 1] = 2.0  # now bounded
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    assert torch.equal(lam, torch.zeros(5, 3, dtype=F64))
+
+
+def test_opposite_gradients_make_png_infeasible():
+    # l1 and l2 have opposite gradients: no v improves both, the PNG dual is unbounded for phi > 0
+    a = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    J = torch.stack([a, -3.0 * a, torch.tensor([0.0, 1.0, 1.0], dtype=F64)])
+    grad_F = torch.tensor([0.3, 0.1, -0.2], dtype=F64)
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(gram(J), J @ grad_F - 0.5)
+    # phi < 0 (weaker constraint): bounded
+    c = J @ grad_F + 0.5
+    lam, info = solve(gram(J), c)
+    check_solution(gram(J), c, lam, info)
+
+
+def test_png_primal_feasibility():
+    # lambda solves the dual of min ||v - grad_F||^2 s.t. J v >= phi: v = grad_F + J^T lambda satisfies
+    # the constraints, with complementary slackness
+    gen = torch.Generator().manual_seed(3)
+    for m, n in [(2, 5), (4, 10), (8, 30), (3, 3)]:
+        J = torch.randn(m, n, generator=gen, dtype=F64)
+        grad_F = torch.randn(n, generator=gen, dtype=F64)
+        phi = 0.7
+        lam, info = solve(gram(J), J @ grad_F - phi)
+        v = grad_F + J.T @ lam
+        slack = J @ v - phi
+        assert torch.all(slack >= -1e-9)
+        assert torch.all((lam * slack).abs() <= 1e-9)
+        # and v is the projection of grad_F: it beats every other feasible point we can build
+        v_mgda = J.T @ tm.ops.min_norm_simplex(gram(J)).to(F64)
+        if float((J @ v_mgda).min()) > 0:
+            v_alt = v_mgda * (phi / float((J @ v_mgda).min()))  # feasible
+            assert float((v - grad_F).norm()) <= float((v_alt - grad_F).norm()) + 1e-9
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 20])
+def test_zero_G(m):
+    G = torch.zeros(m, m, dtype=F64)
+    lam, info = solve(G, torch.zeros(m, dtype=F64))
+    assert torch.equal(lam, torch.zeros(m, dtype=F64))
+    c = torch.rand(m, dtype=F64)
+    c[0] = 0.0
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    assert torch.all(lam[1:] == 0)
+    c[-1] = -1e-3
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(G, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_m_equals_one(dtype):
+    for g, cv, expect in [(2.0, -3.0, 1.5), (2.0, 3.0, 0.0), (1e-12, -1e-12, 1.0), (1e12, -2e12, 2.0), (0.0, 0.0, 0.0), (0.0, 5.0, 0.0)]:
+        lam, info = solve(torch.tensor([[g]], dtype=dtype), torch.tensor([cv], dtype=dtype))
+        torch.testing.assert_close(lam, torch.tensor([expect], dtype=dtype), rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(torch.tensor([[0.0]], dtype=dtype), torch.tensor([-1.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("e", [-12, -6, 6, 12])
+def test_scale_invariance(e):
+    gen = torch.Generator().manual_seed(12)
+    J = torch.randn(6, 10, generator=gen, dtype=F64)
+    c = torch.randn(6, generator=gen, dtype=F64)
+    G = gram(J)
+    lam1 = tm.ops.nonneg_qp(G, c)
+    lams = tm.ops.nonneg_qp(G * 10.0**e, c * 10.0**e)
+    torch.testing.assert_close(lams, lam1, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("m,n", [(256, 300), (256, 24)])
+def test_m_256(m, n):
+    p = Problem("full" if n >= m else "lowrank", m, n, seed=m + n, e=0, c_kind="bounded")
+    if n >= m:
+        p.G = gram(torch.randn(m, n, generator=torch.Generator().manual_seed(1), dtype=F64))
+        p.c = torch.randn(m, generator=torch.Generator().manual_seed(2), dtype=F64) * 10
+    G, c = p.G, p.c
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    assert bool((lam > 0).any()) and bool((lam == 0).any())  # a non-trivial active set
+    lam_ref = nonneg_qp_reference(G, c)
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, lam_ref))
+    assert abs(f - f_ref) <= objective_tolerance(G, c, lam, lam_ref, 1e-9), (f, f_ref)
+
+
+@pytest.mark.parametrize("m", [13, 33, 64])
+def test_medium_m_matches_reference(m):
+    for kind, n in (("lowrank", m // 3), ("full", m)):
+        p = Problem(kind, m, n, seed=m, e=0, c_kind="bounded")
+        lam, info = solve(p.G, p.c)
+        check_solution(p.G, p.c, lam, info)
+        lam_ref = nonneg_qp_reference(p.G, p.c)
+        f, f_ref = float(qp_objective(p.G, p.c, lam)), float(qp_objective(p.G, p.c, lam_ref))
+        assert abs(f - f_ref) <= objective_tolerance(p.G, p.c, lam, lam_ref, 1e-9), (f, f_ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batching, strides, dtypes, determinism
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 17])
+def test_batched_equals_per_problem(m):
+    G, c = random_batch(37, m, seed=m, c_kind="bounded")
+    lam, info = solve(G, c)
+    check_solution(G, c, lam, info)
+    for b in range(G.shape[0]):
+        lb, ib = solve(G[b], c[b])
+        assert torch.equal(lam[b], lb), f"problem {b}: batched {lam[b].tolist()} vs alone {lb.tolist()}"
+        assert torch.equal(info.iterations[b], ib.iterations)
+        assert torch.equal(info.kkt_residual[b], ib.kkt_residual)
+
+
+@pytest.mark.parametrize("m", [3, 8, 12])
+def test_several_leading_dims(m):
+    G, c = random_batch(24, m, seed=100 + m, c_kind="bounded")
+    G5, c5 = G.reshape(2, 3, 4, m, m), c.reshape(2, 3, 4, m)
+    lam, info = solve(G5, c5)
+    assert lam.shape == (2, 3, 4, m)
+    check_solution(G5, c5, lam, info)
+    assert torch.equal(lam.reshape(24, m), solve(G, c)[0])
+    lam_ref = nonneg_qp_reference(G5, c5)
+    f, f_ref = qp_objective(G5, c5, lam), qp_objective(G5, c5, lam_ref)
+    s = G5.abs().amax(dim=(-2, -1)).maximum(c5.abs().amax(-1))
+    big = lam.amax(-1).maximum(lam_ref.amax(-1)).clamp_min(1.0)
+    assert torch.all((f - f_ref).abs() <= 2e-9 * m * s * big)
+
+
+@pytest.mark.parametrize("m", [2, 5, 8, 11])
+def test_non_contiguous_inputs(m):
+    G, c = random_batch(6, m, seed=200 + m, c_kind="bounded")
+    lam, _ = solve(G, c)
+    assert torch.equal(solve(G.mT, c)[0], lam)
+    big = torch.zeros(6, 2 * m, 3 * m, dtype=F64)
+    big[:, ::2, ::3] = G
+    cbig = torch.zeros(6, 2 * m, dtype=F64)
+    cbig[:, 1::2] = c
+    Gv, cv = big[:, ::2, ::3], cbig[:, 1::2]
+    assert not Gv.is_contiguous() and not cv.is_contiguous()
+    assert torch.equal(solve(Gv, cv)[0], lam)
+    Gp = G.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    cp = c.T.contiguous().T
+    assert torch.equal(solve(Gp, cp)[0], lam)
+    assert torch.equal(solve(G[2].expand(5, m, m), c[2].expand(5, m))[0], lam[2].expand(5, m))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_and_bfloat16_are_upcast(dtype):
+    G, c = random_batch(20, 5, seed=7, c_kind="png")
+    G = G + torch.eye(5, dtype=F64) * G.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)  # PD: bounded
+    s = G.abs().amax(dim=(-2, -1)).maximum(c.abs().amax(-1))
+    G, c = (G / s[:, None, None]).to(dtype), (c / s[:, None]).to(dtype)
+    lam = tm.ops.nonneg_qp(G, c)
+    assert lam.dtype == dtype and lam.shape == (20, 5)
+    lam64 = tm.ops.nonneg_qp(G.double(), c.double())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(lam.double(), lam64, rtol=eps, atol=1e-30)
+    assert torch.all(lam >= 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4)])
+def test_empty_batch(dtype, shape):
+    m = 4
+    lam, info = solve(torch.zeros(*shape, m, m, dtype=dtype), torch.zeros(*shape, m, dtype=dtype))
+    assert lam.shape == (*shape, m) and lam.dtype == dtype
+    assert info.iterations.shape == shape and info.kkt_residual.shape == shape and info.converged.shape == shape
+
+
+@pytest.mark.parametrize("m", [2, 8, 10])
+def test_deterministic(m):
+    G, c = random_batch(3000, m, seed=300 + m, c_kind="bounded")
+    l1, i1 = solve(G, c)
+    l2, i2 = solve(G, c)
+    assert torch.equal(l1, l2)
+    assert torch.equal(i1.iterations, i2.iterations)
+    assert torch.equal(i1.kkt_residual, i2.kkt_residual)
+    assert torch.equal(i1.converged, i2.converged)
+
+
+def test_input_is_not_modified():
+    G, c = random_batch(4, 5, seed=9, c_kind="bounded")
+    G0, c0 = G.clone(), c.clone()
+    tm.ops.nonneg_qp(G, c)
+    assert torch.equal(G, G0) and torch.equal(c, c0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Frank-Wolfe
+# --------------------------------------------------------------------------------------------------
+
+
+def interior_problem(m: int = 5, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    J = torch.eye(m, dtype=F64) + 0.15 * torch.randn(m, m, generator=gen, dtype=F64)
+    G = gram(J)
+    x = torch.rand(m, generator=gen, dtype=F64) + 0.5
+    return G, -G @ x, x
+
+
+def test_frank_wolfe_is_feasible_and_approximately_optimal():
+    G, c, x = interior_problem()
+    lam, info = solve(G, c, method="frank_wolfe")
+    assert bool((lam >= 0).all())
+    r = nonneg_kkt_residual(G, c, lam)
+    assert float(r) <= 1e-3
+    assert float(r) > 1e-13  # approximate, not the exact active-set answer
+    assert not torch.equal(lam, tm.ops.nonneg_qp(G, c))
+    torch.testing.assert_close(info.kkt_residual, r, rtol=1e-6, atol=0)
+    f, f_star = float(qp_objective(G, c, lam)), float(qp_objective(G, c, x))
+    assert f_star - 1e-12 <= f <= f_star + 1e-3 * scale_of(G, c)
+
+
+def test_frank_wolfe_radius():
+    G, c, x = interior_problem()
+    R = 0.5 * float(x.sum())  # smaller than the optimum's sum: the constraint binds
+    lam, info = solve(G, c, method="frank_wolfe", radius=R)
+    assert bool((lam >= 0).all())
+    assert float(lam.sum()) <= R * (1 + 1e-9)
+    assert float(lam.sum()) >= 0.9 * R
+    # singular G with a user-given radius
+    G = torch.diag(torch.tensor([1.0, 0.0], dtype=F64))
+    c = torch.tensor([-1.0, 1.0], dtype=F64)
+    lam, info = solve(G, c, method="frank_wolfe", radius=10.0)
+    torch.testing.assert_close(lam, torch.tensor([1.0, 0.0], dtype=F64), rtol=0, atol=1e-3)
+
+
+def test_max_iter_is_respected():
+    G, c, x = interior_problem()
+    lam, info = solve(G, c, method="frank_wolfe", max_iter=2)
+    assert int(info.iterations) <= 2
+    assert not bool(info.converged)
+    torch.testing.assert_close(info.kkt_residual, nonneg_kkt_residual(G, c, lam), rtol=1e-6, atol=0)
+    assert bool((lam >= 0).all())
