@@ -87,11 +87,18 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
     o.sym_tol = 1e-4;
     o.pivot_tol = 1e-6;
     o.not_psd_tol = 1e-4;
+    // Rounding a singular G to float32 leaves eigenvalues of about -1e-8 * max|G|: reduced gradients
+    // below that are noise, and chasing them makes the active set cycle.
+    if (tol < 0.0) o.tol = o.method == kActiveSet ? 1e-8 : -1.0;
   } else {  // float16, bfloat16
     o.sym_tol = 1e-2;
     o.pivot_tol = 1e-3;
     o.not_psd_tol = 1e-2;
   }
+  // The nonneg QP decides boundedness from its pivots: keep them at float64 resolution (the
+  // arithmetic is float64 on the values given), so a nearly singular G yields a large lambda
+  // rather than an "unbounded" verdict.
+  if (!simplex) o.pivot_tol = 1e-11;
   return o;
 }
 

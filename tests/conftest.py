@@ -74,7 +74,8 @@ def make_jacobian(kind: str, m: int, n: int, gen: torch.Generator) -> torch.Tens
         return torch.randn(m, m + n, generator=gen, dtype=F64)
     if kind == "lowrank":
         return torch.randn(m, max(1, min(n, m - 1)), generator=gen, dtype=F64)
-    J = torch.randn(m, n, generator=gen, dtype=F64)
+    # the other kinds start from independent rows: their only degeneracy is the one they make
+    J = torch.randn(m, m + n, generator=gen, dtype=F64)
     if kind == "zero":
         return torch.zeros(m, n, dtype=F64)
     if m == 1:
@@ -109,7 +110,7 @@ class Problem:
 
     ``G = 10^e * J J^T`` with ``J = make_jacobian(kind, m, n, seed)``; ``c`` by ``c_kind``:
     none (None), zero, random (N(0, 10^e)), constant (k * 1), range (G u),
-    bounded (G u + p with p >= 0, some p_i = 0: the nonneg QP is bounded below),
+    bounded (G u + p with p > 0: the nonneg QP is bounded below),
     nonneg_c (c >= 0: lambda = 0 is optimal), png (10^e (J grad_F - phi 1), the PNG dual).
     """
 
@@ -140,7 +141,9 @@ class Problem:
         elif ck == "range":
             self.c = self.G @ torch.randn(m, generator=gen, dtype=F64)
         elif ck == "bounded":
-            p = torch.rand(m, generator=gen, dtype=F64) * (torch.rand(m, generator=gen, dtype=F64) < 0.6)
+            # p > 0 (not just >= 0): with p_i = 0 along a non-negative null direction d of J J^T the
+            # problem is bounded only in exact arithmetic (c'd = 0 up to round-off), i.e. ill-posed.
+            p = torch.empty(m, dtype=F64).uniform_(0.1, 1.0, generator=gen)
             self.c = self.G @ torch.randn(m, generator=gen, dtype=F64) + p * scale
         elif ck == "nonneg_c":
             self.c = torch.rand(m, generator=gen, dtype=F64) * (torch.rand(m, generator=gen, dtype=F64) < 0.6) * scale

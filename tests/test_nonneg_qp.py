@@ -141,8 +141,10 @@ def test_matches_quadprog(problem):
     f_qp = 0.5 * x_qp @ Gs @ x_qp + cs @ x_qp
     f_op = float(qp_objective(G / s, c / s, lam))
     size = max(1.0, float(np.abs(x_qp).max()), float(lam.max())) ** 2
+    # x_qp is feasible, so f_qp >= f*: the operator must do at least as well as quadprog
     assert f_op <= f_qp + 1e-9 * size, (f_op, f_qp)
-    assert f_op >= f_qp - 1e-8 * size, (f_op, f_qp)
+    if is_well_conditioned(G):  # there quadprog is accurate too, and the values must agree
+        assert f_op >= f_qp - 1e-9 * size, (f_op, f_qp)
 
 
 @given(st.integers(1, 8), st.integers(0, 2**31 - 1), st.integers(-12, 12))
@@ -348,9 +350,12 @@ def test_half_and_bfloat16_are_upcast(dtype):
     G, c = (G / s[:, None, None]).to(dtype), (c / s[:, None]).to(dtype)
     lam = tm.ops.nonneg_qp(G, c)
     assert lam.dtype == dtype and lam.shape == (20, 5)
+    # internally float64: close to the float64 solution of the (exactly upcast) input, and a KKT point
+    # of it up to the output rounding (the solver may stop earlier for a half-precision result)
     lam64 = tm.ops.nonneg_qp(G.double(), c.double())
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(lam.double(), lam64, rtol=eps, atol=1e-30)
+    torch.testing.assert_close(lam.double(), lam64, rtol=0, atol=4 * eps * float(lam64.abs().max()))
+    assert torch.all(nonneg_kkt_residual(G, c, lam) <= 4 * 5 * eps)
     assert torch.all(lam >= 0)
 
 
