@@ -437,3 +437,64 @@ def test_frank_wolfe_tolerance_changes_the_answer():
     w_tight, i_tight = solve(G, method="frank_wolfe", tol=1e-8, max_iter=100000)
     assert int(i_loose.iterations) < int(i_tight.iterations)
     assert float(i_tight.kkt_residual) < float(i_loose.kkt_residual)
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+class TestCuda:
+    """CUDA results agree with the CPU ones and meet the same contract."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("B,m", [(4096, 8), (512, 2), (512, 3), (256, 16), (128, 33), (64, 64)])
+    def test_matches_cpu(self, B, m, dtype):
+        G, c = random_batch(B, m, seed=1000 + m, dtype=dtype)
+        if dtype == torch.float32:  # keep to problems whose float32 rounding stays clearly PSD
+            G = G + 1e-3 * torch.eye(m, dtype=dtype) * G.abs().amax(dim=(-2, -1), keepdim=True)
+        for cc in (None, c):
+            w_cpu, i_cpu = solve(G, cc)
+            w_gpu, i_gpu = solve(G.cuda(), None if cc is None else cc.cuda())
+            assert w_gpu.device.type == "cuda" and w_gpu.dtype == dtype and w_gpu.shape == (B, m)
+            assert i_gpu.iterations.dtype == torch.int64 and i_gpu.kkt_residual.dtype == F64
+            assert i_gpu.converged.dtype == torch.bool and i_gpu.kkt_residual.shape == (B,)
+            assert bool(i_gpu.converged.all())
+            r_gpu = simplex_kkt_residual(G, cc, w_gpu.cpu())
+            assert torch.all(r_gpu <= BAR[dtype]), float(r_gpu.max())
+            f_cpu, f_gpu = qp_objective(G, cc, w_cpu), qp_objective(G, cc, w_gpu.cpu())
+            s = G.double().abs().amax(dim=(-2, -1))
+            if cc is not None:
+                s = s.maximum(cc.double().abs().amax(-1))
+            assert torch.all((f_cpu - f_gpu).abs() <= BAR[dtype] * 10 * s.clamp_min(1e-300))
+            if dtype == torch.float64:
+                pd = torch.stack([torch.tensor(is_well_conditioned(g)) for g in G])
+                torch.testing.assert_close(w_gpu.cpu()[pd], w_cpu[pd], rtol=0, atol=1e-8)
+
+    def test_deterministic_and_strided(self):
+        G, c = random_batch(2048, 6, seed=77)
+        Gc, cc = G.cuda(), c.cuda()
+        w1, w2 = solve(Gc, cc)[0], solve(Gc, cc)[0]
+        assert torch.equal(w1, w2)
+        big = torch.zeros(2048, 12, 18, dtype=F64, device="cuda")
+        big[:, ::2, ::3] = Gc
+        assert torch.equal(solve(big[:, ::2, ::3], cc)[0], w1)
+        assert torch.equal(solve(Gc.mT, cc)[0], w1)
+
+    def test_empty_and_half(self):
+        w, info = solve(torch.zeros(0, 4, 4, device="cuda"), None)
+        assert w.shape == (0, 4) and w.is_cuda and info.kkt_residual.shape == (0,)
+        G = torch.eye(5, device="cuda", dtype=torch.float16).expand(3, 5, 5)
+        w = tm.ops.min_norm_simplex(G)
+        assert w.dtype == torch.float16 and torch.allclose(w.float(), torch.full((3, 5), 0.2, device="cuda"), atol=1e-3)
+
+    def test_m_256(self):
+        gen = torch.Generator().manual_seed(4)
+        J = torch.randn(2, 256, 64, generator=gen, dtype=F64)
+        G = J @ J.mT
+        G = (G + G.mT) / 2
+        w = tm.ops.min_norm_simplex(G.cuda()).cpu()
+        assert torch.all(simplex_kkt_residual(G, None, w) <= 1e-10)
+        ref = tm.ops.min_norm_simplex(G)
+        assert torch.allclose(qp_objective(G, None, w), qp_objective(G, None, ref), rtol=1e-9, atol=1e-12)

@@ -433,3 +433,56 @@ def test_max_iter_is_respected():
     assert not bool(info.converged)
     torch.testing.assert_close(info.kkt_residual, nonneg_kkt_residual(G, c, lam), rtol=1e-6, atol=0)
     assert bool((lam >= 0).all())
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+class TestCuda:
+    """CUDA results agree with the CPU ones and meet the same contract."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("B,m", [(4096, 8), (512, 2), (512, 3), (256, 16), (128, 33), (64, 64)])
+    def test_matches_cpu(self, B, m, dtype):
+        G, c = random_batch(B, m, seed=2000 + m, c_kind="bounded")
+        # positive definite so that float32 rounding cannot change boundedness
+        G = (G + 1e-3 * torch.eye(m, dtype=F64) * G.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-3)).to(dtype)
+        c = c.to(dtype)
+        lam_cpu, i_cpu = solve(G, c)
+        lam_gpu, i_gpu = solve(G.cuda(), c.cuda())
+        assert lam_gpu.device.type == "cuda" and lam_gpu.dtype == dtype and lam_gpu.shape == (B, m)
+        assert i_gpu.iterations.dtype == torch.int64 and i_gpu.kkt_residual.dtype == F64
+        assert bool(i_gpu.converged.all())
+        r_gpu = nonneg_kkt_residual(G, c, lam_gpu.cpu())
+        assert torch.all(r_gpu <= BAR[dtype]), float(r_gpu.max())
+        f_cpu, f_gpu = qp_objective(G, c, lam_cpu), qp_objective(G, c, lam_gpu.cpu())
+        s = G.double().abs().amax(dim=(-2, -1)).maximum(c.double().abs().amax(-1))
+        big = lam_cpu.double().amax(-1).maximum(lam_gpu.cpu().double().amax(-1)).clamp_min(1.0)
+        assert torch.all((f_cpu - f_gpu).abs() <= 2 * m * BAR[dtype] * s * big)
+        if dtype == torch.float64:
+            pd = torch.stack([torch.tensor(is_well_conditioned(g)) for g in G])
+            torch.testing.assert_close(lam_gpu.cpu()[pd], lam_cpu[pd], rtol=1e-8, atol=1e-8)
+
+    def test_unbounded_raises(self):
+        G = torch.eye(3, dtype=F64, device="cuda").repeat(100, 1, 1)
+        c = torch.ones(100, 3, dtype=F64, device="cuda")
+        G[57, 2, 2] = 0.0
+        c[57, 2] = -1.0
+        with pytest.raises(ValueError, match="unbounded"):
+            tm.ops.nonneg_qp(G, c)
+
+    def test_deterministic_and_strided(self):
+        G, c = random_batch(2048, 6, seed=78, c_kind="bounded")
+        Gc, cc = G.cuda(), c.cuda()
+        l1, l2 = solve(Gc, cc)[0], solve(Gc, cc)[0]
+        assert torch.equal(l1, l2)
+        big = torch.zeros(2048, 12, 18, dtype=F64, device="cuda")
+        big[:, ::2, ::3] = Gc
+        assert torch.equal(solve(big[:, ::2, ::3], cc)[0], l1)
+
+    def test_empty(self):
+        lam, info = solve(torch.zeros(0, 4, 4, device="cuda"), torch.zeros(0, 4, device="cuda"))
+        assert lam.shape == (0, 4) and lam.is_cuda

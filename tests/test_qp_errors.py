@@ -1,0 +1,234 @@
+"""Bad input to the QP operators raises the error type the contract promises, with a readable message.
+
+Both operators (min_norm_simplex, nonneg_qp) share the input rules; every case is run against both.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import torchmoo as tm
+
+F64 = torch.float64
+
+
+def simplex(G, c=None, **kw):
+    return tm.ops.min_norm_simplex(G, c, **kw)
+
+
+def nonneg(G, c=None, **kw):
+    if c is None:
+        c = torch.ones(G.shape[:-1], dtype=G.dtype, device=G.device) if G.dim() >= 1 else torch.ones(1)
+    return tm.ops.nonneg_qp(G, c, **kw)
+
+
+OPS = pytest.mark.parametrize("op", [simplex, nonneg], ids=["min_norm_simplex", "nonneg_qp"])
+
+
+def good(m: int = 3, dtype=F64) -> tuple[torch.Tensor, torch.Tensor]:
+    J = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0], [0.0, -1.0, 1.0]], dtype=F64)[:m]
+    return (J @ J.T).to(dtype), torch.tensor([0.1, -0.2, 0.3], dtype=F64)[:m].to(dtype)
+
+
+@OPS
+def test_good_input_works(op):
+    G, c = good()
+    assert op(G, c).shape == (3,)
+
+
+# --------------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------------
+
+
+@OPS
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_and_bool_dtypes_raise_type_error(op, dtype):
+    G = torch.eye(3).to(dtype)
+    c = torch.ones(3).to(dtype)
+    with pytest.raises(TypeError, match="(?i)float"):
+        op(G, c)
+
+
+@OPS
+@pytest.mark.parametrize("g_dtype,c_dtype", [(F64, torch.float32), (torch.float32, F64), (torch.float32, torch.float16)])
+def test_mismatched_dtypes_raise_type_error(op, g_dtype, c_dtype):
+    G, c = good()
+    with pytest.raises(TypeError, match="dtype"):
+        op(G.to(g_dtype), c.to(c_dtype))
+
+
+@OPS
+def test_integer_c_raises_type_error(op):
+    G, _ = good()
+    with pytest.raises(TypeError):
+        op(G, torch.ones(3, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------------------------------
+# shapes
+# --------------------------------------------------------------------------------------------------
+
+
+@OPS
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4), (4, 3)])
+def test_non_square_G_raises_value_error(op, shape):
+    G = torch.ones(shape, dtype=F64)
+    c = torch.ones(shape[:-1], dtype=F64)
+    with pytest.raises(ValueError, match="square|shape"):
+        op(G, c)
+
+
+@OPS
+def test_one_dimensional_and_scalar_G_raise_value_error(op):
+    for G in (torch.ones(3, dtype=F64), torch.tensor(1.0, dtype=F64)):
+        with pytest.raises(ValueError, match="shape"):
+            op(G, torch.ones(3, dtype=F64))
+
+
+@OPS
+@pytest.mark.parametrize(
+    "g_shape,c_shape",
+    [((3, 3), (4,)), ((3, 3), (2,)), ((3, 3), (3, 1)), ((3, 3), (1, 3)), ((2, 3, 3), (3,)), ((2, 3, 3), (3, 3)), ((2, 3, 3), (2, 1, 3))],
+)
+def test_c_of_the_wrong_shape_raises_value_error(op, g_shape, c_shape):
+    G = torch.eye(3, dtype=F64).expand(g_shape).contiguous()
+    c = torch.ones(c_shape, dtype=F64)
+    with pytest.raises(ValueError, match=r"c must have shape|shape"):
+        op(G, c)
+
+
+@OPS
+@pytest.mark.parametrize("shape", [(0, 0), (3, 0, 0), (0, 0, 0)])
+def test_m_zero_raises_value_error(op, shape):
+    G = torch.zeros(shape, dtype=F64)
+    c = torch.zeros(shape[:-1], dtype=F64)
+    with pytest.raises(ValueError, match="m >= 1|m = 0|objective|at least"):
+        op(G, c)
+
+
+# --------------------------------------------------------------------------------------------------
+# values
+# --------------------------------------------------------------------------------------------------
+
+
+@OPS
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["G_diag", "G_offdiag", "c"])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_non_finite_input_raises_value_error(op, bad, where, dtype):
+    G, c = good(dtype=dtype)
+    G = G.repeat(4, 1, 1)
+    c = c.repeat(4, 1)
+    if where == "G_diag":
+        G[2, 1, 1] = bad
+    elif where == "G_offdiag":
+        G[2, 0, 1] = bad
+        G[2, 1, 0] = bad
+    else:
+        c[2, 2] = bad
+    with pytest.raises(ValueError, match="finite"):
+        op(G, c)
+
+
+@OPS
+def test_non_finite_input_in_a_single_problem_raises(op):
+    G, c = good()
+    G = G.clone()
+    G[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        op(G, c)
+
+
+@OPS
+@pytest.mark.parametrize("dtype,rel", [(F64, 1e-6), (F64, 1e-3), (torch.float32, 1e-2), (torch.float32, 1e-3)])
+def test_asymmetric_G_raises_value_error(op, dtype, rel):
+    G, c = good(dtype=F64)
+    G = G.clone()
+    G[0, 2] += rel * float(G.abs().max())
+    with pytest.raises(ValueError, match="symmetric"):
+        op(G.to(dtype), c.to(dtype))
+
+
+@OPS
+@pytest.mark.parametrize("dtype,rel", [(F64, 1e-11), (torch.float32, 1e-6)])
+def test_round_off_asymmetry_is_accepted(op, dtype, rel):
+    # below the contract's tolerance (1e-8 float64, 1e-4 float32) the operators must not complain
+    G, c = good(dtype=F64)
+    G = G.clone()
+    G[0, 2] += rel * float(G.abs().max())
+    out = op(G.to(dtype), c.to(dtype))
+    assert out.shape == (3,)
+
+
+@OPS
+def test_asymmetry_in_one_batch_entry_raises(op):
+    G, c = good()
+    G = G.repeat(5, 1, 1)
+    G[3, 1, 2] += 0.5
+    with pytest.raises(ValueError, match="symmetric"):
+        op(G, c.repeat(5, 1))
+
+
+@OPS
+@pytest.mark.parametrize(
+    "G",
+    [
+        [[1.0, 0.0], [0.0, -1.0]],  # negative diagonal entry
+        [[-1.0, 0.0], [0.0, 0.0]],
+        [[1.0, 2.0], [2.0, 1.0]],  # positive diagonal, eigenvalues 3 and -1
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 1.5], [0.0, 1.5, 1.0]],  # eigenvalues 1, 2.5, -0.5
+    ],
+    ids=["diag(1,-1)", "diag(-1,0)", "[[1,2],[2,1]]", "3x3-indefinite"],
+)
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_clearly_non_psd_G_raises_value_error(op, G, dtype):
+    G = torch.tensor(G, dtype=dtype)
+    c = torch.zeros(G.shape[0], dtype=dtype)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        op(G, c)
+
+
+@OPS
+def test_non_psd_G_larger_m(op):
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=F64))
+    G = Q @ torch.diag(torch.tensor([3.0, 2.0, 1.0, 1.0, 0.5, -1.0], dtype=F64)) @ Q.T
+    G = (G + G.T) / 2
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        op(G, torch.zeros(6, dtype=F64))
+
+
+# --------------------------------------------------------------------------------------------------
+# options
+# --------------------------------------------------------------------------------------------------
+
+
+@OPS
+@pytest.mark.parametrize("method", ["", "active-set", "ActiveSet", "newton", "frank-wolfe"])
+def test_unknown_method_raises_value_error(op, method):
+    G, c = good()
+    with pytest.raises(ValueError, match="method"):
+        op(G, c, method=method)
+
+
+@OPS
+def test_non_tensor_input_raises_type_error(op):
+    with pytest.raises(TypeError, match="Tensor"):
+        op([[1.0, 0.0], [0.0, 1.0]], torch.zeros(2, dtype=F64))
+
+
+# --------------------------------------------------------------------------------------------------
+# devices
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@OPS
+def test_device_mismatch_raises_value_error(op):
+    G, c = good()
+    with pytest.raises(ValueError, match="device"):
+        op(G.cuda(), c)
+    with pytest.raises(ValueError, match="device"):
+        op(G, c.cuda())
