@@ -6,7 +6,10 @@
     python bench/report.py --json out.json # also dump every number
 
 Every comparison of a table is measured in this one process, with the repeats of the contenders
-interleaved round-robin (a, b, c, a, b, c, ...), and reported as the median over the repeats. The
+interleaved round-robin (a, b, c, a, b, c, ...), and reported as the median over the repeats. A call
+shorter than 20 ms is timed as a block of about 20 ms of back-to-back calls, after one untimed call
+(so a multi-threaded call is not charged for waking its thread pool after a long single-threaded
+contender ran: steady-state throughput, as ``timeit`` measures it). The
 "x torchmoo" column is (contender's median time per problem) / (torchmoo's median time per problem)
 from the same run: above 1 means torchmoo is faster. Absolute times are listed only to read the
 ratios; compare them across runs or machines at your own risk.
@@ -23,6 +26,10 @@ Contenders and what one timed call includes:
 * ``reference loop``: ``torchmoo.reference.min_norm_simplex_reference`` (support enumeration).
 * ``torchjd``: ``torchjd.aggregation.MGDAWeighting()(G)`` (weights from the Gramian) and
   ``MGDA()(J)`` (Jacobian to direction), default ``epsilon=1e-3, max_iters=100``.
+
+The run also measures how much CPU other processes used (1 s before, and during the run) and warns
+when it is above 5%: on a 2-core machine one busy core stalls torchmoo's 2-thread parallel regions.
+``--wait-quiet 300`` waits for a quiet machine first.
 
 The loops are slow, so for large batches they are timed on a prefix of the batch (the "timed"
 column) and reported per problem; the KKT residuals are over the problems each contender solved.
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
             ", ".join(f"{x:.0%}" for x in loads) + " of all cores")
     lines = ["## Machine", ""] + [f"- {k}: {v}" for k, v in mach.items()] + [""]
     lines += ["## Bars", ""]
-    if loads and max(loads) > 0.1:
+    if loads and max(loads) > 0.05:
         lines += [f"**Warning: other processes used up to {max(loads):.0%} of the CPU around this run; "
                   "the timings, above all the multi-threaded ones, are not trustworthy.**", ""]
     if HAVE_QUADPROG:

@@ -1,6 +1,6 @@
 """Benchmarks of ``torchmoo.ops.min_norm_simplex`` against quadprog, Sener & Koltun's solver, torchjd.
 
-Groups (each solved by every contender in this process, torchmoo first; see ``conftest.py``):
+Groups (each solved by every contender in this process, torchmoo first; see ``benchutil.py``):
 
 * ``simplex batched B=1024 m=5`` and ``simplex batched B=65536 m=8``: ``G = J J^T``, ``J`` standard
   normal ``(m, 20)``, float64. torchmoo solves the whole batch in one call; the Python loops
@@ -42,7 +42,7 @@ from baselines import (  # noqa: E402
     make_jacobian,
     sener_koltun_loop,
 )
-from conftest import record, run_timed  # noqa: E402
+from benchutil import record, run_timed  # noqa: E402
 
 # (B, m, problems timed for the Python loops, problems timed for the reference)
 BATCHED = {

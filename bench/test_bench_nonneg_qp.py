@@ -23,7 +23,7 @@ import torchmoo as tm  # noqa: E402
 from torchmoo.reference import nonneg_kkt_residual, nonneg_qp_reference  # noqa: E402
 
 from baselines import QUICK, QuadprogNonneg, make_nonneg_problems  # noqa: E402
-from conftest import record, run_timed  # noqa: E402
+from benchutil import record, run_timed  # noqa: E402
 
 B = 64 if QUICK else 1024
 NONNEG_M = (2, 10)

@@ -83,10 +83,12 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
     o.sym_tol = 1e-8;
     o.pivot_tol = 1e-11;
     o.not_psd_tol = 1e-9;
+    o.psd_shift = 1e-7;
   } else if (t == at::kFloat) {
     o.sym_tol = 1e-4;
     o.pivot_tol = 1e-6;
     o.not_psd_tol = 1e-4;
+    o.psd_shift = 1e-5;
     // Rounding a singular G to float32 leaves eigenvalues of about -1e-8 * max|G|: reduced gradients
     // below that are noise, and chasing them makes the active set cycle.
     if (tol < 0.0) o.tol = o.method == kActiveSet ? 1e-8 : -1.0;
@@ -94,7 +96,10 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
     o.sym_tol = 1e-2;
     o.pivot_tol = 1e-3;
     o.not_psd_tol = 1e-2;
+    o.psd_shift = 1e-3;
   }
+  // Entrywise rounding errors of size eps * max|G| move eigenvalues by up to m times that.
+  o.psd_shift *= static_cast<double>(std::max<int64_t>(problem.m, 1));
   // The nonneg QP decides boundedness from its pivots: keep them at float64 resolution (the
   // arithmetic is float64 on the values given), so a nearly singular G yields a large lambda
   // rather than an "unbounded" verdict.
@@ -120,8 +125,8 @@ QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at:
         TORCH_CHECK_VALUE(false, op, ": G must be symmetric; |G - G^T| exceeds ", options.sym_tol, " * max|G|", where,
                           ". Symmetrize it with (G + G.mT) / 2 if the asymmetry is round-off.");
       case kQPNotPSD:
-        TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where,
-                          " (a negative diagonal entry or a negative pivot was found).");
+        TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where, ": it has an eigenvalue below -",
+                          options.psd_shift, " * max|G| (a Gram matrix J J^T never does; rounding stays far above it).");
       case kQPUnbounded:
         TORCH_CHECK_VALUE(false, op, ": the problem is unbounded below", where,
                           ": G is singular and c has a negative component along a non-negative direction of its "

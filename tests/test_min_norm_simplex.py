@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import torchmoo as tm
@@ -85,6 +85,8 @@ def test_matches_reference_float64(problem):
 
 
 @given(problems(max_m=6))
+@example(Problem("lowrank", m=3, n=1, seed=0, e=0, c_kind="none"))
+@example(Problem("parallel", m=4, n=3, seed=2432, e=-5, c_kind="range"))  # active set cycled here
 def test_matches_reference_float32(problem):
     G64, c64 = problem.G, problem.c
     G = G64.float()

@@ -167,6 +167,34 @@ C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace<kC>& ws, int64_t m
 }
 
 // ---------------------------------------------------------------------------------------------
+// PSD certificate: G (normalized, in the workspace) is accepted when G + shift * max|G| * I has a
+// Cholesky factorization, i.e. when its smallest eigenvalue is above -shift * max|G|. The shift absorbs
+// the rounding of a singular Gram matrix (eigenvalues of about +-m * eps * max|G|) while a clearly
+// indefinite G fails. ws.L is scratch here; the solver overwrites it.
+
+template <bool kC, int M = 0>
+C10_HOST_DEVICE inline int32_t check_psd(const QPWorkspace<kC>& ws, int64_t m_runtime, double shift) {
+  const int64_t m = M > 0 ? M : m_runtime;
+  double gmax = 0.0;
+  for (int64_t i = 0; i < m * m; ++i) gmax = dmax(gmax, dabs(ws.G[i]));
+  if (gmax == 0.0) return kQPOk;
+  const double delta = shift * gmax;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      double acc = ws.G[i * m + j] + (i == j ? delta : 0.0);
+      for (int64_t k = 0; k < j; ++k) acc -= ws.L[i * m + k] * ws.L[j * m + k];
+      if (i == j) {
+        if (!(acc > 0.0)) return kQPNotPSD;
+        ws.L[i * m + i] = sqrt(acc);
+      } else {
+        ws.L[i * m + j] = acc / ws.L[j * m + j];
+      }
+    }
+  }
+  return kQPOk;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The solver. Besides L (H_FF = L L'), it keeps the forward-solved right-hand sides z1 = L^{-1} 1 and
 // zc = L^{-1} c_F up to date: appending an index extends them by one entry, removing one applies the
 // same Givens rotations as to L. A subspace minimizer then costs one backward substitution:
@@ -183,9 +211,12 @@ class ActiveSetQP {
     QPResult res{kQPOk, 0, 0.0};
     for (int64_t i = 0; i < dim(); ++i) {
       ws_.x[i] = 0.0;
-      ws_.inF[i] = -1;
+      ws_.inF[i] = kInactive;
     }
     nF_ = 0;
+    n_set_aside_ = 0;
+    n_dropped_ = 0;
+    f_prev_ = 1e300;
     if (simplex_) {
       // Start from the uniform point with every index free when G is positive definite on the
       // simplex directions (the usual case when the gradients are independent): one factorization,
@@ -201,7 +232,7 @@ class ActiveSetQP {
         renormalize();
       } else {
         nF_ = 0;
-        for (int64_t i = 0; i < dim(); ++i) ws_.inF[i] = -1;
+        for (int64_t i = 0; i < dim(); ++i) ws_.inF[i] = kInactive;
         int64_t k = 0;
         double best = 0.5 * ws_.G[0] + ws_.c[0];
         for (int64_t i = 1; i < dim(); ++i) {
@@ -224,29 +255,44 @@ class ActiveSetQP {
       // multiplier of sum(x) = 1, nu = x'g (at a subspace minimizer g_F = nu 1).
       // Small compile-time sizes take a dense mat-vec (constant trip counts, vectorized); large
       // ones sum over the free set only.
-      double nu = 0.0;
+      double xg = 0.0, xc = 0.0;  // x'(Gx + c) and x'c, for nu and the objective
       if (M > 0) {
         for (int64_t i = 0; i < M; ++i) {
           double acc = ws_.c[i];
           for (int64_t k = 0; k < M; ++k) acc += ws_.G[i * M + k] * ws_.x[k];
           ws_.g[i] = acc;
-          nu += ws_.x[i] * acc;
+          xg += ws_.x[i] * acc;
+          xc += ws_.x[i] * ws_.c[i];
         }
-        if (!simplex_) nu = 0.0;
       } else {
-        for (int64_t i = 0; i < dim(); ++i) {
-          if (ws_.inF[i] >= 0 && !simplex_) continue;
-          ws_.g[i] = gradient(i);
-        }
-        if (simplex_) {
-          for (int64_t p = 0; p < nF_; ++p) nu += ws_.x[ws_.F[p]] * ws_.g[ws_.F[p]];
+        for (int64_t i = 0; i < dim(); ++i) ws_.g[i] = gradient(i);
+        for (int64_t p = 0; p < nF_; ++p) {
+          const int32_t i = ws_.F[p];
+          xg += ws_.x[i] * ws_.g[i];
+          xc += ws_.x[i] * ws_.c[i];
         }
       }
+      const double nu = simplex_ ? xg : 0.0;
+      // Anti-cycling. In exact arithmetic every iteration decreases the objective. When rounding
+      // (a nearly singular G, often float32 data) makes one fail to, the indices it dropped could
+      // re-enter and bring x back where it was; set them aside until the objective decreases again.
+      const double f = 0.5 * (xg + xc);
+      const bool progress = f < f_prev_ - 1e-15 * (1.0 + dabs(f_prev_));
+      if (n_dropped_ > 0 || (progress && n_set_aside_ > 0)) {
+        for (int64_t i = 0; i < dim(); ++i) {
+          const int32_t s_i = ws_.inF[i];
+          ws_.inF[i] = s_i == kDropped ? (progress ? kInactive : kSetAside)
+                                       : (s_i == kSetAside && progress ? kInactive : s_i);
+        }
+        n_set_aside_ = progress ? 0 : n_set_aside_ + n_dropped_;
+        n_dropped_ = 0;
+      }
+      if (progress) f_prev_ = f;
       int64_t j = -1;
       double most_negative = -tol_.optimality;
       for (int64_t i = 0; i < dim(); ++i) {
         const double r = ws_.g[i] - nu;
-        const bool better = (ws_.inF[i] < 0) & (r < most_negative);  // & keeps it branch-free
+        const bool better = (ws_.inF[i] == kInactive) & (r < most_negative);  // & keeps it branch-free
         most_negative = better ? r : most_negative;
         j = better ? i : j;
       }
@@ -282,6 +328,11 @@ class ActiveSetQP {
 
  private:
   static constexpr int32_t kSingular = -1;
+  // ws.inF[i] of an index outside F: inactive (a candidate to enter), dropped from F in the current
+  // iteration, or set aside by anti-cycling (see solve).
+  static constexpr int32_t kInactive = -1;
+  static constexpr int32_t kDropped = -2;
+  static constexpr int32_t kSetAside = -3;
 
   // Subspace minimization: step toward the minimizer on F, dropping blocking indices until the
   // minimizer is strictly feasible.
@@ -381,7 +432,8 @@ class ActiveSetQP {
   // neighbouring columns, which act on z1 and zc as well (L z = b stays true without row r).
   C10_HOST_DEVICE void remove(int64_t r) {
     const int64_t n = nF_;
-    ws_.inF[ws_.F[r]] = -1;
+    ws_.inF[ws_.F[r]] = kDropped;
+    ++n_dropped_;
     for (int64_t p = r; p < n - 1; ++p) {
       ws_.F[p] = ws_.F[p + 1];
       ws_.inF[ws_.F[p]] = static_cast<int32_t>(p);
@@ -474,6 +526,9 @@ class ActiveSetQP {
   QPTolerances tol_;
   double t_;
   int64_t nF_;
+  int64_t n_set_aside_ = 0;
+  int64_t n_dropped_ = 0;
+  double f_prev_ = 1e300;  // objective at the last iteration that decreased it
 };
 
 // ---------------------------------------------------------------------------------------------

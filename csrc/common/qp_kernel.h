@@ -21,6 +21,8 @@ struct QPOptions {
   // evidence of indefiniteness.
   double pivot_tol;
   double not_psd_tol;
+  // G counts as positive semi-definite when its smallest eigenvalue is >= -psd_shift * max|G|.
+  double psd_shift;
 };
 
 C10_HOST_DEVICE inline QPTolerances tolerances_for(const QPOptions& opt) {
@@ -74,6 +76,12 @@ C10_HOST_DEVICE inline QPOutcome solve_one_qp(const QPWorkspace<kC>& ws, int64_t
   QPOutcome out{kQPOk, 0, 0.0, true};
   double scale = 0.0;
   out.status = load_problem<kC, M>(ws, m, loadG, loadC, has_c, opt.sym_tol, &scale);
+  if (out.status != kQPOk) {
+    for (int64_t i = 0; i < m; ++i) storeX(i, 0.0);
+    out.converged = false;
+    return out;
+  }
+  if (out.status == kQPOk && scale > 0.0) out.status = check_psd<kC, M>(ws, m, opt.psd_shift);
   if (out.status != kQPOk) {
     for (int64_t i = 0; i < m; ++i) storeX(i, 0.0);
     out.converged = false;

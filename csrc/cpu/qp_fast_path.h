@@ -2,9 +2,8 @@
 //
 // Most QPs of multi-task learning have linearly independent gradients, and then the solution is often
 // interior: all weights positive. For kLanes problems at once, laid out lane-innermost so that every
-// loop is a fixed-length SIMD loop over problems, we factor the full system (H = G + 11' for the simplex,
-// G for the nonneg QP), solve for the minimizer with every index free, and accept it for the lanes where
-// it is strictly feasible and its KKT residual verifies. This is the unconstrained start of
+// loop is a fixed-length SIMD loop over problems, we factor G, solve for the minimizer with every
+// index free, and accept it for the lanes where it is strictly feasible and its KKT residual verifies. This is the unconstrained start of
 // Goldfarb-Idnani; the other lanes (a bound is active, G singular, bad input) go through the exact
 // active-set solver, which also produces their error status. No branch depends on the data, so the
 // branch mispredictions that dominate the scalar solver at this size disappear.
@@ -67,7 +66,9 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
     ok[l] = (l < count) & (nonfinite[l] == 0.0) & (asym[l] <= sym_tol * sG[l]) & (s[l] > 0.0);
     s[l] = ok[l] ? 1.0 / s[l] : 1.0;  // from here on s holds the inverse scale
   }
-  const double t = simplex ? 1.0 : 0.0;
+  // The full-support KKT solution needs only a factorization of G itself (the simplex multiplier
+  // nu absorbs what H = G + 11' would add on sum(x) = 1), and a successful Cholesky of G certifies it
+  // positive definite, so accepted lanes need no separate PSD check.
   for (int i = 0; i < M; ++i) {
     for (int j = i; j < M; ++j) {
       for (int l = 0; l < W; ++l) {
@@ -78,22 +79,22 @@ inline void qp_fast_path(int count, LoadG loadG, LoadC loadC, bool has_c, bool s
     }
     for (int l = 0; l < W; ++l) c[i][l] *= s[l];
   }
-  // Cholesky of H = G + t 11' with the same singularity test as the active-set solver. Every loop
+  // Cholesky of G with the same singularity test as the active-set solver. Every loop
   // has the lanes innermost so that it vectorizes; `bad` counts failed tests per lane.
   double bad[W], acc[W], acc2[W];
   for (int l = 0; l < W; ++l) bad[l] = ok[l] ? 0.0 : 1.0;
   for (int k = 0; k < M; ++k) {
-    for (int l = 0; l < W; ++l) acc[l] = G[k][k][l] + t;
+    for (int l = 0; l < W; ++l) acc[l] = G[k][k][l];
     for (int q = 0; q < k; ++q) {
       for (int l = 0; l < W; ++l) acc[l] -= L[k][q][l] * L[k][q][l];
     }
     for (int l = 0; l < W; ++l) {
-      const bool pivot_ok = acc[l] > pivot_tol * (G[k][k][l] + t);
+      const bool pivot_ok = acc[l] > pivot_tol * G[k][k][l];
       bad[l] += pivot_ok ? 0.0 : 1.0;
       L[k][k][l] = 1.0 / __builtin_sqrt(pivot_ok ? acc[l] : 1.0);  // the diagonal holds 1 / L_kk
     }
     for (int i = k + 1; i < M; ++i) {
-      for (int l = 0; l < W; ++l) acc[l] = G[i][k][l] + t;
+      for (int l = 0; l < W; ++l) acc[l] = G[i][k][l];
       for (int q = 0; q < k; ++q) {
         for (int l = 0; l < W; ++l) acc[l] -= L[i][q][l] * L[k][q][l];
       }
