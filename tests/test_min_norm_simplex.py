@@ -288,6 +288,26 @@ def test_batched_equals_per_problem(m):
         assert torch.equal(info.kkt_residual[b], ib.kkt_residual)
 
 
+@pytest.mark.parametrize("m", [2, 5, 8])
+def test_partial_supports_in_a_batch_match_reference(m):
+    # Gradient norms spread over e^N(0, 1): many solutions have one or more zero weights, so the CPU
+    # batch exercises the full-support pass, the drop-one pass (gathered across blocks) and the
+    # active-set fallback together.
+    gen = torch.Generator().manual_seed(m)
+    J = torch.randn(200, m, 3 * m, generator=gen, dtype=F64)
+    J = J * torch.randn(200, m, 1, generator=gen, dtype=F64).exp()
+    G = J @ J.mT
+    w, info = solve(G)
+    check_solution(G, None, w, info)
+    support = (w > 0).sum(-1)
+    assert int((support == m).sum()) > 0 and int((support == m - 1).sum()) > 0
+    assert m < 5 or int((support < m - 1).sum()) > 0
+    w_ref = min_norm_simplex_reference(G)
+    f, f_ref = qp_objective(G, None, w), qp_objective(G, None, w_ref)
+    s = G.abs().amax(dim=(-2, -1))
+    assert torch.all(f - f_ref <= 1e-12 * s), float((f - f_ref).max())
+
+
 @pytest.mark.parametrize("m", [3, 8, 12])
 def test_several_leading_dims(m):
     G, c = random_batch(24, m, seed=100 + m)

@@ -52,7 +52,39 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
   };
   if constexpr (M >= 1 && M <= 8) {
     if (opt.method == kActiveSet) {
+      auto accept = [&](int64_t b, const FastPathOut& fp, int l) {
+        for (int i = 0; i < M; ++i) bt.x[b * M + i] = static_cast<scalar_t>(fp.x[i][l]);
+        bt.iterations[b] = 1;
+        bt.residual[b] = fp.residual[l];
+        bt.converged[b] = true;
+        bt.status[b] = kQPOk;
+      };
+      // Problems waiting for the second pass, gathered until they fill the lanes.
+      int64_t pending[kLanes];
+      int pending_drop[kLanes];
+      int n_pending = 0;
+      auto flush = [&]() {
+        if (n_pending == 0) return;
+        int drop[kLanes];
+        for (int l = 0; l < kLanes; ++l) drop[l] = l < n_pending ? pending_drop[l] : -1;
+        auto loadG = [&](int l, int i, int j) {
+          return static_cast<double>(bt.G[pending[l] * bt.gb + i * bt.gi + j * bt.gj]);
+        };
+        auto loadC = [&](int l, int i) { return static_cast<double>(bt.c[pending[l] * bt.cb + i * bt.ci]); };
+        FastPathOut fp;
+        qp_fast_path_drop<M>(n_pending, loadG, loadC, has_c, opt.simplex, opt.sym_tol, opt.pivot_tol,
+                             kFastPathAccept, drop, fp);
+        for (int l = 0; l < n_pending; ++l) {
+          if (fp.solved[l]) {
+            accept(pending[l], fp, l);
+          } else {
+            solve_one(pending[l]);
+          }
+        }
+        n_pending = 0;
+      };
       FastPathOut fp;
+      int drop[kLanes];
       for (int64_t b0 = begin; b0 < end; b0 += kLanes) {
         const int count = static_cast<int>(std::min<int64_t>(kLanes, end - b0));
         const scalar_t* G0 = bt.G + b0 * bt.gb;
@@ -61,20 +93,22 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
           return static_cast<double>(G0[l * bt.gb + i * bt.gi + j * bt.gj]);
         };
         auto loadC = [&](int l, int i) { return static_cast<double>(c0[l * bt.cb + i * bt.ci]); };
-        qp_fast_path<M>(count, loadG, loadC, has_c, opt.simplex, opt.sym_tol, opt.pivot_tol, kFastPathAccept, fp);
+        qp_fast_path<M>(count, loadG, loadC, has_c, opt.simplex, opt.sym_tol, opt.pivot_tol, kFastPathAccept, fp,
+                        drop);
         for (int l = 0; l < count; ++l) {
           const int64_t b = b0 + l;
-          if (!fp.solved[l]) {
+          if (fp.solved[l]) {
+            accept(b, fp, l);
+          } else if (drop[l] >= 0) {
+            pending[n_pending] = b;
+            pending_drop[n_pending] = drop[l];
+            if (++n_pending == kLanes) flush();
+          } else {
             solve_one(b);
-            continue;
           }
-          for (int i = 0; i < M; ++i) bt.x[b * M + i] = static_cast<scalar_t>(fp.x[i][l]);
-          bt.iterations[b] = 1;
-          bt.residual[b] = fp.residual[l];
-          bt.converged[b] = true;
-          bt.status[b] = kQPOk;
         }
       }
+      flush();
       return;
     }
   }

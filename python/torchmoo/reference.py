@@ -360,9 +360,12 @@ def _solve_batched(G: Tensor, c: Optional[Tensor], simplex: bool, max_iter: int)
         Gs, cs = Gb / s, cb / s  # the same minimizers, objective scaled by 1/s
         if m <= ENUMERATION_MAX_M:
             x = _solve_by_enumeration(Gs, cs, simplex)
+            if x is None and simplex:
+                # The simplex is compact, so a KKT point exists; enumeration misses it only when rounding
+                # (float32 data of a singular G) leaves every support's KKT test just outside tolerance.
+                # Projected gradient does not depend on those tests.
+                x = _fista(Gs, cs, simplex, max_iter=max_iter, tol=1e-13)
             if x is None:
-                if simplex:  # cannot happen for PSD G (the simplex is compact)
-                    raise RuntimeError("support enumeration found no KKT point; is G positive semi-definite?")
                 raise ValueError(
                     f"nonneg_qp_reference: the problem at batch index {b} is unbounded below "
                     "(no support has a KKT point)"
