@@ -1,0 +1,93 @@
+"""Few-shot sinusoid regression (Finn et al. 2017; SIMOL 5.1): task ``y = a sin(x + b)``."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["RegressionTask", "SinusoidTasks"]
+
+
+class RegressionTask(NamedTuple):
+    """One few-shot regression task: ``(K, 1)`` support and ``(Q, 1)`` query inputs and targets.
+
+    A ``DataLoader`` batches tasks field by field: ``(T, K, 1)``, ...
+    """
+
+    x_support: Tensor
+    y_support: Tensor
+    x_query: Tensor
+    y_query: Tensor
+
+
+def _check_range(name: str, r: Tuple[float, float]) -> Tuple[float, float]:
+    lo, hi = (float(v) for v in r)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"{name} must be a finite (low, high) pair with low <= high, got {r!r}.")
+    return lo, hi
+
+
+class SinusoidTasks(Dataset):
+    """``num_tasks`` sinusoid tasks: amplitude ``a ~ U[0.1, 5.0]``, phase ``b ~ U[0, pi]`` (SIMOL 5.1),
+    inputs ``x ~ U[-5, 5]`` (Finn et al.). SIMOL uses 160,000 meta-training and 1,000 meta-testing
+    tasks with 5 or 2 shots.
+
+    ``dataset[i]`` is a :class:`RegressionTask`; task ``i`` (its parameters and its points) depends
+    on ``(seed, i)`` only, so the same index always gives the same task.
+
+    Args:
+        num_tasks: number of tasks.
+        num_support: ``K``, support points per task (the shots).
+        num_query: ``Q``, query points per task.
+        amplitude, phase, x_range: ``(low, high)`` of the uniform distributions.
+        seed: seed of the task family (use different seeds for meta-training and meta-testing).
+
+    Attributes:
+        amplitude, phase: ``(num_tasks,)`` float32 parameters of the tasks.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int = 160_000,
+        num_support: int = 5,
+        num_query: int = 10,
+        amplitude: Tuple[float, float] = (0.1, 5.0),
+        phase: Tuple[float, float] = (0.0, math.pi),
+        x_range: Tuple[float, float] = (-5.0, 5.0),
+        seed: int = 0,
+    ) -> None:
+        for name, v, low in (("num_tasks", num_tasks, 1), ("num_support", num_support, 1), ("num_query", num_query, 0)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}.")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        self.num_tasks, self.num_support, self.num_query, self.seed = num_tasks, num_support, num_query, seed
+        a_lo, a_hi = _check_range("amplitude", amplitude)
+        b_lo, b_hi = _check_range("phase", phase)
+        self.x_range = _check_range("x_range", x_range)
+        g = torch.Generator().manual_seed(seed)
+        self.amplitude = a_lo + (a_hi - a_lo) * torch.rand(num_tasks, generator=g)
+        self.phase = b_lo + (b_hi - b_lo) * torch.rand(num_tasks, generator=g)
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def function(self, index: int, x: Tensor) -> Tensor:
+        """The target function of task ``index`` at ``x`` (any shape): ``a sin(x + b)``."""
+        return self.amplitude[index] * torch.sin(x + self.phase[index])
+
+    def __getitem__(self, index: int) -> RegressionTask:
+        if not -self.num_tasks <= index < self.num_tasks:
+            raise IndexError(f"task index {index} out of range for {self.num_tasks} tasks.")
+        index %= self.num_tasks
+        # a generator per task: random access gives the same points as sequential access
+        g = torch.Generator().manual_seed((self.seed * 0x9E3779B1 + index + 1) % (2**63))
+        lo, hi = self.x_range
+        x = lo + (hi - lo) * torch.rand(self.num_support + self.num_query, 1, generator=g)
+        y = self.function(index, x)
+        k = self.num_support
+        return RegressionTask(x[:k], y[:k], x[k:], y[k:])

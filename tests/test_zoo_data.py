@@ -1,0 +1,584 @@
+"""Data sets of the zoo, built from tiny IDX and CSV files written here and from scikit-learn's digits."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchmoo.zoo import data as D
+from torchmoo.zoo.data.census import UCI_CENSUS_COLUMNS
+from torchmoo.zoo.data.compose import nearest_indices
+
+MEAN, STD = 0.1307, 0.3081
+
+
+# ----------------------------------------------------------------------------------- helpers
+def reference_compose(left: np.ndarray, right: np.ndarray, pos: np.ndarray, shift: int = 2) -> np.ndarray:
+    """MultiMNIST by the book: add both items on a (d + 4 shift)^2 canvas, clip to 255, resize to d x d
+    by nearest neighbour at pixel centres (PIL's NEAREST), one image at a time."""
+    d = left.shape[0]
+    size = d + 4 * shift
+    canvas = np.zeros((size, size), dtype=np.int64)
+    (r0, c0), (r1, c1) = pos
+    canvas[r0 : r0 + d, c0 : c0 + d] += left
+    canvas[r1 : r1 + d, c1 : c1 + d] += right
+    canvas = np.clip(canvas, 0, 255)
+    idx = [math.floor((i + 0.5) * size / d) for i in range(d)]
+    return canvas[np.ix_(idx, idx)].astype(np.uint8)
+
+
+def write_mnist(folder, split: str, images: torch.Tensor, labels: torch.Tensor, compress: bool = False) -> None:
+    stem = "train" if split == "train" else "t10k"
+    suffix = ".gz" if compress else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    D.write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images, compress=compress)
+    D.write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", labels, compress=compress)
+
+
+def fake_mnist(n: int, seed: int, offset: int = 0):
+    """n random 28 x 28 'items' with labels (offset + i) % 10, so every label occurs."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    images[:, :2] = 0  # a little structure: blank top rows, as real digits have margins
+    labels = ((torch.arange(n) + offset) % 10).to(torch.uint8)
+    return images, labels
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    folder = tmp_path / "mnist"
+    write_mnist(folder, "train", *fake_mnist(12, 0))
+    write_mnist(folder, "test", *fake_mnist(5, 1))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch):
+    for var in (D.MNIST_ENV, D.FASHION_MNIST_ENV, D.CENSUS_ENV, D.SARCOS_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ---------------------------------------------------------------------------------------- IDX
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.float32, torch.float64])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, dtype, compress):
+    t = (torch.randn(3, 4, 5) * 50).to(dtype)
+    path = tmp_path / "a.idx"
+    D.write_idx(path, t, compress=compress)
+    back = D.read_idx(path)
+    assert back.dtype == dtype and torch.equal(back, t)
+
+
+def test_idx_header_is_the_published_format(tmp_path):
+    # magic 0x00000803 for uint8 images, then big-endian dims (the MNIST files' header)
+    path = tmp_path / "x"
+    D.write_idx(path, torch.zeros(2, 28, 28, dtype=torch.uint8))
+    raw = path.read_bytes()
+    assert raw[:4] == b"\x00\x00\x08\x03" and struct.unpack(">3I", raw[4:16]) == (2, 28, 28)
+    assert len(raw) == 16 + 2 * 28 * 28
+
+
+def _bytes_file(tmp_path, name, payload: bytes):
+    p = tmp_path / name
+    p.write_bytes(payload)
+    return p
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\x00\x00", "too short"),
+        (b"\x50\x4b\x03\x04rest", "not an IDX file"),
+        (b"\x00\x00\x07\x01" + struct.pack(">I", 1) + b"\x00", "unknown IDX type code 0x07"),
+        (b"\x00\x00\x08\x00", "0 dimensions"),
+        (b"\x00\x00\x08\x03" + struct.pack(">I", 2), "truncated header"),
+        (b"\x00\x00\x08\x02" + struct.pack(">2I", 2, 3) + bytes(5), r"truncated: .*shape \(2, 3\).*6 bytes.*only 5"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 2) + bytes(4), "2 unexpected bytes"),
+        (b"\x1f\x8b\x08\x00garbage", "gzip-compressed data is truncated or corrupt"),
+    ],
+)
+def test_idx_errors_name_the_file_and_the_problem(tmp_path, payload, message):
+    path = _bytes_file(tmp_path, "broken-images-idx3-ubyte", payload)
+    with pytest.raises(D.IDXError, match=message) as info:
+        D.read_idx(path)
+    assert "broken-images-idx3-ubyte" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_idx_truncated_gzip_member(tmp_path):
+    full = gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", 1000) + bytes(1000))
+    path = _bytes_file(tmp_path, "cut.gz", full[: len(full) // 2])
+    with pytest.raises(D.IDXError, match="cut.gz.*truncated or corrupt"):
+        D.read_idx(path)
+
+
+def test_idx_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        D.read_idx(tmp_path / "nothere")
+
+
+# ------------------------------------------------------------------------------- composition
+def test_compose_matches_the_reference_construction():
+    g = torch.Generator().manual_seed(3)
+    left = torch.randint(0, 256, (40, 28, 28), generator=g, dtype=torch.uint8)
+    right = torch.randint(0, 256, (40, 28, 28), generator=g, dtype=torch.uint8)
+    images, pos = D.compose_pairs(left, right, generator=torch.Generator().manual_seed(1))
+    assert images.shape == (40, 28, 28) and images.dtype == torch.uint8
+    for n in range(40):
+        expected = reference_compose(left[n].numpy(), right[n].numpy(), pos[n].numpy())
+        np.testing.assert_array_equal(images[n].numpy(), expected)
+
+
+def test_compose_positions_follow_the_paper():
+    # up to 2 pixels each way from (2, 2) upper-left and (6, 6) lower-right on the 36 x 36 canvas
+    items = torch.zeros(4000, 28, 28, dtype=torch.uint8)
+    _, pos = D.compose_pairs(items, items, generator=torch.Generator().manual_seed(0))
+    assert pos[:, 0].min() == 0 and pos[:, 0].max() == 4
+    assert pos[:, 1].min() == 4 and pos[:, 1].max() == 8
+    assert not (pos[:, 0] == pos[:, 1]).all(dim=1).any()  # never one item exactly under the other
+    # each of the 5 offsets along each axis is drawn, roughly uniformly
+    counts = torch.bincount(pos[:, 0, 0], minlength=5).float()
+    assert counts.min() > 0.15 * 4000
+
+
+def test_nearest_resize_is_pils():
+    Image = pytest.importorskip("PIL.Image")
+    canvas = np.random.default_rng(0).integers(0, 256, (36, 36)).astype(np.uint8)
+    ours = canvas[np.ix_(nearest_indices(36, 28).numpy(), nearest_indices(36, 28).numpy())]
+    theirs = np.asarray(Image.fromarray(canvas).resize((28, 28), resample=Image.NEAREST))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_compose_is_deterministic_and_validates():
+    items = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    a = D.compose_pairs(items, items.flip(0), generator=torch.Generator().manual_seed(5))
+    b = D.compose_pairs(items, items.flip(0), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(TypeError, match="uint8"):
+        D.compose_pairs(items.float(), items.float())
+    with pytest.raises(ValueError, match="same shape"):
+        D.compose_pairs(items, items[:3])
+
+
+# ---------------------------------------------------------------------------------- MultiMNIST
+def test_multimnist_from_idx_files(mnist_dir):
+    images, labels = D.read_idx(mnist_dir / "train-images-idx3-ubyte"), D.read_idx(mnist_dir / "train-labels-idx1-ubyte")
+    ds = D.MultiMNIST(mnist_dir, split="train", seed=0)
+    assert len(ds) == 12
+    x, y = ds[3]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.shape == (2,) and y.dtype == torch.int64
+    # every source image is the upper-left item once; the lower-right items are a permutation
+    assert torch.equal(ds.sources[:, 0], torch.arange(12))
+    assert sorted(ds.sources[:, 1].tolist()) == list(range(12))
+    assert torch.equal(ds.targets[:, 0], labels.long())
+    assert torch.equal(ds.targets[:, 1], labels.long()[ds.sources[:, 1]])
+    for n in range(12):
+        raw = reference_compose(images[n].numpy(), images[ds.sources[n, 1]].numpy(), ds.positions[n].numpy())
+        np.testing.assert_array_equal(ds.images[n].numpy(), raw)
+        torch.testing.assert_close(ds[n][0][0], (torch.from_numpy(raw).float() / 255 - MEAN) / STD)
+    X, Y = ds.tensors()
+    assert X.shape == (12, 1, 28, 28) and torch.equal(Y, ds.targets)
+    test = D.MultiMNIST(mnist_dir, split="test")
+    assert len(test) == 5
+
+
+def test_multimnist_is_deterministic_under_a_seed(mnist_dir):
+    a, b, c = D.MultiMNIST(mnist_dir, seed=4), D.MultiMNIST(mnist_dir, seed=4), D.MultiMNIST(mnist_dir, seed=5)
+    assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+    assert not (torch.equal(a.positions, c.positions) and torch.equal(a.sources, c.sources))
+
+
+def test_multimnist_env_var_gzip_and_torchvision_layout(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "MNIST" / "raw"
+    imgs, labels = fake_mnist(7, 2)
+    write_mnist(folder, "train", imgs, labels, compress=True)
+    monkeypatch.setenv(D.MNIST_ENV, str(tmp_path / "data"))
+    ds = D.MultiMNIST()
+    assert len(ds) == 7 and torch.equal(ds.targets[:, 0], labels.long())
+
+
+def test_multimnist_missing_path_says_what_to_set(tmp_path):
+    with pytest.raises(D.DataNotFoundError, match=r"root=PATH.*TORCHMOO_MNIST_DIR"):
+        D.MultiMNIST()
+    with pytest.raises(D.DataNotFoundError, match="does not exist"):
+        D.MultiMNIST(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DataNotFoundError, match=r"train-images-idx3-ubyte.*TORCHMOO_MNIST_DIR"):
+        D.MultiMNIST(tmp_path / "empty")
+    with pytest.raises(D.DataNotFoundError, match="TORCHMOO_FASHION_MNIST_DIR"):
+        D.MultiFashion()
+    with pytest.raises(D.DataNotFoundError, match=r"mnist_root=PATH"):
+        D.MultiFashionMNIST()
+
+
+def test_multimnist_rejects_inconsistent_files(tmp_path):
+    bad = tmp_path / "shape"
+    write_mnist(bad, "train", torch.zeros(3, 10, 10, dtype=torch.uint8), torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(D.IDXError, match=r"\(N, 28, 28\).*\(3, 10, 10\)"):
+        D.MultiMNIST(bad)
+    count = tmp_path / "count"
+    write_mnist(count, "train", torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.uint8))
+    with pytest.raises(D.IDXError, match="4 labels for the 3 images"):
+        D.MultiMNIST(count)
+    big = tmp_path / "label"
+    write_mnist(big, "train", torch.zeros(2, 28, 28, dtype=torch.uint8), torch.tensor([1, 12], dtype=torch.uint8))
+    with pytest.raises(D.IDXError, match="0..9, found 12"):
+        D.MultiMNIST(big)
+    trunc = tmp_path / "trunc"
+    write_mnist(trunc, "train", *fake_mnist(3, 0))
+    path = trunc / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(D.IDXError, match=r"train-images-idx3-ubyte: truncated"):
+        D.MultiMNIST(trunc)
+    with pytest.raises(ValueError, match="split"):
+        D.MultiMNIST(trunc, split="val")
+
+
+def test_multifashion_and_multifashionmnist(tmp_path, monkeypatch):
+    mnist, fashion = tmp_path / "m", tmp_path / "f"
+    m_img, m_lab = fake_mnist(9, 10)
+    f_img, f_lab = fake_mnist(6, 11, offset=3)
+    write_mnist(mnist, "train", m_img, m_lab)
+    write_mnist(fashion, "train", f_img, f_lab)
+    monkeypatch.setenv(D.FASHION_MNIST_ENV, str(fashion))
+    mf = D.MultiFashion()
+    assert len(mf) == 6 and torch.equal(mf.targets[:, 0], f_lab.long())
+    mix = D.MultiFashionMNIST(mnist_root=mnist)
+    assert len(mix) == 9
+    # left item from MNIST, right item from Fashion-MNIST (six sources, used for nine images)
+    assert torch.equal(mix.targets[:, 0], m_lab.long())
+    assert torch.equal(mix.targets[:, 1], f_lab.long()[mix.sources[:, 1]])
+    assert set(mix.sources[:6, 1].tolist()) == set(range(6))
+    for n in range(9):
+        raw = reference_compose(m_img[n].numpy(), f_img[mix.sources[n, 1]].numpy(), mix.positions[n].numpy())
+        np.testing.assert_array_equal(mix.images[n].numpy(), raw)
+
+
+def test_multimnist_subset(tmp_path):
+    folder = tmp_path / "mnist"
+    write_mnist(folder, "train", *fake_mnist(40, 7))
+    full = D.MultiMNIST(folder, seed=2)
+    sub = D.MultiMNISTSubset(folder, size=16, seed=2)
+    assert len(sub) == 16 and sub[0][0].shape == (1, 14, 14)
+    assert len(set(sub.indices.tolist())) == 16
+    # each subset image is the 2 x 2 average of its MultiMNIST image, labels carried along
+    chosen = full.images[sub.indices].float()
+    pooled = chosen.reshape(16, 14, 2, 14, 2).mean(dim=(2, 4))
+    torch.testing.assert_close(sub.images, pooled)
+    assert torch.equal(sub.targets, full.targets[sub.indices])
+    torch.testing.assert_close(sub[3][0][0], (pooled[3] / 255 - MEAN) / STD)
+    with pytest.raises(ValueError, match=r"size must be an int in \[1, 40\]"):
+        D.MultiMNISTSubset(folder, size=41)
+
+
+# --------------------------------------------------------------------------------- MultiDigits
+@pytest.fixture(scope="module")
+def sk_digits():
+    """scikit-learn's bundled digits (images (1797, 8, 8), labels), read independently of the zoo."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    bunch = datasets.load_digits()
+    return bunch.images, bunch.target
+
+
+@pytest.fixture(scope="module")
+def digits(sk_digits):
+    return D.MultiDigits("train", seed=0), D.MultiDigits("test", seed=0)
+
+
+def test_render_digits_blocks():
+    pytest.importorskip("sklearn")
+    d = torch.randint(0, 17, (3, 8, 8)).float()
+    frames = D.render_digits(d)
+    assert frames.shape == (3, 28, 28) and frames.dtype == torch.uint8
+    assert frames[:, :2].sum() == 0 and frames[:, -2:].sum() == 0 and frames[:, :, :2].sum() == 0
+    for i in range(8):
+        for j in range(8):
+            block = frames[:, 2 + 3 * i : 5 + 3 * i, 2 + 3 * j : 5 + 3 * j]
+            expected = torch.round(d[:, i, j] * 255 / 16).to(torch.uint8)
+            assert torch.equal(block, expected.view(3, 1, 1).expand(3, 3, 3))
+
+
+def test_multidigits_shapes_labels_and_splits(digits, sk_digits):
+    train, test = digits
+    assert (len(train), len(test)) == (1438, 359)
+    x, y = train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.shape == (2,) and y.dtype == torch.int64
+    for ds in digits:
+        assert ds.targets.min() >= 0 and ds.targets.max() <= 9
+        assert set(ds.targets[:, 0].tolist()) == set(range(10)) and set(ds.targets[:, 1].tolist()) == set(range(10))
+    # disjoint source digits; labels are the sklearn labels of the sources
+    assert not set(train.sources.flatten().tolist()) & set(test.sources.flatten().tolist())
+    target = torch.as_tensor(sk_digits[1])
+    assert torch.equal(train.targets, target[train.sources])
+    # normalised with the training split's statistics
+    X, _ = train.tensors()
+    assert abs(float(X.mean())) < 1e-4 and abs(float(X.std()) - 1) < 1e-3
+    assert (test.mean, test.std) == (train.mean, train.std)
+
+
+def test_multidigits_digits_are_where_they_should_be(digits, sk_digits):
+    # every image is rebuilt from the raw 8 x 8 sources: scaled to 0..255, 3 x 3 blocks in a 28 x 28
+    # frame, placed at the recorded corners of the 36 x 36 canvas, resized as MultiMNIST
+    train, _ = digits
+    raw = sk_digits[0]
+    for n in range(0, len(train), 7):
+        frames = [np.pad(np.kron(np.round(raw[s] * 255 / 16), np.ones((3, 3))), 2) for s in train.sources[n].tolist()]
+        expected = reference_compose(frames[0].astype(np.int64), frames[1].astype(np.int64), train.positions[n].numpy())
+        np.testing.assert_array_equal(train.images[n].numpy(), expected)
+    # corners as in MultiMNIST: upper-left item in [0, 4], lower-right item in [4, 8] on each axis
+    pos = train.positions
+    assert pos[:, 0].min() == 0 and pos[:, 0].max() == 4 and pos[:, 1].min() == 4 and pos[:, 1].max() == 8
+    # the top band of every image (canvas rows 0..3, above any lower-right item) shows only the upper-left
+    # digit: the 8 x 8 digit's first row lands at canvas rows corner + 2 .. corner + 4
+    band = nearest_indices(36, 28) < 4
+    for n in range(0, len(train), 11):
+        r, c = train.positions[n, 0].tolist()
+        frame = np.pad(np.kron(np.round(raw[train.sources[n, 0]] * 255 / 16), np.ones((3, 3))), 2)
+        canvas = np.zeros((36, 36))
+        canvas[r : r + 28, c : c + 28] = frame
+        idx = nearest_indices(36, 28).numpy()
+        np.testing.assert_array_equal(train.images[n].numpy()[band.numpy()], canvas[np.ix_(idx, idx)][band.numpy()])
+
+
+def test_multidigits_is_deterministic(digits):
+    train, _ = digits
+    again = D.MultiDigits("train", seed=0)
+    assert torch.equal(again.images, train.images) and torch.equal(again.targets, train.targets)
+    other = D.MultiDigits("train", seed=1)
+    assert not torch.equal(other.sources, train.sources)
+    more = D.MultiDigits("train", seed=0, num_images=3000)
+    assert len(more) == 3000 and set(more.sources[:, 0].tolist()) == set(train.sources[:, 0].tolist())
+    with pytest.raises(ValueError, match="test_fraction"):
+        D.MultiDigits(test_fraction=1.0)
+
+
+# -------------------------------------------------------------------------------------- Census
+EDUCATION = ["Children", "High school graduate", "Bachelors degree(BA AB BS)", "Some college but no degree",
+             "10th grade", "Doctorate degree(PhD EdD)"]
+COLLEGE = {"Bachelors degree(BA AB BS)": 1, "Some college but no degree": 1, "Doctorate degree(PhD EdD)": 1}
+MARITAL = ["Never married", "Married-civilian spouse present", "Divorced"]
+
+
+def census_rows(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        row = []
+        for col in UCI_CENSUS_COLUMNS:
+            if col == "age":
+                row.append(str(int(rng.integers(0, 90))))
+            elif col == "education":
+                row.append(EDUCATION[rng.integers(len(EDUCATION))])
+            elif col == "marital_stat":
+                row.append(MARITAL[rng.integers(len(MARITAL))])
+            elif col in ("wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks",
+                         "num_persons_worked_for_employer", "weeks_worked_in_year", "instance_weight"):
+                row.append(str(float(rng.integers(0, 100))))
+            elif col == "sex":
+                row.append(["Male", "Female"][rng.integers(2)])
+            elif col == "year":
+                row.append(["94", "95"][rng.integers(2)])
+            else:
+                row.append(f"{col[:3]}-{rng.integers(3)}")
+        rows.append(row)
+    return rows
+
+
+def write_csv(path, rows, header=None, sep=", "):
+    with open(path, "w") as f:
+        if header:
+            f.write(sep.join(header) + "\n")
+        for r in rows:
+            f.write(sep.join(r) + "\n")
+    return path
+
+
+def test_census_from_the_uci_layout(tmp_path):
+    rows = census_rows(30, 0)
+    write_csv(tmp_path / "census-income.data", rows)
+    test_rows = census_rows(8, 1)
+    test_rows[0][UCI_CENSUS_COLUMNS.index("sex")] = "Unknown"  # a category the training file lacks
+    write_csv(tmp_path / "census-income.test", test_rows)
+    train = D.CensusIncome(tmp_path)
+    assert len(train) == 30 and train.targets.shape == (30, 3)
+    col = {c: i for i, c in enumerate(UCI_CENSUS_COLUMNS)}
+    for k, r in enumerate(rows):
+        assert train.targets[k].tolist() == [
+            int(int(r[col["age"]]) >= 40), COLLEGE.get(r[col["education"]], 0), int(r[col["marital_stat"]] == "Never married")
+        ]
+    enc = train.encoding
+    names = enc.feature_names()
+    # no task column and no sampling weight among the features; 6 numeric columns standardised
+    assert not any(n.split("=")[0] in ("age", "education", "marital_stat", "instance_weight") for n in names)
+    assert [c for c, _, _ in enc.continuous] == ["wage_per_hour", "capital_gains", "capital_losses",
+                                                "dividends_from_stocks", "num_persons_worked_for_employer",
+                                                "weeks_worked_in_year"]
+    X, _ = train.tensors()
+    torch.testing.assert_close(X[:, :6].mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    # exactly one hot per categorical column
+    offset = 6
+    for _, cats in enc.categorical:
+        assert torch.all(X[:, offset : offset + len(cats)].sum(1) == 1)
+        offset += len(cats)
+    assert offset == train.num_features == enc.num_features
+    test = D.CensusIncome(tmp_path, split="test", encoding=enc)
+    assert test.num_features == train.num_features
+    sex = [c for c, _ in enc.categorical].index("sex")
+    start = 6 + sum(len(c) for _, c in enc.categorical[:sex])
+    assert test.features[0, start : start + 2].sum() == 0  # unseen category: all zeros
+    assert test.features[1, start : start + 2].sum() == 1
+
+
+def test_census_with_a_header_and_env_var(tmp_path, monkeypatch):
+    header = ["Age", "Education", "Marital stat", "Sex", "Capital gains"]
+    rows = [["41", "Masters degree(MA MS MEng MEd MSW MBA)", "Never married", "Female", "10"],
+            ["12", "Children", "Never married", "Male", "0"],
+            ["39", "High school graduate", "Divorced", "Male", "5"]]
+    write_csv(tmp_path / "train.csv", rows, header, sep=",")
+    monkeypatch.setenv(D.CENSUS_ENV, str(tmp_path))
+    ds = D.CensusIncome()
+    assert ds.targets.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ds.num_features == 1 + 2  # capital_gains, sex=Female, sex=Male
+
+
+def test_census_errors(tmp_path):
+    with pytest.raises(D.DataNotFoundError, match=r"path=PATH.*TORCHMOO_CENSUS_DIR"):
+        D.CensusIncome()
+    p = write_csv(tmp_path / "a.csv", [["41", "Never married"]], ["age", "marital stat"], sep=",")
+    with pytest.raises(D.CSVFormatError, match=r"a.csv: missing column\(s\) education"):
+        D.CensusIncome(p)
+    p = write_csv(tmp_path / "b.csv", [["41", "PhD", "Never married"]], ["age", "education", "marital stat"], sep=",")
+    with pytest.raises(D.CSVFormatError, match=r"b.csv, line 2: education 'PhD'"):
+        D.CensusIncome(p)
+    p = write_csv(tmp_path / "c.csv", [["old", "Children", "Never married"]], ["age", "education", "marital stat"], sep=",")
+    with pytest.raises(D.CSVFormatError, match=r"c.csv, line 2: column 'age' must hold finite numbers, found 'old'"):
+        D.CensusIncome(p)
+    rows = census_rows(3, 0)
+    rows[2] = rows[2][:-1]
+    p = write_csv(tmp_path / "d.data", rows)
+    with pytest.raises(D.CSVFormatError, match=r"d.data, line 3: 41 fields where the file has 42 columns"):
+        D.CensusIncome(p)
+    p = write_csv(tmp_path / "e.csv", [["1", "2", "3"]])
+    with pytest.raises(D.CSVFormatError, match="e.csv.*not a header"):
+        D.CensusIncome(p)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(D.CSVFormatError, match="empty"):
+        D.CensusIncome(tmp_path / "empty.csv")
+
+
+# -------------------------------------------------------------------------------------- SARCOS
+def test_sarcos_positional_and_standardised(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(25, 28))
+    write_csv(tmp_path / "sarcos_inv.csv", [[repr(float(v)) for v in row] for row in data], sep=",")
+    write_csv(tmp_path / "sarcos_inv_test.csv", [[repr(float(v)) for v in row] for row in data[:5] * 2], sep=",")
+    train = D.Sarcos(tmp_path)
+    x, y = train[0]
+    assert x.shape == (21,) and y.shape == (7,) and len(train) == 25
+    X, Y = train.tensors()
+    torch.testing.assert_close(X.mean(0), torch.zeros(21), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Y.std(0, unbiased=False), torch.ones(7), atol=1e-5, rtol=0)
+    # the test file is standardised with the training statistics
+    test = D.Sarcos(tmp_path, split="test", stats=train.stats)
+    expected = (torch.from_numpy(data[:5, 21:] * 2) - train.stats.y_mean) / train.stats.y_std
+    torch.testing.assert_close(test.targets, expected.float())
+    raw = D.Sarcos(tmp_path, standardize=False)
+    torch.testing.assert_close(raw.inputs, torch.from_numpy(data[:, :21]).float())
+
+
+def test_sarcos_named_columns_and_errors(tmp_path, monkeypatch):
+    header = [f"q{i}" for i in range(21)] + ["extra"] + [f"tau{i}" for i in range(7)]
+    rows = [[str(float(i + j)) for j in range(29)] for i in range(4)]
+    p = write_csv(tmp_path / "named.csv", rows, header, sep=",")
+    ds = D.Sarcos(p, input_columns=header[:21], target_columns=header[22:], standardize=False)
+    X, Y = ds.tensors()
+    assert X.shape == (4, 21) and Y.shape == (4, 7)
+    # inputs are columns 0..20, targets 22..28: the 'extra' column 21 is skipped
+    assert Y[0].tolist() == [float(j) for j in range(22, 29)] and X[3, 0] == 3.0
+    with pytest.raises(D.CSVFormatError, match=r"named.csv: 29 columns; SARCOS has 28"):
+        D.Sarcos(p)
+    with pytest.raises(D.CSVFormatError, match=r"missing column\(s\) tau9"):
+        D.Sarcos(p, input_columns=header[:21], target_columns=header[22:28] + ["tau9"])
+    rows[1][3] = "nan"
+    p = write_csv(tmp_path / "nan.csv", rows, header, sep=",")
+    with pytest.raises(D.CSVFormatError, match=r"nan.csv, line 3: column 'q3' must hold finite numbers"):
+        D.Sarcos(p, input_columns=header[:21], target_columns=header[22:])
+    with pytest.raises(D.DataNotFoundError, match="TORCHMOO_SARCOS_DIR"):
+        D.Sarcos()
+    monkeypatch.setenv(D.SARCOS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(D.DataNotFoundError, match="environment variable TORCHMOO_SARCOS_DIR points to"):
+        D.Sarcos()
+
+
+# ------------------------------------------------------------------------------------ sinusoid
+def test_sinusoid_tasks():
+    tasks = D.SinusoidTasks(num_tasks=200, num_support=5, num_query=10, seed=3)
+    assert len(tasks) == 200
+    assert tasks.amplitude.min() >= 0.1 and tasks.amplitude.max() <= 5.0
+    assert tasks.phase.min() >= 0.0 and tasks.phase.max() <= math.pi
+    t = tasks[17]
+    assert t.x_support.shape == (5, 1) and t.y_support.shape == (5, 1) and t.x_query.shape == (10, 1)
+    x = torch.cat([t.x_support, t.x_query])
+    assert x.min() >= -5.0 and x.max() <= 5.0
+    torch.testing.assert_close(t.y_support, tasks.amplitude[17] * torch.sin(t.x_support + tasks.phase[17]))
+    torch.testing.assert_close(t.y_query, tasks.amplitude[17] * torch.sin(t.x_query + tasks.phase[17]))
+    # random access is reproducible; another seed is another family
+    assert torch.equal(tasks[17].x_query, D.SinusoidTasks(200, 5, 10, seed=3)[17].x_query)
+    assert not torch.equal(tasks.amplitude, D.SinusoidTasks(200, 5, 10, seed=4).amplitude)
+    batch = next(iter(DataLoader(tasks, batch_size=4)))
+    assert isinstance(batch, D.RegressionTask) and batch.x_support.shape == (4, 5, 1)
+    with pytest.raises(ValueError, match="num_support"):
+        D.SinusoidTasks(num_support=0)
+    with pytest.raises(IndexError):
+        tasks[200]
+
+
+# ------------------------------------------------------------------------------------ episodes
+def test_episode_sampler():
+    labels = torch.arange(12).repeat_interleave(20)  # 12 classes x 20 examples
+    labels[:5] = 99  # class 99 has 5 examples: too few for 3 shots + 4 queries
+    features = torch.arange(len(labels)).float().unsqueeze(1)
+    ds = TensorDataset(features, labels)
+    sampler = D.EpisodeSampler(labels, n_way=5, k_shot=3, n_query=4, num_episodes=6, seed=1)
+    assert 99 not in sampler.classes.tolist()
+    loader = DataLoader(ds, batch_sampler=sampler)
+    episodes = list(loader)
+    assert len(episodes) == 6
+    for x, y in episodes:
+        assert x.shape == (5 * 7, 1)
+        xs, ys, xq, yq = D.split_episode(y, 5, 3, 4)
+        assert len(set(ys.tolist())) == 5 and set(ys.tolist()) == set(yq.tolist())
+        # the episode labels name the drawn classes consistently in support and query
+        _, rel_s, _, rel_q = D.split_episode(x, 5, 3, 4)
+        for k in range(5):
+            assert len(set(xs[rel_s == k].tolist())) == 1
+            assert set(xq[rel_q == k].tolist()) == set(xs[rel_s == k].tolist())
+        assert len(set(x.flatten().tolist())) == 35  # no example twice
+    # fixed episodes on every pass; new ones after set_epoch
+    assert [list(e) for e in sampler] == [list(e) for e in sampler]
+    first = sampler.episode(0)
+    sampler.set_epoch(1)
+    assert sampler.episode(0) != first
+    # labels read from a data set
+    assert torch.equal(D.labels_of(ds), labels)
+    assert len(D.EpisodeSampler(ds, 2, 1, 1, num_episodes=3)) == 3
+
+
+def test_episode_sampler_errors():
+    labels = torch.arange(4).repeat_interleave(3)
+    with pytest.raises(ValueError, match=r"needs 5 classes with at least 4 examples.*only 0 of the 4"):
+        D.EpisodeSampler(labels, n_way=5, k_shot=2, n_query=2)
+    with pytest.raises(ValueError, match="one class per example"):
+        D.EpisodeSampler(torch.zeros(4, 2, dtype=torch.long), 1, 1)
+    with pytest.raises(TypeError, match="integers"):
+        D.EpisodeSampler(torch.zeros(4), 1, 1)
+    with pytest.raises(ValueError, match="k_shot"):
+        D.EpisodeSampler(labels, 2, 0)
+    with pytest.raises(ValueError, match="has 12 examples"):
+        D.split_episode(torch.zeros(10), 2, 2, 4)

@@ -1,0 +1,203 @@
+"""Model zoo: parameter counts against the papers (or derived by hand where a paper gives none),
+output shapes, and the multi-task parameter split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchmoo.zoo import models as M
+from torchmoo.zoo.models import count_parameters
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------------------- counts
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        # Ma et al. supplement 2.3: "The network contains 22,350 trainable parameters."
+        (lambda: M.MultiLeNet(), 22_350),
+        # ParetoMTL's 36 x 36 LeNet (conv1 9x9): 820 + 5,020 + (500 * 50 + 50) + 2 * 510 = 31,910
+        (lambda: M.MultiLeNet(image_size=36), 31_910),
+        # Ma et al. supplement 2.2: "which has 1500 parameters"
+        (lambda: M.MultiLeNetSubset(), 1_500),
+        # Ma et al. supplement 2.4: "This network contains 158,598 trainable parameters"
+        (lambda: M.CensusMLP(), 158_598),
+        # MT-SGD supplement 2.1.3: "(139,015 params)"
+        (lambda: M.SarcosMLP(), 139_015),
+        # SIMOL 5.1, 1 -> 32 -> 32 -> 1: 64 + 1,056 + 33 = 1,153
+        (lambda: M.SinusoidMLP(), 1_153),
+        # Finn et al.'s 1 -> 40 -> 40 -> 1: 80 + 1,640 + 41 = 1,761
+        (lambda: M.SinusoidMLP((40, 40)), 1_761),
+        # Conv-4-64 on RGB: (3*64*9 + 64) + 128 + 3 * ((64*64*9 + 64) + 128) = 113,088
+        (lambda: M.Conv4(), 113_088),
+        # rotation head: 64*128*9 + 2*128 + 128*256*9 + 2*256 + (256*4 + 4) = 370,436
+        (lambda: M.RotationHead(), 370_436),
+        # patch location head on 64-d patch features: 128*256 + 2*256 + (256*8 + 8) = 35,336
+        (lambda: M.RelativePatchLocationHead(), 35_336),
+        # cosine classifier over 1,600-d features, 64 classes, learned scale: 64 * 1600 + 1
+        (lambda: M.CosineClassifier(1600, 64), 102_401),
+        # Ma et al. supplement 2.5 (UTKFace): "The network contains 11,180,616 trainable parameters."
+        (lambda: M.MultiHeadResNet18((1, 2, 5)), 11_180_616),
+        # ResNet-18 without its classifier: 11,689,512 (torchvision, 1000 classes) - 513,000
+        (lambda: M.ResNet18(), 11_176_512),
+    ],
+)
+def test_parameter_counts(make, expected):
+    assert count_parameters(make()) == expected
+
+
+def test_wrn28_10_parameter_count():
+    # By hand: stem 3*16*9 = 432; group 1 (16 -> 160): first block 32 + 23,040 + 320 + 230,400 + 2,560
+    # (1x1 shortcut) = 256,352, three more 2 * (320 + 230,400) = 461,440 each; group 2 (160 -> 320):
+    # 1,434,560 + 3 * 1,844,480; group 3 (320 -> 640): 5,736,320 + 3 * 7,375,360; final BN 1,280.
+    # Total 36,472,784; with a 10-class classifier 36,479,194, the usual WRN-28-10 CIFAR-10 figure.
+    net = M.wrn28_10()
+    assert count_parameters(net) == 36_472_784
+    assert count_parameters(net) + 640 * 10 + 10 == 36_479_194
+    assert net.out_features == 640
+
+
+def test_conv4_self_supervised_is_backbone_plus_heads():
+    net = M.Conv4SelfSupervised(num_classes=64, image_size=84)
+    # 113,088 + cosine over 5*5*64 = 1,600 features (102,401) + 370,436 + 35,336
+    assert count_parameters(net) == 113_088 + 102_401 + 370_436 + 35_336
+
+
+# ------------------------------------------------------------------------------------------- shapes
+def test_lenet_shapes_and_heads():
+    for net, side in ((M.MultiLeNet(), 28), (M.MultiLeNet(image_size=36), 36), (M.MultiLeNetSubset(), 14)):
+        out = net(torch.randn(3, 1, side, side))
+        assert isinstance(out, list) and len(out) == 2
+        assert all(o.shape == (3, 10) for o in out)
+
+
+def test_mlp_shapes():
+    census = M.CensusMLP(in_features=20)
+    out = census(torch.randn(5, 20))
+    assert len(out) == 3 and all(o.shape == (5, 2) for o in out)
+    sarcos = M.SarcosMLP()
+    out = sarcos(torch.randn(4, 21))
+    assert len(out) == 7 and all(o.shape == (4,) for o in out)
+    assert M.SinusoidMLP()(torch.randn(6, 1)).shape == (6, 1)
+
+
+def test_sarcos_heads_equal_one_7_output_layer():
+    # the seven 256 -> 1 heads are the rows of the paper's 256 x 7 output layer
+    net = M.SarcosMLP()
+    x = torch.randn(4, 21)
+    z = net.features(x)
+    W = torch.cat([h.weight for h in net.heads])
+    b = torch.cat([h.bias for h in net.heads])
+    torch.testing.assert_close(torch.stack(net(x), dim=1), z @ W.T + b)
+
+
+def test_conv4_feature_sizes():
+    # MiniImageNet 84 x 84 -> 5 x 5 x 64 = 1,600; CIFAR-FS 32 x 32 -> 2 x 2 x 64 = 256 (PSST B.1)
+    net = M.Conv4().eval()
+    assert net(torch.randn(2, 3, 84, 84)).shape == (2, 1600)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+    assert net.output_side(84) == 5 and net.output_side(24) == 1
+
+
+def test_conv4_self_supervised_forward():
+    net = M.Conv4SelfSupervised(num_classes=5, image_size=32, patch_size=24)
+    images = torch.randn(3, 3, 32, 32)
+    patches = torch.randn(3, 9, 3, 24, 24)
+    cls, rot, loc = net(images, patches)
+    assert cls.shape == (3, 5) and rot.shape == (3, 4) and loc.shape == (3, 8, 8)
+    assert len(net(images)) == 2
+    targets = M.RelativePatchLocationHead.targets(3)
+    loss = nn.functional.cross_entropy(loc.reshape(-1, 8), targets.reshape(-1))
+    loss.backward()
+    assert all(p.grad is not None for p in net.heads[2].parameters())
+    with pytest.raises(ValueError, match=r"\(B, 9, C, p, p\)"):
+        net(images, patches[:, :8])
+
+
+def test_patch_location_pairs_center_with_each_neighbour():
+    head = M.RelativePatchLocationHead(feature_dim=4, hidden=8).eval()
+    feats = torch.randn(2, 9, 4)
+    logits = head(feats)
+    for k, p in enumerate(head.NEIGHBOURS):
+        torch.testing.assert_close(logits[:, k], head.pair_logits(feats[:, 4], feats[:, p]))
+
+
+def test_cosine_classifier_is_scaled_cosine():
+    clf = M.CosineClassifier(6, 4, scale=7.0)
+    x = torch.randn(5, 6)
+    expected = 7.0 * torch.nn.functional.cosine_similarity(x.unsqueeze(1), clf.weight.unsqueeze(0), dim=2)
+    torch.testing.assert_close(clf(x), expected)
+    # invariant to the norm of the input
+    torch.testing.assert_close(clf(3.5 * x), clf(x))
+    fixed = M.CosineClassifier(6, 4, learn_scale=False)
+    assert count_parameters(fixed) == 24
+    fixed.set_prototypes(torch.eye(6)[:3])
+    assert fixed(torch.eye(6)).argmax(1)[:3].tolist() == [0, 1, 2]
+
+
+def test_resnet18_tiny_forward():
+    net = M.MultiHeadResNet18((1, 2, 5)).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 32, 32))
+    assert [o.shape for o in out] == [(2, 1), (2, 2), (2, 5)]
+    small = M.MultiHeadResNet18((10, 10), in_channels=1, stem="cifar").eval()
+    with torch.no_grad():
+        assert [o.shape for o in small(torch.randn(1, 1, 8, 8))] == [(1, 10), (1, 10)]
+
+
+def test_wide_resnet_tiny_forward():
+    net = M.WideResNet(depth=10, widen_factor=2, strides=(2, 2, 2), num_classes=7).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert net.feature_map(x).shape == (2, 128, 2, 2)
+        assert net(x).shape == (2, 7)
+    standard = M.WideResNet(depth=10, widen_factor=1).eval()
+    with torch.no_grad():
+        assert standard.feature_map(torch.randn(1, 3, 8, 8)).shape == (1, 64, 2, 2)
+
+
+# ------------------------------------------------------------------------------- multi-task split
+@pytest.mark.parametrize(
+    "net", [M.MultiLeNet(), M.MultiLeNetSubset(), M.CensusMLP(in_features=10), M.SarcosMLP(), M.Conv4SelfSupervised(5, image_size=32)],
+    ids=lambda n: type(n).__name__,
+)
+def test_shared_and_task_parameters_partition_the_model(net):
+    shared = {id(p) for p in net.shared_parameters()}
+    tasks = [{id(p) for p in net.task_parameters(i)} for i in range(net.num_tasks)]
+    everything = {id(p) for p in net.parameters()}
+    assert shared and all(tasks)
+    assert set().union(shared, *tasks) == everything
+    assert sum(len(t) for t in tasks) + len(shared) == len(everything)  # disjoint
+
+
+def test_task_loss_reaches_only_its_head():
+    net = M.MultiLeNet()
+    out = net(torch.randn(4, 1, 28, 28))
+    out[1].sum().backward()
+    assert all(p.grad is None for p in net.task_parameters(0))
+    assert all(p.grad is not None for p in net.task_parameters(1))
+    assert all(p.grad is not None for p in net.shared_parameters())
+
+
+def test_bad_arguments():
+    net = M.MultiLeNet()
+    with pytest.raises(ValueError, match="out of range"):
+        net.task_parameters(2)
+    with pytest.raises(TypeError, match="int"):
+        net.task_parameters(1.0)
+    with pytest.raises(ValueError, match="too small"):
+        M.MultiLeNet(image_size=10)
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        M.WideResNet(depth=27)
+    with pytest.raises(ValueError, match="stem"):
+        M.ResNet18(stem="tiny")
+    with pytest.raises(ValueError, match="at least 1"):
+        M.MultiHeadMLP(4, (0,), (1,))
+    with pytest.raises(ValueError, match=r"\(B, 6\)"):
+        M.CosineClassifier(6, 2)(torch.randn(3, 5))
