@@ -18,4 +18,8 @@ void cuda_not_built(const c10::OperatorHandle& op, torch::jit::Stack* /*stack*/)
 TORCH_LIBRARY_IMPL(torchmoo, CUDA, m) {
   m.impl("min_norm_simplex", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
   m.impl("nonneg_qp", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("gram", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("minres_init", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("minres_step", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("minres_info", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
 }

@@ -14,6 +14,18 @@ TORCH_LIBRARY(torchmoo, m) {
   m.def(
       "nonneg_qp(Tensor G, Tensor c, str method='active_set', int max_iter=-1, float tol=-1.0, float radius=-1.0)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
+  // G = J J^T for J of shape (..., m, n): (..., m, m), exactly symmetric, one pass over J.
+  m.def("gram(Tensor J) -> Tensor");
+  // MINRES for (H - shift I) x = b over a matvec that runs in Python (torchmoo.ops.minres drives the loop).
+  // minres_init(b (k, n), max_iter) -> (y, yprev, w, wprev, x, state, history); minres_step consumes
+  // hv = H y and advances every right-hand side by one iteration in place, returning how many still run
+  // (hv = None: apply the pending updates of x only); minres_info(state, history) -> (iterations,
+  // residual_norms, stop codes).
+  m.def("minres_init(Tensor b, int max_iter) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "minres_step(Tensor? hv, Tensor(a!) y, Tensor(b!) yprev, Tensor(c!) w, Tensor(d!) wprev, Tensor(e!) x,"
+      " Tensor(f!) state, Tensor(g!) history, float shift, float tol) -> int");
+  m.def("minres_info(Tensor state, Tensor history) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {

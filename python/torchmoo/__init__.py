@@ -8,8 +8,14 @@ import torch  # noqa: F401  (loads libtorch before the extension, which links ag
 
 from torchmoo import _C  # noqa: F401  (registers torch.ops.torchmoo.*)
 from torchmoo import ops
+from torchmoo import metrics, problems
+from torchmoo import zoo
+from torchmoo import autograd, methods
+from torchmoo.training import backward
 
 __version__ = "0.1.0"
 cuda_built: bool = bool(_C.cuda_built)
 
-__all__ = ["ops", "cuda_built", "__version__"]
+from torchmoo import experiments  # noqa: E402  (last: experiment modules use the whole package)
+
+__all__ = ["ops", "metrics", "problems", "zoo", "autograd", "methods", "backward", "experiments", "cuda_built", "__version__"]

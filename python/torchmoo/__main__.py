@@ -1,3 +1,3 @@
 from torchmoo.cli import main
 
-main()
+raise SystemExit(main())

@@ -1,8 +1,16 @@
-"""The ``torchmoo`` command line. For now: ``torchmoo demo``, a tour of the QP operators."""
+"""The ``torchmoo`` command line.
+
+    torchmoo demo [--ops]          Pareto exploration of a two-task LeNet (a few minutes); --ops: a tour of the operators
+    torchmoo list                  the experiments that reproduce the papers
+    torchmoo run NAME [--full] [--seed S] [--out DIR] [--device D]
+                                   run (or resume) one experiment; results in DIR/results.json
+    torchmoo report DIR [DIR ...]  markdown table of the results found under the folders
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import List, Optional
 
@@ -11,7 +19,25 @@ import torch
 import torchmoo as tm
 
 
-def demo(device: str = "cpu") -> None:
+def demo(device: str = "cpu", ops: bool = False) -> None:
+    """The small ``pareto-multidigits`` experiment (seeds, Pareto expansion with MINRES, the continuous
+    front), then where its figure is; with ``ops``, the tour of the operators instead."""
+    if ops:
+        return operator_tour(device)
+    from torchmoo import experiments
+
+    out = "runs/pareto-multidigits-seed0"
+    print(f"torchmoo {tm.__version__}: Pareto exploration of a two-task LeNet on MultiDigits (results in {out}/)")
+    try:
+        res = experiments.run_experiment("pareto-multidigits", out=out, device=device)
+    except ValueError as err:
+        raise SystemExit(f"torchmoo demo: {err}") from None
+    print(experiments.runner.markdown_table(res["summary"]["table"]))
+    print(experiments.runner.markdown_table(res["summary"]["necessity"]))
+    print(f"\nfigure: {res['summary']['figure']}\nresults: {out}/results.json")
+
+
+def operator_tour(device: str = "cpu") -> None:
     """MGDA's common descent direction for three conflicting gradients, then a batched PNG dual."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -46,15 +72,53 @@ def demo(device: str = "cpu") -> None:
     print("min over i of <g_i,v> - phi:", f"{slack.min().item():.1e}  (>= 0 up to round-off)")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="torchmoo", description=__doc__)
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="torchmoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run a short tour of the operators")
+    p_demo = sub.add_parser("demo", help="Pareto exploration of a two-task LeNet (--ops: a tour of the operators)")
     p_demo.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p_demo.add_argument("--ops", action="store_true", help="a short tour of the operators instead")
+    sub.add_parser("list", help="list the experiments")
+    p_run = sub.add_parser("run", help="run or resume an experiment")
+    p_run.add_argument("name", help="experiment name (see `torchmoo list`)")
+    p_run.add_argument("--full", action="store_true", help="the paper's full setting instead of the small default")
+    p_run.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
+    p_run.add_argument("--out", default=None, help="result folder (default runs/NAME-seedS[-full]); resumed if it exists")
+    p_run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_report = sub.add_parser("report", help="markdown table of results")
+    p_report.add_argument("paths", nargs="+", help="result folders (searched recursively) or results.json files")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.device)
+        demo(args.device, ops=args.ops)
+        return 0
+    from torchmoo import experiments
+
+    try:
+        if args.command == "list":
+            for name in experiments.experiment_names():
+                print(f"{name:28s} {experiments.get_experiment(name).description}")
+        elif args.command == "run":
+            res = experiments.run_experiment(
+                args.name,
+                full=args.full,
+                seed=args.seed,
+                out=args.out,
+                device=args.device,
+                progress=not args.no_progress,
+            )
+            out = args.out or f"runs/{args.name}-seed{args.seed}{'-full' if args.full else ''}"
+            print(experiments.runner.markdown_table(res["summary"].get("table", [])))
+            print(f"\nresults: {out}/results.json")
+        elif args.command == "report":
+            print(experiments.report(args.paths), end="")
+    except ValueError as err:
+        print(f"torchmoo {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

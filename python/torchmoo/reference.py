@@ -39,14 +39,17 @@ space of ``G`` (eigenvalues below :data:`PINV_RTOL` times the largest) using
 from __future__ import annotations
 
 import itertools
-from typing import List, Optional, Tuple
+import math
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "ENUMERATION_MAX_M",
+    "gram_reference",
     "min_norm_simplex_reference",
+    "minres_reference",
     "nonneg_qp_reference",
     "simplex_kkt_residual",
     "nonneg_kkt_residual",
@@ -413,3 +416,136 @@ def nonneg_qp_reference(G: Tensor, c: Tensor, *, max_iter: int = 200_000) -> Ten
     if c is None:
         raise ValueError("nonneg_qp_reference needs c")
     return _solve_batched(G, c, simplex=False, max_iter=max_iter)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gram matrix
+# --------------------------------------------------------------------------------------------------
+
+
+def gram_reference(J: Tensor) -> Tensor:
+    """Reference of :func:`torchmoo.ops.gram`: ``J J^T`` in float64 on the CPU.
+
+    Args:
+        J: ``(..., m, n)``, any float dtype and device.
+
+    Returns:
+        ``(..., m, m)`` float64 CPU tensor ``J.double() @ J.double().mT``.
+    """
+    if J.dim() < 2:
+        raise ValueError(f"J must have shape (..., m, n), got {tuple(J.shape)}")
+    J64 = J.detach().to(device="cpu", dtype=_f64)
+    return J64 @ J64.mT
+
+
+# --------------------------------------------------------------------------------------------------
+# MINRES (reference of torchmoo.ops.minres)
+# --------------------------------------------------------------------------------------------------
+
+
+def minres_reference(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-6,
+    shift: float = 0.0,
+) -> Tuple[Tensor, "MinresInfo"]:
+    r"""Textbook MINRES (Paige & Saunders 1975) for :math:`(H - \sigma I) x = b`, one right-hand side at a time.
+
+    The recurrence and the stopping rules of :func:`torchmoo.ops.minres`, written out with torch
+    vector operations in ``b``'s dtype and device (scalars in Python floats, dot products in
+    float64). For ``b`` of shape ``(k, n)`` the ``k`` right-hand sides are solved one after the
+    other and ``matvec`` receives ``(1, n)`` tensors; for ``(n,)`` it receives ``(n,)``.
+    Returns ``(x, MinresInfo)`` like the operator, with ``matvec_calls`` summed over the right-hand sides.
+    """
+    from torchmoo.ops import MinresInfo  # the operator's result type
+
+    single = b.dim() == 1
+    rhs = b.detach().reshape(1, -1) if single else b.detach()
+
+    def apply(v: Tensor) -> Tensor:
+        return matvec(v) if single else matvec(v.unsqueeze(0))[0]
+
+    xs, iterations, histories, reasons, calls = [], [], [], [], 0
+    for row in rhs:
+        x, history, reason, row_calls = _minres_one(apply, row, max_iter, tol, shift)
+        xs.append(x)
+        iterations.append(len(history) - 1)
+        histories.append(history)
+        reasons.append(reason)
+        calls += row_calls
+    t = max(iterations, default=0)
+    residuals = torch.tensor([h + [h[-1]] * (t + 1 - len(h)) for h in histories], dtype=_f64).reshape(len(xs), t + 1)
+    x = torch.stack(xs) if xs else torch.zeros_like(rhs)
+    its = torch.tensor(iterations, dtype=torch.int64)
+    if single:
+        return x.reshape(b.shape), MinresInfo(its[0], residuals[0], reasons[0], calls)
+    return x, MinresInfo(its, residuals, tuple(reasons), calls)
+
+
+def _dot(a: Tensor, b: Tensor) -> float:
+    return float(torch.dot(a.to(_f64), b.to(_f64)))
+
+
+def _minres_one(apply, b: Tensor, max_iter: int, tol: float, shift: float):
+    """One right-hand side: returns (x, [||r_0||, ||r_1||, ...], stop reason, matvec calls)."""
+    eps = torch.finfo(b.dtype).eps
+    x = torch.zeros_like(b)
+    bnorm = math.sqrt(_dot(b, b))
+    history = [bnorm]
+    if bnorm == 0.0:
+        return x, history, "b_zero", 0
+
+    # Lanczos: H v_j = beta_j v_{j-1} + alfa_j v_j + beta_{j+1} v_{j+1}, v_1 = b / ||b||, giving the
+    # tridiagonal T_{j+1,j}; x_j = V_j y_j with y_j = argmin ||beta_1 e_1 - T_{j+1,j} y||, solved by
+    # Givens rotations Q_j applied as the columns of T arrive. The rotated columns give the
+    # directions w_j (x_j = x_{j-1} + phi_j w_j) and the residual norm phibar_j.
+    v_prev = torch.zeros_like(b)
+    v = b * (1.0 / bnorm)
+    beta = bnorm                    # beta_j, the norm that normalized v_j
+    w_prev2 = torch.zeros_like(b)   # w_{j-2}
+    w_prev = torch.zeros_like(b)    # w_{j-1}
+    c, s = -1.0, 0.0                # the rotation Q_{j-1}
+    dbar, eps_carry = 0.0, 0.0      # entries of column j that Q_{j-1} left for step j
+    phibar = bnorm
+    tnorm2 = 0.0
+    calls = 0
+    for j in range(1, max_iter + 1):
+        y = apply(v)
+        calls += 1
+        y = y - shift * v - beta * v_prev
+        alfa = _dot(v, y)
+        y = y - alfa * v
+        beta_next = math.sqrt(_dot(y, y))
+        if not (math.isfinite(alfa) and math.isfinite(beta_next)):
+            raise ValueError(f"minres_reference: matvec returned NaN or infinity at iteration {j}.")
+        tnorm2 += alfa**2 + (beta**2 if j > 1 else 0.0) + beta_next**2
+        anorm = math.sqrt(tnorm2)  # ||T_{j+1,j}||_F, the estimate of ||H - shift I||
+
+        # Q_{j-1} applied to column j of T: (dbar_j, alfa_j, beta_{j+1}) -> (delta_j, gbar_j, dbar_{j+1}).
+        oldeps = eps_carry
+        delta = c * dbar + s * alfa
+        gbar = s * dbar - c * alfa
+        eps_carry = s * beta_next
+        dbar = -c * beta_next
+        # ||(H - shift I) r_{j-1}|| / ||r_{j-1}|| = hypot(gbar_j, dbar_{j+1}): x_{j-1} is a least-squares solution.
+        if math.hypot(gbar, dbar) <= max(tol, eps) * anorm:
+            return x, history, "least_squares", calls
+
+        # The rotation Q_j that annihilates beta_{j+1}.
+        gamma = math.hypot(gbar, beta_next)
+        c, s = gbar / gamma, beta_next / gamma
+        phi, phibar = c * phibar, s * phibar
+        w = (v - oldeps * w_prev2 - delta * w_prev) * (1.0 / gamma)
+        x = x + phi * w
+        w_prev2, w_prev = w_prev, w
+        history.append(phibar)
+
+        if phibar <= tol * bnorm:
+            return x, history, "converged", calls
+        if beta_next <= 10.0 * eps * anorm:
+            return x, history, "breakdown", calls
+        v_prev, v = v, y * (1.0 / beta_next)
+        beta = beta_next
+    return x, history, "max_iter", calls

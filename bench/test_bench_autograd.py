@@ -1,0 +1,139 @@
+"""Benchmarks of ``torchmoo.autograd``: Jacobians of m = 10 objectives and Hessian-vector products.
+
+Groups (contenders of a group run in this process one after the other, the reference first; every
+ratio is a contender's median over the reference's median, same run; see ``benchutil.py``):
+
+* ``jacobian m=10 <model>``: the Jacobian of 10 losses (one per head) w.r.t. the shared trunk, on a
+  LeNet-sized conv trunk (MultiMNIST LeNet: 2 conv + 1 linear layer, 21k parameters, batch 64 of
+  28 x 28 images) and on an MLP-sized trunk (784-512-256, 530k parameters, batch 64). The graph
+  is built once outside the timing and kept (``retain_graph=True``), so a call times the backward
+  work only. Contenders: ``one backward`` (``autograd.grad`` of the summed loss: the cost of one
+  pass, the reference), ``jacobian batched`` (``jacobian(..., batched=True)``: one vmapped backward
+  pass) and ``jacobian loop`` (``batched=False``: 10 backward passes). The ideal Jacobian is about
+  10x one backward.
+* ``hvp <model>``: ``one backward`` (reference) against one ``hvp(loss, params, v)`` (the first
+  gradient with its graph plus the double-backward pass) and one product of ``hvp_operator`` (the
+  gradient graph built once, outside the timing: the cost per product of a Krylov solve). The
+  issue's bar: ``hvp`` at most 3x one backward.
+* ``hvp k=4 <model>``: 4 products with ``hvp(loss, params, V)``, ``V`` (4, n), in one batched pass
+  (reference) against 4 single ``hvp`` calls.
+
+Quick mode (``TORCHMOO_BENCH_QUICK=1``): batch 4, an MLP of 784-64-32, 2 rounds, only to prove the
+code runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+
+pytest.importorskip("pytest_benchmark")
+
+from torchmoo.autograd import hvp, hvp_operator, jacobian, num_params  # noqa: E402
+
+from baselines import QUICK  # noqa: E402
+from benchutil import record, run_timed  # noqa: E402
+
+M = 10
+BATCH = 4 if QUICK else 64
+MODELS = ("lenet", "mlp")
+
+
+class LeNetTrunk(torch.nn.Module):
+    """The shared LeNet of MultiMNIST experiments (Sener & Koltun): 28 x 28 -> 50 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 10, 5), torch.nn.MaxPool2d(2), torch.nn.ReLU(),
+            torch.nn.Conv2d(10, 20, 5), torch.nn.MaxPool2d(2), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(320, 50), torch.nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _trunk(kind: str):
+    if kind == "lenet":
+        return LeNetTrunk(), (1, 28, 28), 50
+    h1, h2 = (64, 32) if QUICK else (512, 256)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(),
+    ), (784,), h2
+
+
+@lru_cache(maxsize=None)
+def setup(kind: str):
+    """(trunk params, losses (M,) with their graph kept alive, summed loss) of a 10-head model."""
+    torch.manual_seed(0)
+    trunk, in_shape, feat = _trunk(kind)
+    heads = torch.nn.ModuleList([torch.nn.Linear(feat, 10) for _ in range(M)])
+    x = torch.randn(BATCH, *in_shape)
+    y = torch.randint(0, 10, (M, BATCH))
+    z = trunk(x)
+    losses = torch.stack([torch.nn.functional.cross_entropy(h(z), y[i]) for i, h in enumerate(heads)])
+    params = list(trunk.parameters())
+    return params, losses
+
+
+def test_jacobian_batched_equals_loop():
+    """Not a benchmark: both Jacobian paths agree on the benchmark models."""
+    for kind in MODELS:
+        params, losses = setup(kind)
+        Jb = jacobian(losses, params, batched=True, retain_graph=True)
+        Jl = jacobian(losses, params, batched=False, retain_graph=True)
+        assert Jb.shape == (M, num_params(params))
+        torch.testing.assert_close(Jb, Jl, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("contender", ["one backward", "jacobian batched", "jacobian loop"])
+@pytest.mark.parametrize("kind", MODELS)
+def test_jacobian(benchmark, kind, contender):
+    params, losses = setup(kind)
+    group = f"jacobian m={M} {kind} (n={num_params(params)}, batch {BATCH})"
+    if contender == "one backward":
+        total = losses.sum()
+        fn = lambda: torch.autograd.grad(total, params, retain_graph=True)  # noqa: E731
+    elif contender == "jacobian batched":
+        fn = lambda: jacobian(losses, params, batched=True, retain_graph=True)  # noqa: E731
+    else:
+        fn = lambda: jacobian(losses, params, batched=False, retain_graph=True)  # noqa: E731
+    run_timed(benchmark, group, fn, rounds=7)
+    record(benchmark, group, contender, 1, reference="one backward")
+
+
+@pytest.mark.parametrize("contender", ["one backward", "hvp", "hvp_operator product"])
+@pytest.mark.parametrize("kind", MODELS)
+def test_hvp(benchmark, kind, contender):
+    params, losses = setup(kind)
+    loss = losses.sum()
+    v = torch.randn(num_params(params), generator=torch.Generator().manual_seed(1))
+    group = f"hvp {kind} (n={num_params(params)}, batch {BATCH})"
+    if contender == "one backward":
+        fn = lambda: torch.autograd.grad(loss, params, retain_graph=True)  # noqa: E731
+    elif contender == "hvp":
+        fn = lambda: hvp(loss, params, v)  # noqa: E731
+    else:
+        op = hvp_operator(loss, params)
+        fn = lambda: op(v)  # noqa: E731
+    run_timed(benchmark, group, fn, rounds=7)
+    record(benchmark, group, contender, 1, reference="one backward")
+
+
+@pytest.mark.parametrize("contender", ["hvp k=4 batched", "4 single hvps"])
+@pytest.mark.parametrize("kind", MODELS)
+def test_hvp_batched(benchmark, kind, contender):
+    params, losses = setup(kind)
+    loss = losses.sum()
+    V = torch.randn(4, num_params(params), generator=torch.Generator().manual_seed(2))
+    group = f"hvp k=4 {kind} (n={num_params(params)}, batch {BATCH})"
+    if contender == "hvp k=4 batched":
+        fn = lambda: hvp(loss, params, V, batched=True)  # noqa: E731
+    else:
+        fn = lambda: torch.stack([hvp(loss, params, v) for v in V])  # noqa: E731
+    out = run_timed(benchmark, group, fn, rounds=5)
+    assert out.shape == V.shape
+    record(benchmark, group, contender, 1, reference="hvp k=4 batched")

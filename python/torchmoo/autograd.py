@@ -1,0 +1,372 @@
+"""Per-objective gradients and Hessian-vector products on flattened parameters.
+
+Every method of torchmoo works on the *Jacobian* of the objectives with respect to a list of
+parameters, flattened into one vector of length ``n``: row ``i`` of ``J`` (shape ``(m, n)``) is the
+gradient of objective ``i``. This module computes such Jacobians from the losses of one forward pass
+(:func:`jacobian`), Hessian-vector products (:func:`hvp`, :func:`hvp_operator`), and converts between
+parameter lists and flat vectors (:func:`flatten`, :func:`unflatten`, :func:`num_params`).
+
+The flat layout is the concatenation of ``p.reshape(-1)`` over the parameters, in the order given.
+
+Conventions shared by the functions below:
+
+* ``params`` is a tensor, an iterable of tensors, or an :class:`torch.nn.Module` (its
+  ``parameters()``); every tensor must require grad, and none may appear twice.
+* A parameter that an objective does not reach gets a zero gradient (and a zero Hessian block),
+  not an error.
+* ``retain_graph`` defaults to ``create_graph``, as in :func:`torch.autograd.grad`: pass
+  ``retain_graph=True`` to backward through the same graph again afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Params",
+    "as_param_list",
+    "flatten",
+    "unflatten",
+    "num_params",
+    "jacobian",
+    "jacobian_blocks",
+    "hvp",
+    "hvp_operator",
+]
+
+#: What the functions of this module accept as parameters.
+Params = Union[Tensor, Iterable[Tensor], torch.nn.Module]
+#: What the functions of this module accept as objectives: a sequence of scalars or an ``(m,)`` tensor.
+Losses = Union[Tensor, Sequence[Tensor]]
+
+# Errors that torch raises when a backward formula cannot run under vmap (``is_grads_batched``):
+# a custom autograd.Function without a vmap rule, an in-place op on a batched tensor, ``.item()``.
+_BATCHING_ERRORS = (RuntimeError, NotImplementedError, ValueError)
+
+
+def as_param_list(params: Params, *, name: str = "params", require_grad: bool = True) -> List[Tensor]:
+    """``params`` as a list of distinct tensors (a module gives its ``parameters()``).
+
+    Raises:
+        TypeError: an element that is not a tensor.
+        ValueError: a tensor that does not require grad (when ``require_grad``) or that appears twice.
+    """
+    if isinstance(params, torch.nn.Module):
+        out = list(params.parameters())
+    elif isinstance(params, Tensor):
+        out = [params]
+    else:
+        try:
+            out = list(params)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a tensor, an iterable of tensors or an nn.Module, got {type(params).__name__}."
+            ) from None
+    seen = set()
+    for i, p in enumerate(out):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(p).__name__}.")
+        if require_grad and not p.requires_grad:
+            raise ValueError(f"{name}[{i}] (shape {tuple(p.shape)}) does not require grad.")
+        if id(p) in seen:
+            raise ValueError(f"{name}[{i}] (shape {tuple(p.shape)}) appears more than once.")
+        seen.add(id(p))
+    return out
+
+
+def num_params(params: Params) -> int:
+    """Total number of scalar entries ``n`` of ``params`` (the length of :func:`flatten`)."""
+    return sum(p.numel() for p in as_param_list(params, require_grad=False))
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    """Concatenate ``t.reshape(-1)`` over ``tensors``: a list of parameters (or gradients) -> ``(n,)``.
+
+    Raises:
+        ValueError: if ``tensors`` is empty (the dtype and device of the result would be unknown).
+    """
+    ts = as_param_list(tensors, name="tensors", require_grad=False)
+    if not ts:
+        raise ValueError("flatten() needs at least one tensor.")
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def unflatten(vec: Tensor, like: Iterable[Tensor]) -> List[Tensor]:
+    """Split ``vec`` of shape ``(..., n)`` into tensors of shapes ``(..., *p.shape)`` for ``p`` in ``like``.
+
+    The inverse of :func:`flatten` (with leading batch dimensions kept: a ``(k, n)`` stack of flat
+    vectors gives tensors of shape ``(k, *p.shape)``). The results are views of ``vec`` when it is
+    contiguous.
+
+    Raises:
+        TypeError: ``vec`` is not a tensor.
+        ValueError: ``vec.shape[-1]`` differs from the total size ``n`` of ``like``.
+    """
+    if not isinstance(vec, Tensor):
+        raise TypeError(f"vec must be a torch.Tensor, got {type(vec).__name__}.")
+    shapes = [p.shape for p in as_param_list(like, name="like", require_grad=False)]
+    sizes = [s.numel() for s in shapes]
+    if vec.dim() == 0 or vec.shape[-1] != sum(sizes):
+        raise ValueError(
+            f"vec must have shape (..., {sum(sizes)}) to match the parameters, got {tuple(vec.shape)}."
+        )
+    lead = vec.shape[:-1]
+    return [piece.reshape((*lead, *shape)) for piece, shape in zip(vec.split(sizes, dim=-1), shapes)]
+
+
+def _stack_losses(losses: Losses) -> Tensor:
+    """The objectives as one ``(m,)`` tensor (stacking keeps the graph of every loss)."""
+    if isinstance(losses, Tensor):
+        if losses.dim() > 1:
+            raise ValueError(f"losses must be a sequence of scalars or a 1-D tensor, got shape {tuple(losses.shape)}.")
+        return losses.reshape(-1)
+    try:
+        items = list(losses)
+    except TypeError:
+        raise TypeError(f"losses must be a tensor or a sequence of tensors, got {type(losses).__name__}.") from None
+    for i, loss in enumerate(items):
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"losses[{i}] must be a torch.Tensor, got {type(loss).__name__}.")
+        if loss.numel() != 1:
+            raise ValueError(f"losses[{i}] must be a scalar, got shape {tuple(loss.shape)}.")
+    if not items:
+        raise ValueError("losses is empty: at least one objective is needed.")
+    return torch.stack([loss.reshape(()) for loss in items])
+
+
+def _rows(grads: Sequence[Optional[Tensor]], params: List[Tensor], lead: tuple) -> Tensor:
+    """Concatenate per-parameter gradients (``None`` = unreached = zero) into ``(*lead, n)``."""
+    pieces = [
+        (g.reshape(*lead, -1) if g is not None else p.new_zeros(*lead, p.numel()))
+        for g, p in zip(grads, params)
+    ]
+    return torch.cat(pieces, dim=-1)
+
+
+def jacobian(
+    losses: Losses,
+    params: Params,
+    *,
+    create_graph: bool = False,
+    retain_graph: Optional[bool] = None,
+    batched: Optional[bool] = None,
+) -> Tensor:
+    r"""The Jacobian ``J`` of ``m`` objectives with respect to flattened ``params``: shape ``(m, n)``.
+
+    Row ``i`` is :math:`\nabla_\theta \ell_i` flattened as in :func:`flatten`. By default the ``m``
+    vector-Jacobian products run as *one* batched backward pass (``torch.autograd.grad`` with
+    ``is_grads_batched=True``, i.e. the backward graph under ``vmap``); if a backward formula of
+    the graph cannot be batched, the ``m`` rows are computed by ``m`` backward passes instead.
+    :func:`jacobian_blocks` gives the same numbers per parameter, without the concatenation.
+
+    Args:
+        losses: ``m`` scalar tensors (a sequence) or one ``(m,)`` tensor, from one forward pass.
+        params: the parameters (tensor, iterable of tensors or module); ``n`` = their total size.
+        create_graph: build the graph of the Jacobian itself (to differentiate through it).
+        retain_graph: keep the forward graph for another backward afterwards; defaults to
+            ``create_graph``.
+        batched: ``None`` (default): batched, falling back to ``m`` passes when batching fails;
+            ``True``: batched only (errors propagate); ``False``: ``m`` passes.
+
+    Returns:
+        ``(m, n)`` tensor in the parameters' dtype and device. Parameters an objective does not reach
+        get zeros in its row; an objective that does not require grad gets a zero row.
+
+    Raises:
+        RuntimeError: the batched pass failed after freeing the graph (possible only with
+            ``retain_graph=False``), so no fallback was possible: the message says to pass
+            ``batched=False``.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> losses = model(torch.randn(8, 4)).pow(2).mean(0)      # two objectives, shape (2,)
+        >>> J = jacobian(losses, model.parameters())              # (2, 10)
+    """
+    plist = as_param_list(params)
+    L = _stack_losses(losses)
+    blocks = jacobian_blocks(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched)
+    if not plist:
+        return L.new_zeros(L.shape[0], 0).detach()
+    return _rows(blocks, plist, (L.shape[0],))
+
+
+def jacobian_blocks(
+    losses: Losses,
+    params: Params,
+    *,
+    create_graph: bool = False,
+    retain_graph: Optional[bool] = None,
+    batched: Optional[bool] = None,
+) -> List[Optional[Tensor]]:
+    """The Jacobian per parameter: block ``k`` has shape ``(m, *params[k].shape)``.
+
+    Same arguments and computation as :func:`jacobian`, without concatenating the blocks into one
+    ``(m, n)`` matrix (a full copy of ``J``): ``jacobian(...)`` is the concatenation of
+    ``block.reshape(m, -1)``. A parameter that no objective reaches gets ``None`` instead of a block
+    of zeros. :func:`torchmoo.backward` works on the blocks directly.
+    """
+    plist = as_param_list(params)
+    L = _stack_losses(losses)
+    m = L.shape[0]
+    retain = create_graph if retain_graph is None else bool(retain_graph)
+    if not plist or not L.requires_grad:  # no objective depends on anything: the Jacobian is zero
+        return [None] * len(plist)
+    if m == 1:
+        batched = False
+    if batched is None or batched:
+        try:
+            eye = torch.eye(m, dtype=L.dtype, device=L.device)
+            return list(torch.autograd.grad(
+                L, plist, grad_outputs=eye, retain_graph=retain, create_graph=create_graph,
+                allow_unused=True, is_grads_batched=True,
+            ))
+        except _BATCHING_ERRORS as batch_error:
+            if batched:
+                raise
+            try:
+                return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain)
+            except RuntimeError as loop_error:
+                raise RuntimeError(
+                    "torchmoo.autograd.jacobian: the batched backward pass failed "
+                    f"({type(batch_error).__name__}: {batch_error}) and the graph could not be reused for "
+                    f"the fallback of {m} separate passes ({loop_error}). Pass batched=False (or "
+                    "retain_graph=True) to compute the rows one backward pass at a time."
+                ) from batch_error
+    return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain)
+
+
+def _jacobian_loop(L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool) -> List[Optional[Tensor]]:
+    """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``."""
+    m = L.shape[0]
+    rows: List[Sequence[Optional[Tensor]]] = []
+    for i in range(m):
+        if L[i].requires_grad:
+            rows.append(torch.autograd.grad(
+                L[i], plist, retain_graph=retain or i < m - 1, create_graph=create_graph, allow_unused=True
+            ))
+        else:
+            rows.append([None] * len(plist))
+    blocks: List[Optional[Tensor]] = []
+    for k, p in enumerate(plist):
+        column = [row[k] for row in rows]
+        if all(g is None for g in column):
+            blocks.append(None)
+        else:
+            blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column]))
+    return blocks
+
+
+def _check_vectors(v: Tensor, n: int, ref: Tensor) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}.")
+    if v.dim() not in (1, 2) or v.shape[-1] != n:
+        raise ValueError(f"v must have shape ({n},) or (k, {n}) to match the parameters, got {tuple(v.shape)}.")
+    if v.device != ref.device:
+        raise ValueError(f"v is on {v.device} but the parameters are on {ref.device}.")
+    return v.to(ref.dtype)
+
+
+class _GradientGraph:
+    """The gradient of ``loss`` with its graph (``create_graph=True``), ready for double backward."""
+
+    def __init__(self, loss: Tensor, params: Params) -> None:
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"loss must be a torch.Tensor, got {type(loss).__name__}.")
+        if loss.numel() != 1:
+            raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}.")
+        self.plist = as_param_list(params)
+        if not self.plist:
+            raise ValueError("params is empty.")
+        self.n = sum(p.numel() for p in self.plist)
+        if loss.requires_grad:
+            grads = torch.autograd.grad(loss.reshape(()), self.plist, create_graph=True, allow_unused=True)
+        else:
+            grads = (None,) * len(self.plist)
+        # Only gradient pieces that still depend on the parameters have a second derivative: a loss that
+        # is linear in a parameter gives a constant piece (Hessian block zero), an unreached one None.
+        self.active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self.outputs = [grads[i] for i in self.active]
+
+    def apply(self, v: Tensor, *, create_graph: bool, batched: Optional[bool]) -> Tensor:
+        """``H v`` for ``v`` of shape ``(n,)`` or ``(k, n)`` (the same shape is returned)."""
+        v = _check_vectors(v, self.n, self.plist[0])
+        if not self.outputs:
+            return torch.zeros_like(v)
+        single = v.dim() == 1
+        V = v.unsqueeze(0) if single else v
+        k = V.shape[0]
+        pieces = unflatten(V, self.plist)
+        vs = [pieces[i] for i in self.active]  # (k, *shape) pieces paired with self.outputs
+        # The graph is always retained: hvp's first gradient keeps the forward graph alive anyway, and
+        # hvp_operator calls apply repeatedly.
+        if k > 1 and batched is not False:
+            try:
+                out = torch.autograd.grad(
+                    self.outputs, self.plist, grad_outputs=vs, retain_graph=True,
+                    create_graph=create_graph, allow_unused=True, is_grads_batched=True,
+                )
+                return _rows(out, self.plist, (k,))
+            except _BATCHING_ERRORS:
+                if batched:
+                    raise
+        rows = []
+        for j in range(k):
+            out = torch.autograd.grad(
+                self.outputs, self.plist, grad_outputs=[p[j] for p in vs],
+                retain_graph=True, create_graph=create_graph, allow_unused=True,
+            )
+            rows.append(_rows(out, self.plist, ()))
+        return rows[0] if single else torch.stack(rows)
+
+
+def hvp(
+    loss: Tensor,
+    params: Params,
+    v: Tensor,
+    *,
+    create_graph: bool = False,
+    batched: Optional[bool] = None,
+) -> Tensor:
+    r"""Hessian-vector products :math:`\nabla^2_\theta \ell \, v` by double backward (Pearlmutter).
+
+    Computes the gradient of ``loss`` with its graph, then one more backward pass with ``v`` as the
+    incoming gradient. ``k`` vectors (``v`` of shape ``(k, n)``) share the first gradient and run as
+    one batched pass (``is_grads_batched``), falling back to ``k`` passes when batching fails.
+    For many products at the same point (Krylov solvers) use :func:`hvp_operator`, which computes
+    the gradient once.
+
+    Args:
+        loss: a scalar tensor.
+        params: the parameters (``n`` entries in total).
+        v: ``(n,)`` or ``(k, n)``, same device as the parameters (cast to their dtype).
+        create_graph: build the graph of the result (third-order derivatives).
+        batched: as in :func:`jacobian`, for ``k > 1``.
+
+    Returns:
+        ``H v`` with the shape of ``v``. Parameters the loss does not reach, or reaches linearly, give
+        zero blocks. The graph of ``loss`` is retained (the first gradient needs ``create_graph=True``),
+        so ``loss.backward()`` still works afterwards.
+    """
+    return _GradientGraph(loss, params).apply(v, create_graph=create_graph, batched=batched)
+
+
+def hvp_operator(loss: Tensor, params: Params, *, batched: Optional[bool] = None) -> Callable[[Tensor], Tensor]:
+    r"""A function ``v -> H v`` at the current point that computes the gradient of ``loss`` only once.
+
+    Each call costs one backward pass through the gradient's graph (about twice a plain backward),
+    instead of the first-gradient pass plus that one for :func:`hvp`. ``v`` is ``(n,)`` or ``(k, n)``.
+    The graphs stay alive as long as the returned function does.
+
+    Example:
+        >>> matvec = hvp_operator(loss, model.parameters())   # e.g. the operator of a Krylov solve
+        >>> Hv = matvec(v)                                    # (n,) -> (n,); (k, n) -> (k, n)
+    """
+    gg = _GradientGraph(loss, params)
+
+    def matvec(v: Tensor) -> Tensor:
+        return gg.apply(v, create_graph=False, batched=batched)
+
+    return matvec

@@ -1,0 +1,27 @@
+"""Experiments that reproduce the papers, run by ``torchmoo run NAME`` (see :mod:`.runner`).
+
+Each module registers one or more experiments on import; importing this package registers them all.
+"""
+
+from torchmoo.experiments.runner import (
+    Experiment,
+    RunContext,
+    experiment_names,
+    get_experiment,
+    register,
+    report,
+    run_experiment,
+)
+from torchmoo.experiments import mgda_multidigits  # noqa: F401  (registers mgda-multidigits)
+from torchmoo.experiments import png_diverse, png_synthetic  # noqa: F401  (registers the png-* experiments)
+from torchmoo.experiments import pareto_multidigits, pareto_zdt2  # noqa: F401  (registers the pareto-* experiments)
+
+__all__ = [
+    "Experiment",
+    "RunContext",
+    "experiment_names",
+    "get_experiment",
+    "register",
+    "report",
+    "run_experiment",
+]

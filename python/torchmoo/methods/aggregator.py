@@ -1,0 +1,122 @@
+"""The aggregator interface: a Jacobian ``J`` (m, n) in, one update direction (n,) out.
+
+Every gradient-combination method of torchmoo is an :class:`Aggregator`. It turns the Jacobian of
+``m`` objectives (rows = per-objective gradients, see :func:`torchmoo.autograd.jacobian`) into the
+direction that goes into ``.grad`` (the optimizer *subtracts* it, like a gradient). All aggregators
+here return a non-negative or signed combination of the rows, ``d = w @ J``; the weights ``w`` of
+the last call are kept in :attr:`Aggregator.weights`, so ``d`` costs one pass over ``J`` and the
+weights can be logged or reused (MGDA-UB applies weights found on one Jacobian to other
+parameters, see :func:`torchmoo.backward`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from torchmoo import ops
+
+__all__ = ["Aggregator", "gram_matrix", "check_jacobian", "check_gram", "check_losses"]
+
+
+def check_jacobian(J: Tensor) -> Tensor:
+    """Validate a Jacobian: a floating-point tensor of shape ``(m, n)`` with ``m >= 1``."""
+    if not isinstance(J, Tensor):
+        raise TypeError(f"J must be a torch.Tensor, got {type(J).__name__}.")
+    if not J.is_floating_point():
+        raise TypeError(f"J must have a floating-point dtype, got {J.dtype}.")
+    if J.dim() != 2 or J.shape[0] == 0:
+        raise ValueError(f"J must have shape (m, n) with m >= 1 (one row per objective), got {tuple(J.shape)}.")
+    return J
+
+
+def check_gram(G: Tensor) -> Tensor:
+    """Validate a Gram matrix: a floating-point tensor of shape ``(m, m)`` with ``m >= 1``."""
+    if not isinstance(G, Tensor):
+        raise TypeError(f"G must be a torch.Tensor, got {type(G).__name__}.")
+    if not G.is_floating_point():
+        raise TypeError(f"G must have a floating-point dtype, got {G.dtype}.")
+    if G.dim() != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
+        raise ValueError(f"G must have shape (m, m) with m >= 1, got {tuple(G.shape)}.")
+    return G
+
+
+def check_losses(losses: Optional[Tensor], m: int, ref: Tensor) -> Optional[Tensor]:
+    """Validate optional loss values: ``(m,)``, detached, cast to ``ref``'s dtype and device."""
+    if losses is None:
+        return None
+    if not isinstance(losses, Tensor):
+        losses = torch.as_tensor(losses)
+    losses = losses.detach().reshape(-1)
+    if losses.shape[0] != m:
+        raise ValueError(f"losses must have one value per row of J ({m}), got {losses.shape[0]}.")
+    return losses.to(dtype=ref.dtype, device=ref.device)
+
+
+def gram_matrix(J: Tensor) -> Tensor:
+    """``G = J J^T`` (m, m) of a Jacobian by :func:`torchmoo.ops.gram` (one pass over ``J``, exactly
+    symmetric), from a detached ``J``: the weights are not differentiated."""
+    return ops.gram(J.detach())
+
+
+class Aggregator:
+    """Base class: ``aggregator(J, losses=None) -> d`` with ``d = weights @ J``.
+
+    A subclass implements either :meth:`gram_weights` (weights from the Gram matrix ``J J^T`` alone,
+    like every aggregator of torchmoo) or :meth:`compute_weights` (weights from ``J`` itself).
+    Gram-based aggregators let :func:`torchmoo.backward` skip assembling ``J``: it sums the Gram
+    matrices of the per-parameter Jacobian blocks and combines each block in place.
+
+    ``losses`` (the ``m`` loss values) is needed only by aggregators that use them
+    (``needs_losses = True``, e.g. MGDA with loss normalization); :func:`torchmoo.backward` always
+    passes them.
+
+    Attributes:
+        weights: the ``(m,)`` weights of the last call (detached), ``None`` before the first call.
+        needs_losses: whether the weights depend on the loss values.
+    """
+
+    needs_losses: bool = False
+
+    def __init__(self) -> None:
+        self.weights: Optional[Tensor] = None
+
+    @property
+    def gram_based(self) -> bool:
+        """True when the weights depend on ``J`` only through ``J J^T`` (:meth:`gram_weights` is defined)."""
+        return type(self).gram_weights is not Aggregator.gram_weights
+
+    def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(m,)`` weights from the Gram matrix ``G = J J^T`` (m, m), in ``G``'s dtype and device."""
+        raise NotImplementedError(f"{type(self).__name__} computes its weights from J, not from J J^T.")
+
+    def compute_weights(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(m,)`` weights for Jacobian ``J`` (m, n), in ``J``'s dtype and device.
+
+        The default computes ``G = J J^T`` with :func:`torchmoo.ops.gram` and calls :meth:`gram_weights`.
+        """
+        J = check_jacobian(J)
+        return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
+
+    def static_weights(self, m: int, *, dtype: torch.dtype, device: torch.device) -> Optional[Tensor]:
+        """Weights that do not depend on ``J`` (``None`` when they do).
+
+        When they do not, :func:`torchmoo.backward` skips the Jacobian and runs a single backward
+        pass of ``weights @ losses``.
+        """
+        return None
+
+    def __call__(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The update direction ``d = w @ J`` (shape ``(n,)``); ``w`` is stored in :attr:`weights`."""
+        J = check_jacobian(J)
+        losses = check_losses(losses, J.shape[0], J)
+        if self.needs_losses and losses is None:
+            raise ValueError(f"{self!r} needs the loss values: call it as aggregator(J, losses).")
+        w = self.compute_weights(J, losses).to(J.dtype)
+        self.weights = w.detach()
+        return w @ J
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

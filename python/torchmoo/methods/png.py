@@ -1,0 +1,529 @@
+r"""Pareto Navigation Gradient Descent (PNG; Ye & Liu, "Optimization in the Pareto set", OPT-in-Pareto).
+
+PNG minimizes a criterion ``F`` inside the Pareto set of losses :math:`\ell_1, \dots, \ell_m`. Each step
+follows (Eq. 7)
+
+.. math:: v_t = \arg\min_v \tfrac12 \|\nabla F(\theta_t) - v\|^2 \quad\text{s.t.}\quad
+          \langle \nabla \ell_i(\theta_t), v\rangle \ge \phi_t\ \ \forall i,
+
+(the optimizer *subtracts* ``v``, like a gradient), with the control of Eq. 8:
+:math:`\phi_t = \alpha_t\, g(\theta_t)` while :math:`g(\theta_t) > e` (every loss must decrease at rate
+:math:`\phi_t`, so the iterate moves toward the Pareto set), :math:`\phi_t = -\infty` once
+:math:`g(\theta_t) \le e` (pure descent on ``F``). :math:`g(\theta) = \min_{w \in \Delta} \|J^\top w\|^2`
+is the Pareto-stationarity measure of Eq. 1. By Theorem 1, :math:`v = \nabla F + J^\top \lambda` with
+``lambda`` the solution of the dual (Eq. 10)
+
+.. math:: \min_{\lambda \ge 0}\ \tfrac12 \lambda^\top G \lambda + (J\nabla F - \phi\,\mathbf 1)^\top \lambda,
+          \qquad G = J J^\top,
+
+an ``m``-dimensional QP solved exactly by :func:`torchmoo.ops.nonneg_qp` (the paper uses 100 steps of
+projected gradient). The tolerance is ``e = gamma * e0`` with ``e0`` an exponentially discounted average
+of the mean squared task-gradient norm :math:`\frac1m\sum_i\|\nabla\ell_i\|^2` (Appendix B).
+
+Everything comes from Gram matrices: for a criterion of the losses,
+:math:`\nabla F = J^\top u` with :math:`u = \partial F/\partial\ell`, so :math:`J\nabla F = G u` and
+:math:`v = J^\top (u + \lambda)`. PNG is therefore a Gram-based :class:`~torchmoo.methods.Aggregator`
+with weights ``u + lambda``, and :func:`torchmoo.backward` runs it without assembling ``J``. A criterion
+that depends on the parameters directly (not only through the losses) enters as one more row of the
+Jacobian (its gradient), with weight 1.
+
+Multi-point OPT-in-Pareto (Eq. 5): ``N`` models, a criterion of all their losses (e.g. the energy
+distance); model ``k`` gets :math:`v_k = \nabla_{\theta_k} F + J_k^\top \lambda_k` with its own dual
+problem and its own control, and the ``N`` dual problems are solved in one batched call.
+
+Entry points:
+
+* :class:`PNG`: the stateful method (``e0``, step count, diagnostics). ``PNG.backward(losses, params)``
+  writes ``.grad`` for one model or for ``N`` models; ``tm.backward(losses, params, png)`` works too
+  (one model); ``png.batch_weights(G, losses)`` is the step on precomputed Gram matrices.
+* :func:`png_direction`: the functional direction from a Jacobian and :math:`\nabla F`.
+* :func:`png_dual`: the dual QP alone.
+
+What the experiments show (``torchmoo run png-synthetic``, ``png-zdt2``, ``png-diverse-multidigits``,
+``png-ablation-multidigits``) is summarized in the README and in the docstrings of
+:mod:`torchmoo.experiments.png_synthetic` and :mod:`torchmoo.experiments.png_diverse`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from torchmoo import ops
+from torchmoo.autograd import as_param_list, jacobian_blocks
+from torchmoo.methods.aggregator import Aggregator, check_gram
+from torchmoo.methods.png_criteria import (
+    ComplexCosine,
+    Criterion,
+    EnergyDistance,
+    LossCriterion,
+    NonUniformity,
+    WeightedDistance,
+    as_criterion,
+)
+
+__all__ = [
+    "PNG",
+    "PNGStats",
+    "PNGDirection",
+    "png_direction",
+    "png_dual",
+    "gram_stationarity",
+    "Criterion",
+    "WeightedDistance",
+    "ComplexCosine",
+    "NonUniformity",
+    "EnergyDistance",
+    "LossCriterion",
+]
+
+METHODS = ("active_set", "frank_wolfe")
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    return method
+
+
+def gram_stationarity(G: Tensor) -> Tensor:
+    r""":math:`g(\theta) = \min_{w \in \Delta} w^\top G w` (Eq. 1) from Gram matrices ``G`` (..., m, m).
+
+    Returns a tensor of shape ``(...)``, clamped at 0. (From ``J`` itself,
+    :func:`torchmoo.methods.pareto_stationarity` avoids the cancellation of ``w'Gw`` for tiny values.)
+    """
+    w = ops.min_norm_simplex(G)
+    return torch.einsum("...i,...ij,...j->...", w, G, w).clamp_min(0)
+
+
+def png_dual(G: Tensor, b: Tensor, phi: Tensor, *, method: str = "active_set") -> Tensor:
+    r"""The PNG dual (Eq. 10): :math:`\lambda = \arg\min_{\lambda\ge0} \tfrac12\lambda^\top G\lambda + (b - \phi\mathbf1)^\top\lambda`.
+
+    Args:
+        G: ``(..., m, m)`` Gram matrices :math:`J J^\top`.
+        b: ``(..., m)``, :math:`J \nabla F`.
+        phi: ``(...)`` control values; ``-inf`` (control off) gives :math:`\lambda = 0`.
+        method: ``"active_set"`` (exact) or ``"frank_wolfe"``, see :func:`torchmoo.ops.nonneg_qp`.
+
+    Returns:
+        ``lambda`` ``(..., m)``, in ``G``'s dtype. Only the problems with finite ``phi`` are solved (in one
+        batched call); with ``phi = alpha * g(theta) > 0`` each of them is bounded (0 is not in the
+        convex hull of the gradients).
+    """
+    G = _as_tensor(G, "G")
+    b = _as_tensor(b, "b")
+    phi = torch.as_tensor(phi, dtype=G.dtype, device=G.device)
+    if G.dim() < 2 or G.shape[-1] != G.shape[-2]:
+        raise ValueError(f"G must have shape (..., m, m), got {tuple(G.shape)}.")
+    batch, m = G.shape[:-2], G.shape[-1]
+    if tuple(b.shape) != (*batch, m):
+        raise ValueError(f"b must have shape {(*batch, m)} to match G {tuple(G.shape)}, got {tuple(b.shape)}.")
+    phi = phi.expand(batch) if phi.dim() == 0 else phi
+    if tuple(phi.shape) != tuple(batch):
+        raise ValueError(f"phi must be a scalar or have shape {tuple(batch)}, got {tuple(phi.shape)}.")
+    if bool(torch.isnan(phi).any()) or bool((phi == math.inf).any()):
+        raise ValueError("phi must be finite or -inf (control off).")
+    Gf, bf, pf = G.reshape(-1, m, m), b.to(G.dtype).reshape(-1, m), phi.reshape(-1)
+    lam = torch.zeros_like(bf)
+    on = torch.isfinite(pf)
+    if bool(on.any()):
+        idx = on.nonzero().squeeze(1)
+        c = bf[idx] - pf[idx, None]
+        lam[idx] = ops.nonneg_qp(Gf[idx].contiguous(), c.contiguous(), method=_check_method(method))
+    return lam.reshape(*batch, m)
+
+
+def _as_tensor(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}.")
+    return x
+
+
+class PNGDirection(NamedTuple):
+    """Result of :func:`png_direction` (shapes for a batch ``(...)`` of ``m`` x ``n`` problems).
+
+    Attributes:
+        direction: ``(..., n)`` the update :math:`v = \\nabla F + J^\\top\\lambda` (subtract it).
+        lam: ``(..., m)`` dual solution (0 where the control is off).
+        phi: ``(...)`` the control :math:`\\phi` (``-inf`` where off).
+        g: ``(...)`` :math:`g(\\theta)`.
+        control: ``(...)`` bool, :math:`g(\\theta) > e`.
+    """
+
+    direction: Tensor
+    lam: Tensor
+    phi: Tensor
+    g: Tensor
+    control: Tensor
+
+
+def png_direction(
+    J: Tensor,
+    grad_F: Tensor,
+    g_theta: Optional[Union[Tensor, float]] = None,
+    *,
+    alpha: float = 0.5,
+    threshold: float = 0.0,
+    method: str = "active_set",
+) -> PNGDirection:
+    r"""The PNG update direction of Eq. 7 with the control of Eq. 8, batched.
+
+    Args:
+        J: ``(..., m, n)`` Jacobians (rows :math:`\nabla\ell_i`).
+        grad_F: ``(..., n)`` criterion gradients :math:`\nabla F`.
+        g_theta: ``(...)`` or a float: :math:`g(\theta)`; by default computed from ``J`` exactly (the
+            squared norm of MGDA's min-norm vector).
+        alpha: :math:`\alpha_t \ge 0`.
+        threshold: ``e``: the control is on where :math:`g(\theta) > e`.
+        method: dual solver, see :func:`png_dual`.
+
+    Returns:
+        :class:`PNGDirection`. Where the control is on, :math:`\langle\nabla\ell_i, v\rangle \ge \phi`
+        for every ``i``; where it is off, :math:`v = \nabla F`.
+
+    Example:
+        >>> J = torch.randn(2, 10, dtype=torch.float64); gF = torch.randn(10, dtype=torch.float64)
+        >>> out = png_direction(J, gF, alpha=0.5)
+        >>> (J @ out.direction >= out.phi - 1e-9).all()
+        tensor(True)
+    """
+    J = _as_tensor(J, "J")
+    grad_F = _as_tensor(grad_F, "grad_F")
+    if J.dim() < 2 or J.shape[-2] == 0:
+        raise ValueError(f"J must have shape (..., m, n) with m >= 1, got {tuple(J.shape)}.")
+    batch, n = J.shape[:-2], J.shape[-1]
+    if tuple(grad_F.shape) != (*batch, n):
+        raise ValueError(f"grad_F must have shape {(*batch, n)} to match J {tuple(J.shape)}, got {tuple(grad_F.shape)}.")
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}.")
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold >= 0):
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}.")
+    J, grad_F = J.detach(), grad_F.detach().to(J.dtype)
+    G = ops.gram(J)
+    if g_theta is None:
+        w = ops.min_norm_simplex(G.double()).to(J.dtype)
+        g = (w.unsqueeze(-2) @ J).squeeze(-2).double().pow(2).sum(-1)
+    else:
+        g = torch.as_tensor(g_theta, dtype=torch.float64, device=J.device).expand(batch)
+    control = g > threshold
+    phi = torch.where(control, alpha * g, torch.full_like(g, -math.inf))
+    b = (J @ grad_F.unsqueeze(-1)).squeeze(-1)
+    lam = png_dual(G.double(), b.double(), phi, method=method).to(J.dtype)
+    v = grad_F + (lam.unsqueeze(-2) @ J).squeeze(-2)
+    return PNGDirection(v, lam, phi.to(J.dtype), g.to(J.dtype), control)
+
+
+class PNGStats(NamedTuple):
+    """Diagnostics of the last PNG step, for ``N`` models (``N = 1`` for one model).
+
+    Attributes:
+        criterion: the value of ``F`` (a float; with a parameter-dependent part, its value is included
+            when it was passed).
+        losses: ``(N, m)`` loss values.
+        g: ``(N,)`` :math:`g(\\theta)` of each model.
+        threshold: ``(N,)`` the tolerance ``e`` of each model.
+        control: ``(N,)`` bool, whether the control was on (:math:`g > e`).
+        phi: ``(N,)`` :math:`\\phi` (``-inf`` where off).
+        lam: ``(N, m)`` dual solution.
+        weights: ``(N, k)`` the combination weights of the rows (``u + lambda``, then 1 for a criterion row).
+        alpha: :math:`\\alpha_t` of the step.
+        step: index of the step (0 for the first).
+    """
+
+    criterion: float
+    losses: Tensor
+    g: Tensor
+    threshold: Tensor
+    control: Tensor
+    phi: Tensor
+    lam: Tensor
+    weights: Tensor
+    alpha: float
+    step: int
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class PNG(Aggregator):
+    r"""Pareto Navigation Gradient Descent: optimize ``criterion`` inside the Pareto set of the losses.
+
+    Args:
+        criterion: a :class:`Criterion` of the losses (:class:`WeightedDistance`, :class:`ComplexCosine`,
+            :class:`NonUniformity`, :class:`EnergyDistance`), a callable ``f(losses) -> scalar`` (wrapped
+            in :class:`LossCriterion`), or ``None`` when the criterion depends on the parameters
+            directly and its value is passed at each step (``backward(..., criterion_value=F)``, or as
+            the last of the losses given to :func:`torchmoo.backward`).
+        alpha: :math:`\alpha_t \ge 0` (Eq. 8), a number or a function of the step index. Larger values
+            push harder toward the Pareto set before optimizing ``F`` (paper default 0.5).
+        gamma: ``e = gamma * e0`` (Appendix B, paper default 0.1).
+        decay: discount factor of the running average ``e0`` of :math:`\frac1m\sum_i\|\nabla\ell_i\|^2`
+            (the paper does not give it): ``e0 <- decay * e0 + (1 - decay) * s_t``, ``e0 = s_0`` at the
+            first step.
+        threshold: a fixed ``e`` instead of ``gamma * e0``.
+        method: dual solver: ``"active_set"`` (exact, default) or ``"frank_wolfe"``.
+
+    The step: ``v = J^T (u + lambda)`` for a criterion of the losses (``u = dF/dl``), plus the criterion
+    row with weight 1 when ``F`` depends on the parameters directly. Usage with any optimizer::
+
+        png = tm.methods.PNG(tm.methods.WeightedDistance([0.2, 0.8]), alpha=0.5, gamma=0.1)
+        for x, y in loader:
+            optimizer.zero_grad()
+            losses = [loss_fn(out, y[:, i]) for i, out in enumerate(model(x))]
+            png.backward(losses, model.parameters())     # or tm.backward(losses, model.parameters(), png)
+            optimizer.step()
+            png.stats.g, png.stats.control               # diagnostics of the step
+
+    ``N`` models (multi-point OPT-in-Pareto)::
+
+        png = tm.methods.PNG(tm.methods.EnergyDistance())
+        png.backward([[l11, l12], [l21, l22], ...], [model1, model2, ...])
+
+    Attributes:
+        e0: ``(N,)`` float64 running average (``None`` before the first step).
+        steps: number of steps taken.
+        stats: :class:`PNGStats` of the last step.
+        weights: ``(k,)`` weights of the last single-model step (Aggregator interface).
+    """
+
+    needs_losses = True
+
+    def __init__(
+        self,
+        criterion: Optional[Union[Criterion, Callable[[Tensor], Tensor]]],
+        alpha: Union[float, Callable[[int], float]] = 0.5,
+        gamma: float = 0.1,
+        *,
+        decay: float = 0.9,
+        threshold: Optional[float] = None,
+        method: str = "active_set",
+    ) -> None:
+        super().__init__()
+        self.criterion: Optional[Criterion] = None if criterion is None else as_criterion(criterion)
+        if not callable(alpha) and not (_is_number(alpha) and alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0 or a function of the step, got {alpha!r}.")
+        if not (_is_number(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}.")
+        if not (_is_number(decay) and 0 <= decay < 1):
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        if threshold is not None and not (_is_number(threshold) and threshold >= 0):
+            raise ValueError(f"threshold must be None or a finite number >= 0, got {threshold!r}.")
+        self.alpha = alpha
+        self.gamma = float(gamma)
+        self.decay = float(decay)
+        self.threshold = None if threshold is None else float(threshold)
+        self.method = _check_method(method)
+        self.e0: Optional[Tensor] = None
+        self.steps = 0
+        self.stats: Optional[PNGStats] = None
+
+    # ---- state -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget ``e0``, the step count and the diagnostics."""
+        self.e0, self.steps, self.stats, self.weights = None, 0, None, None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"e0": tensor or None, "steps": int}``: what a resumed run needs to continue exactly."""
+        return {"e0": None if self.e0 is None else self.e0.clone(), "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        e0 = state["e0"]
+        self.e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64).clone()
+        self.steps = int(state["steps"])
+
+    def alpha_at(self, step: int) -> float:
+        """:math:`\\alpha_t` at step ``t``."""
+        a = self.alpha(step) if callable(self.alpha) else self.alpha
+        if not (_is_number(a) and a >= 0):
+            raise ValueError(f"alpha({step}) must be a finite number >= 0, got {a!r}.")
+        return float(a)
+
+    # ---- the step on Gram matrices ----------------------------------------------------------------
+    def batch_weights(self, G: Tensor, losses: Tensor, *, criterion_value: Optional[float] = None) -> Tensor:
+        r"""One PNG step for ``N`` models from their Gram matrices: the row weights ``(N, k)``.
+
+        Args:
+            G: ``(N, k, k)``: model ``k``'s Gram matrix of its ``m`` loss gradients (``k = m``) or of
+                the ``m`` loss gradients followed by the gradient of the parameter-dependent part of
+                the criterion (``k = m + 1``).
+            losses: ``(N, m)`` loss values (detached).
+            criterion_value: value of the parameter-dependent part of ``F`` (for :attr:`stats` only).
+
+        Returns:
+            ``(N, k)`` weights, in ``G``'s dtype: model ``k``'s direction is ``weights[k] @ J_k``.
+            Updates ``e0``, :attr:`steps` and :attr:`stats`.
+        """
+        G = _as_tensor(G, "G")
+        losses = _as_tensor(torch.as_tensor(losses), "losses")
+        if G.dim() != 3 or G.shape[-1] != G.shape[-2]:
+            raise ValueError(f"G must have shape (N, k, k), got {tuple(G.shape)}.")
+        if losses.dim() != 2 or losses.shape[0] != G.shape[0]:
+            raise ValueError(f"losses must have shape (N, m) with N = {G.shape[0]}, got {tuple(losses.shape)}.")
+        N, k = G.shape[0], G.shape[-1]
+        m = losses.shape[1]
+        if k not in (m, m + 1):
+            raise ValueError(f"G is {k} x {k} but there are {m} losses: expected {m} (losses only) or {m + 1} "
+                             "(losses and the gradient of the criterion).")
+        external = k == m + 1
+        if self.criterion is None and not external:
+            raise ValueError("PNG(criterion=None) needs the gradient of the criterion as an extra row: pass "
+                             "criterion_value= to PNG.backward, or the criterion as the last loss to tm.backward.")
+        Gd = G.detach().to(torch.float64)
+        Ld = losses.detach().to(dtype=torch.float64, device=G.device)
+        if not bool(torch.isfinite(Gd).all()) or not bool(torch.isfinite(Ld).all()):
+            raise ValueError("PNG: the Gram matrices or the losses have inf or NaN entries.")
+        Gl = Gd[:, :m, :m]
+        if self.criterion is not None:
+            F, u = self.criterion.value_and_grad(Ld)
+            F = float(F)
+        else:
+            F, u = 0.0, torch.zeros_like(Ld)
+        b = (Gl @ u.unsqueeze(-1)).squeeze(-1)  # J grad_F = G u
+        if external:
+            b = b + Gd[:, :m, m]
+            if criterion_value is not None:
+                F += float(criterion_value)
+        s = Gl.diagonal(dim1=-2, dim2=-1).mean(-1)  # mean squared gradient norm of each model
+        if self.e0 is None:
+            self.e0 = s.clone()
+        else:
+            if self.e0.shape != s.shape:
+                raise ValueError(f"this PNG was stepped with {self.e0.shape[0]} model(s), now {N}; call reset() "
+                                 "to start over.")
+            self.e0 = self.decay * self.e0.to(s.device) + (1.0 - self.decay) * s
+        e = torch.full_like(s, self.threshold) if self.threshold is not None else self.gamma * self.e0
+        g = gram_stationarity(Gl)
+        alpha = self.alpha_at(self.steps)
+        control = g > e
+        phi = torch.where(control, alpha * g, torch.full_like(g, -math.inf))
+        lam = png_dual(Gl, b, phi, method=self.method)
+        w = u + lam
+        if external:
+            w = torch.cat([w, torch.ones_like(w[:, :1])], dim=1)
+        self.stats = PNGStats(F, Ld, g, e, control, phi, lam, w, alpha, self.steps)
+        self.steps += 1
+        return w.to(G.dtype)
+
+    # ---- Aggregator interface (one model, through tm.backward or png(J, losses)) --------------------
+    def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """One model: ``G`` (k, k) and ``losses`` (k,) -> weights (k,). With ``criterion=None`` the last
+        row is the criterion's (its value is the last entry of ``losses``)."""
+        G = check_gram(G)
+        if losses is None:
+            raise ValueError("PNG needs the loss values: call png(J, losses) or use tm.backward / PNG.backward.")
+        losses = losses.reshape(-1)
+        if losses.shape[0] != G.shape[0]:
+            raise ValueError(f"losses has {losses.shape[0]} entries for a {G.shape[0]} x {G.shape[0]} Gram matrix.")
+        if self.criterion is None:
+            w = self.batch_weights(G[None], losses[None, :-1], criterion_value=float(losses[-1]))
+        else:
+            w = self.batch_weights(G[None], losses[None])
+        return w[0]
+
+    # ---- backward ----------------------------------------------------------------------------------
+    def backward(
+        self,
+        losses: Union[Tensor, Sequence[Tensor], Sequence[Sequence[Tensor]]],
+        params: Any,
+        *,
+        criterion_value: Optional[Tensor] = None,
+        retain_graph: bool = False,
+        batched: Optional[bool] = None,
+    ) -> Tensor:
+        r"""PNG step: accumulate :math:`v_k` into the ``.grad`` of every model's parameters.
+
+        Args:
+            losses: one model: ``m`` scalar losses (sequence or ``(m,)`` tensor); ``N`` models: an
+                ``(N, m)`` tensor or ``N`` sequences of ``m`` scalars.
+            params: one model: a module, a tensor or an iterable of tensors; ``N`` models: a list (or
+                tuple) of ``N`` such groups. All the parameters of a model should be given (PNG's
+                :math:`\theta`), heads included.
+            criterion_value: optional scalar tensor: a part of ``F`` that depends on the parameters
+                directly (it is differentiated with respect to each model's parameters and enters
+                with weight 1); required when ``criterion`` is None.
+            retain_graph: keep the graph after the step.
+            batched: passed to :func:`torchmoo.autograd.jacobian_blocks`.
+
+        Returns:
+            The weights: ``(k,)`` for one model, ``(N, k)`` for ``N`` models (``k = m`` or ``m + 1``).
+        """
+        multi = isinstance(params, (list, tuple)) and len(params) > 0 and all(
+            isinstance(p, (torch.nn.Module, list, tuple)) for p in params
+        )
+        groups = [as_param_list(p, name=f"params[{i}]") for i, p in enumerate(params)] if multi else [as_param_list(params)]
+        L = _loss_matrix(losses, multi)
+        N, m = L.shape
+        if N != len(groups):
+            raise ValueError(f"there are {N} rows of losses but {len(groups)} parameter groups.")
+        seen: set = set()
+        for i, plist in enumerate(groups):
+            for p in plist:
+                if id(p) in seen:
+                    raise ValueError(f"params[{i}] shares a tensor (shape {tuple(p.shape)}) with another model.")
+                seen.add(id(p))
+        if criterion_value is None and self.criterion is None:
+            raise ValueError("PNG(criterion=None): pass criterion_value= (a scalar tensor) at each step.")
+        if criterion_value is not None:
+            if not isinstance(criterion_value, Tensor) or criterion_value.numel() != 1:
+                raise TypeError("criterion_value must be a scalar tensor.")
+            criterion_value = criterion_value.reshape(())
+        if not L.requires_grad and (criterion_value is None or not criterion_value.requires_grad):
+            raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
+        all_blocks: List[List[Optional[Tensor]]] = []
+        grams = []
+        for k_model, plist in enumerate(groups):
+            rows = L[k_model] if criterion_value is None else torch.cat([L[k_model], criterion_value[None]])
+            keep = retain_graph or k_model < N - 1
+            blocks = jacobian_blocks(rows, plist, retain_graph=keep, batched=batched)
+            k = rows.shape[0]
+            flat = [None if b is None else b.reshape(k, -1) for b in blocks]
+            G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
+            for blk in flat:
+                if blk is not None:
+                    G += ops.gram(blk.detach()).to(torch.float64)
+            grams.append(G)
+            all_blocks.append(flat)
+        W = self.batch_weights(
+            torch.stack(grams), L.detach(),
+            criterion_value=None if criterion_value is None else float(criterion_value.detach()),
+        )
+        for plist, flat, w in zip(groups, all_blocks, W):
+            for p, blk in zip(plist, flat):
+                if blk is None:
+                    continue
+                d = (w.to(blk.dtype) @ blk).reshape(p.shape).to(p.dtype)
+                if p.grad is None:
+                    p.grad = d.clone()
+                else:
+                    p.grad.add_(d)
+        self.weights = W[0].detach() if not multi else None
+        return W[0] if not multi else W
+
+    def __repr__(self) -> str:
+        e = f"threshold={self.threshold}" if self.threshold is not None else f"gamma={self.gamma}"
+        return f"PNG({self.criterion!r}, alpha={self.alpha!r}, {e}, decay={self.decay}, method={self.method!r})"
+
+
+def _loss_matrix(losses: Any, multi: bool) -> Tensor:
+    """Losses as an ``(N, m)`` tensor that keeps the graph (``N = 1`` for one model)."""
+    from torchmoo.autograd import _stack_losses
+
+    if not multi:
+        return _stack_losses(losses)[None]
+    if isinstance(losses, Tensor):
+        if losses.dim() != 2:
+            raise ValueError(f"for N models, losses must have shape (N, m), got {tuple(losses.shape)}.")
+        return losses
+    try:
+        rows = [_stack_losses(r) for r in losses]
+    except TypeError:
+        raise TypeError("for N models, losses must be an (N, m) tensor or N sequences of m scalar losses.") from None
+    if not rows or len({r.shape[0] for r in rows}) != 1:
+        raise ValueError("every model must have the same number of losses.")
+    return torch.stack(rows)

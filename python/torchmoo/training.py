@@ -1,0 +1,238 @@
+"""``torchmoo.backward``: multi-objective backward pass that writes ``.grad`` for any torch optimizer.
+
+::
+
+    losses = [loss_a, loss_b, loss_c]                       # scalars from one forward pass
+    tm.backward(losses, model.shared_parameters(), tm.methods.MGDA(),
+                task_params=[model.head_a, model.head_b, model.head_c])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # optional, after backward
+    optimizer.step()
+
+Semantics (documented in the README):
+
+* Shared parameters receive the aggregated direction ``d = w @ J`` of the Jacobian of the losses with
+  respect to them; task-specific parameters ``task_params[i]`` receive the plain gradient of
+  ``losses[i]`` (unweighted, as a single-task model would).
+* ``.grad`` is *accumulated* into, exactly like ``Tensor.backward``: call ``optimizer.zero_grad()``
+  between steps. (Accumulating over micro-batches sums their aggregated directions; MGDA of the summed
+  Jacobian is a different thing.)
+* Mixed precision: pass ``grad_scaler=`` a ``torch.amp.GradScaler`` and the *unscaled* losses; see
+  :func:`backward`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from torchmoo import ops
+from torchmoo.autograd import Losses, Params, _stack_losses, as_param_list, jacobian, jacobian_blocks, unflatten
+from torchmoo.methods.aggregator import Aggregator
+
+__all__ = ["backward"]
+
+
+def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
+    """``p.grad += g`` (created when ``None``, in the parameter's layout), like the autograd engine."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        g = g.detach().reshape(p.shape).to(p.dtype)
+        if p.grad is None:
+            p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+        else:
+            p.grad.add_(g)
+
+
+def backward(
+    losses: Losses,
+    params: Params,
+    aggregator: Aggregator,
+    *,
+    task_params: Optional[Sequence[Optional[Params]]] = None,
+    representation: Optional[Tensor] = None,
+    grad_scaler: Optional["torch.amp.GradScaler"] = None,
+    retain_graph: bool = False,
+    batched: Optional[bool] = None,
+) -> Tensor:
+    r"""Backward pass of ``m`` objectives through an aggregator: writes (accumulates) ``.grad``.
+
+    Args:
+        losses: ``m`` scalar losses (a sequence, or an ``(m,)`` tensor) from one forward pass.
+        params: the shared parameters (tensor, iterable of tensors or module). They receive
+            ``d = aggregator(J, losses)`` where ``J`` (m, n) is the Jacobian of the losses with respect
+            to them (one batched backward pass, :func:`torchmoo.autograd.jacobian_blocks`). For the
+            aggregators that need only ``J J^T`` (all of torchmoo's) ``J`` is never assembled: the
+            Gram matrices of the per-parameter blocks are summed and each block is combined in place.
+        aggregator: a :class:`torchmoo.methods.Aggregator` (MGDA, PCGrad, CAGrad, ...). Aggregators
+            with fixed weights (``LinearScalarization``) skip the Jacobian: one backward pass of
+            ``weights @ losses``.
+        task_params: optional, ``m`` entries (parameters or ``None``): ``task_params[i]`` receives the
+            gradient of ``losses[i]`` alone. Must not overlap ``params`` or each other.
+        representation: MGDA-UB (Sener & Koltun, Sec. 3.3). A tensor ``z`` computed from the shared
+            parameters that all the task heads read (e.g. the encoder output). The weights are
+            computed from the Jacobian with respect to ``z`` (cheap: only the heads are
+            back-propagated ``m`` times), then the shared parameters receive the gradient of
+            ``weights @ losses`` in a single backward pass.
+        grad_scaler: a ``torch.amp.GradScaler`` (AMP). Pass the *unscaled* losses; they are scaled by
+            the scaler before the backward pass (so float16 gradients do not underflow), the
+            aggregator sees the unscaled Jacobian ``J / scale`` (normalizations and CAGrad's radius
+            are not scale-invariant), and ``.grad`` receives ``scale * d``, which
+            ``grad_scaler.step(optimizer)`` unscales as usual. If the scaled Jacobian has an inf or
+            NaN, the aggregator is skipped and the non-finite sum of its rows is written, so that
+            ``grad_scaler.step`` skips the step and ``grad_scaler.update`` lowers the scale; the
+            returned weights are then NaN.
+        retain_graph: keep the graph for another backward pass afterwards.
+        batched: passed to :func:`torchmoo.autograd.jacobian`.
+
+    Returns:
+        The ``(m,)`` weights of the combination (detached), also in ``aggregator.weights``.
+
+    Example:
+        >>> losses = [criterion(head(z), y) for head, y in zip(model.heads, targets)]
+        >>> w = tm.backward(losses, model.encoder, tm.methods.MGDA(), task_params=model.heads)
+        >>> optimizer.step()
+    """
+    if not isinstance(aggregator, Aggregator):
+        raise TypeError(f"aggregator must be a torchmoo.methods.Aggregator, got {type(aggregator).__name__}.")
+    L = _stack_losses(losses)
+    m = L.shape[0]
+    shared = as_param_list(params)
+    heads = _task_param_lists(task_params, m, shared)
+    if not L.requires_grad:
+        raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
+    loss_values = L.detach()
+
+    amp = grad_scaler is not None and grad_scaler.is_enabled()
+    scale = 1.0
+    if amp:
+        L = grad_scaler.scale(L)
+        scale = float(grad_scaler.get_scale())
+
+    # backward passes in order; all but the last keep the graph
+    n_passes = 1 + sum(1 for h in heads if h)
+    passes_done = 0
+
+    def keep() -> bool:
+        return retain_graph or passes_done < n_passes - 1
+
+    static = aggregator.static_weights(m, dtype=L.dtype, device=L.device)
+    if static is not None or representation is not None:
+        # the weights come first (fixed, or from the Jacobian w.r.t. z); then one backward of w @ losses
+        if static is not None:
+            w = static
+            aggregator.weights = w.detach()
+        else:
+            if not isinstance(representation, Tensor) or not representation.requires_grad:
+                raise ValueError("representation must be a tensor that requires grad (the shared features z).")
+            Jz = jacobian(L, [representation], retain_graph=True, batched=batched)
+            w = _aggregate_weights(aggregator, Jz, loss_values, scale, amp=amp)
+        if shared:
+            if bool(torch.isnan(w).any()):  # AMP overflow: poison the step so that the scaler skips it
+                _accumulate(shared, [torch.full_like(p, float("nan")) for p in shared])
+            else:
+                total = (L * w.to(L.dtype)).sum()
+                _accumulate(shared, torch.autograd.grad(total, shared, retain_graph=keep(), allow_unused=True))
+        passes_done += 1
+    else:
+        blocks = jacobian_blocks(L, shared, retain_graph=keep(), batched=batched)
+        passes_done += 1
+        if shared:
+            w = _aggregate_blocks(aggregator, blocks, shared, loss_values, scale, amp=amp)
+        else:
+            aggregator(L.new_zeros(m, 0).detach(), loss_values)  # no shared parameter: only the weights
+            w = aggregator.weights
+
+    for i, head in enumerate(heads):
+        if not head:
+            continue
+        if L[i].requires_grad:
+            grads = torch.autograd.grad(L[i], head, retain_graph=keep(), allow_unused=True)
+            _accumulate(head, grads)
+        passes_done += 1
+    return w.detach()
+
+
+def _aggregate_blocks(
+    aggregator: Aggregator, blocks: List[Optional[Tensor]], shared: List[Tensor], loss_values: Tensor,
+    scale: float, *, amp: bool,
+) -> Tensor:
+    """Weights from the Jacobian blocks (which hold ``scale * J``), then ``.grad += w @ block`` per parameter.
+
+    For a Gram-based aggregator ``J`` is never assembled: ``G = sum_k J_k J_k^T`` (float64) and each
+    block is combined where it lies. Otherwise the blocks are concatenated into ``J`` first.
+    """
+    m = loss_values.shape[0]
+    dtype, device = shared[0].dtype, shared[0].device
+    flat = [None if b is None else b.reshape(m, -1) for b in blocks]
+    if aggregator.gram_based:
+        G = torch.zeros(m, m, dtype=torch.float64, device=device)
+        finite = True
+        for b in flat:
+            if b is None:
+                continue
+            try:
+                G += ops.gram(b.detach()).to(torch.float64)
+            except ValueError:  # ops.gram rejects inf / NaN; anything else is re-raised
+                if bool(torch.isfinite(b).all()):
+                    raise
+                finite = False
+                break
+        finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
+    else:
+        J = torch.cat([b if b is not None else p.new_zeros(m, p.numel()) for b, p in zip(flat, shared)], dim=1)
+        finite = bool(torch.isfinite(J).all())
+    if not finite:
+        if not amp:
+            raise ValueError("The Jacobian has inf or NaN entries: a loss or a gradient overflowed.")
+        # AMP overflow: write the non-finite sum of the rows, so that GradScaler.step skips the step
+        _accumulate(shared, [None if b is None else b.sum(0) for b in blocks])
+        return torch.full((m,), float("nan"), dtype=dtype, device=device)
+    if aggregator.gram_based:
+        w = aggregator.gram_weights(G / (scale * scale), loss_values).to(dtype)
+        aggregator.weights = w.detach()
+        # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales
+        _accumulate(shared, [None if b is None else w @ b for b in flat])
+    else:
+        d = aggregator(J / scale if scale != 1.0 else J, loss_values)
+        w = aggregator.weights
+        _accumulate(shared, unflatten(d * scale if scale != 1.0 else d, shared))
+    return w
+
+
+def _aggregate_weights(aggregator: Aggregator, J: Tensor, loss_values: Tensor, scale: float, *, amp: bool) -> Tensor:
+    """The aggregator's weights for the scaled Jacobian ``J`` (NaN weights if it overflowed under AMP)."""
+    if not bool(torch.isfinite(J).all()):
+        if not amp:
+            raise ValueError("The Jacobian with respect to the representation has inf or NaN entries.")
+        return torch.full((J.shape[0],), float("nan"), dtype=J.dtype, device=J.device)
+    aggregator(J / scale if scale != 1.0 else J, loss_values)
+    return aggregator.weights
+
+
+def _task_param_lists(
+    task_params: Optional[Sequence[Optional[Params]]], m: int, shared: List[Tensor]
+) -> List[List[Tensor]]:
+    """One list of tensors per objective, checked to be disjoint from ``shared`` and from each other."""
+    if task_params is None:
+        return [[] for _ in range(m)]
+    if isinstance(task_params, (Tensor, torch.nn.Module)) and not isinstance(task_params, torch.nn.ModuleList):
+        raise TypeError("task_params must be a sequence with one entry (parameters or None) per objective.")
+    entries = list(task_params)
+    if len(entries) != m:
+        raise ValueError(f"task_params has {len(entries)} entries but there are {m} objectives.")
+    seen = {id(p) for p in shared}
+    out = []
+    for i, entry in enumerate(entries):
+        plist = [] if entry is None else as_param_list(entry, name=f"task_params[{i}]")
+        for p in plist:
+            if id(p) in seen:
+                raise ValueError(
+                    f"task_params[{i}] contains a tensor (shape {tuple(p.shape)}) that is also in params or in "
+                    "another task's parameters; each parameter must belong to one group."
+                )
+            seen.add(id(p))
+        out.append(plist)
+    return out

@@ -1,0 +1,287 @@
+"""Tests of torchmoo.autograd: Jacobians and Hessian-vector products against torch.autograd.functional
+and central finite differences (float64), batched against one-at-a-time, graph handling, and the
+flatten / unflatten helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import torchmoo as tm
+from torchmoo.autograd import flatten, hvp, hvp_operator, jacobian, num_params, unflatten
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny: one intra-op thread avoids OpenMP start-up and contention costs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TwoHead(torch.nn.Module):
+    """A small shared trunk with m heads; losses are per-head mean squared errors (smooth, non-quadratic)."""
+
+    def __init__(self, m: int = 3, d_in: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.Tanh())
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(hidden, 1) for _ in range(m)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.trunk(x)
+        return torch.cat([h(z) for h in self.heads], dim=1)
+
+
+def _setup(m: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    model = TwoHead(m).to(F64)
+    x = torch.randn(16, 4, dtype=F64)
+    y = torch.randn(16, m, dtype=F64)
+    return model, x, y
+
+
+def _losses(model, x, y):
+    return ((model(x) - y) ** 2 * torch.linspace(0.5, 1.5, y.shape[1], dtype=F64)).mean(0).sin() + 1
+
+
+def _losses_of_flat(model, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        pieces = unflatten(theta, [torch.empty(s) for s in shapes])
+        return _losses(lambda inp: functional_call(model, dict(zip(names, pieces)), (inp,)), x, y)
+
+    return f
+
+
+# --------------------------------------------------------------------------------------------------
+# jacobian
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batched", [None, True, False])
+def test_jacobian_matches_autograd_functional(batched):
+    model, x, y = _setup()
+    J = jacobian(_losses(model, x, y), model.parameters(), batched=batched)
+    theta = flatten([p.detach() for p in model.parameters()])
+    expected = torch.autograd.functional.jacobian(_losses_of_flat(model, x, y), theta)
+    assert J.shape == (3, num_params(model)) == expected.shape
+    torch.testing.assert_close(J, expected, rtol=1e-12, atol=1e-13)
+
+
+def test_jacobian_matches_finite_differences():
+    model, x, y = _setup(seed=1)
+    J = jacobian(_losses(model, x, y), model.parameters())
+    f = _losses_of_flat(model, x, y)
+    theta = flatten([p.detach() for p in model.parameters()])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        v = torch.randn(theta.shape, generator=gen, dtype=F64)
+        eps = 1e-6
+        fd = (f(theta + eps * v) - f(theta - eps * v)) / (2 * eps)
+        torch.testing.assert_close(J @ v, fd, rtol=1e-7, atol=1e-8)
+
+
+def test_jacobian_batched_equals_loop_and_sequence_input():
+    model, x, y = _setup(m=4, seed=2)
+    L = _losses(model, x, y)
+    Jb = jacobian(L, model.parameters(), batched=True, retain_graph=True)
+    Jl = jacobian(list(L.unbind()), list(model.parameters()), batched=False)
+    torch.testing.assert_close(Jb, Jl, rtol=1e-14, atol=1e-15)
+
+
+def test_unreached_parameters_and_constant_losses_give_zeros():
+    model, x, y = _setup(m=2, seed=3)
+    out = model(x)
+    extra = torch.nn.Parameter(torch.randn(5, dtype=F64))  # reached by no objective
+    losses = [((out[:, 0] - y[:, 0]) ** 2).mean(), torch.tensor(1.0, dtype=F64), ((out[:, 1] - y[:, 1]) ** 2).mean()]
+    params = list(model.parameters()) + [extra]
+    J = jacobian(losses, params)
+    assert J.shape == (3, num_params(params))
+    assert torch.equal(J[1], torch.zeros_like(J[1]))  # the constant loss
+    assert torch.equal(J[:, -5:], torch.zeros(3, 5, dtype=F64))  # the unreached parameter
+    # head 1 is not reached by loss 0 and vice versa
+    head_sizes = [num_params(model.trunk), num_params(model.heads[0]), num_params(model.heads[1])]
+    off = head_sizes[0]
+    head1 = slice(off + head_sizes[1], off + head_sizes[1] + head_sizes[2])
+    assert torch.equal(J[0, head1], torch.zeros(head_sizes[2], dtype=F64))
+    assert J[0, off: off + head_sizes[1]].abs().sum() > 0
+    # no loss requires grad at all: a zero Jacobian, not an error
+    J0 = jacobian([torch.tensor(1.0), torch.tensor(2.0)], params)
+    assert torch.equal(J0, torch.zeros(2, num_params(params), dtype=F64))
+
+
+def test_retain_graph_and_create_graph():
+    model, x, y = _setup(seed=4)
+    L = _losses(model, x, y)
+    jacobian(L, model.parameters(), retain_graph=True)
+    L.sum().backward()  # still possible
+    L2 = _losses(model, x, y)
+    jacobian(L2, model.parameters())
+    with pytest.raises(RuntimeError):
+        L2.sum().backward()  # freed, as with torch.autograd.grad
+    # create_graph: the Jacobian row of one loss is its gradient, whose derivative along v is H v
+    L3 = _losses(model, x, y)
+    J = jacobian(L3[:1], model.parameters(), create_graph=True)
+    v = torch.randn(J.shape[1], dtype=F64)
+    dJv = torch.autograd.grad(J[0] @ v, list(model.parameters()))
+    expected = hvp(_losses(model, x, y)[0], model.parameters(), v)
+    torch.testing.assert_close(flatten(dJv), expected, rtol=1e-12, atol=1e-13)
+
+
+class _NoVmapSquare(torch.autograd.Function):
+    """x**2 whose backward leaves torch (numpy), which cannot run under vmap (is_grads_batched)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2 * x.detach().numpy() * grad.detach().numpy())
+
+
+def test_fallback_when_batching_fails():
+    torch.manual_seed(5)
+    w = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    x = torch.randn(4, dtype=F64)
+    # the custom Function is the last op: the batched pass fails before anything is freed
+    L = _NoVmapSquare.apply(w @ x)
+    # d(wx)_i^2 / dw = 2 (wx)_i e_i x^T
+    u = (w @ x).detach()
+    expected = torch.stack([torch.outer(2 * u[i] * torch.eye(3, dtype=F64)[i], x).flatten() for i in range(3)])
+    with pytest.raises(RuntimeError):
+        jacobian(L, [w], batched=True, retain_graph=True)
+    torch.testing.assert_close(jacobian(L, [w]), expected)
+    # the custom Function is the first op: the failure comes after other nodes ran and freed their
+    # buffers, so the fallback cannot reuse the graph: a clear error naming the way out
+    y = _NoVmapSquare.apply(w) @ x
+    L2 = torch.stack([y.sin().sum(), y.cos().sum()])
+    with pytest.raises(RuntimeError, match="batched=False"):
+        jacobian(L2, [w])
+    y = _NoVmapSquare.apply(w) @ x
+    L2 = torch.stack([y.sin().sum(), y.cos().sum()])
+    J = jacobian(L2, [w], batched=None, retain_graph=True)  # retained: the fallback works
+    torch.testing.assert_close(J, jacobian(L2, [w], batched=False))
+
+
+def test_jacobian_errors():
+    model, x, y = _setup()
+    L = _losses(model, x, y)
+    frozen = torch.zeros(3, dtype=F64)
+    with pytest.raises(ValueError, match="does not require grad"):
+        jacobian(L, [frozen])
+    p = next(model.parameters())
+    with pytest.raises(ValueError, match="more than once"):
+        jacobian(L, [p, p])
+    with pytest.raises(ValueError, match="scalar"):
+        jacobian([L, L], model.parameters())
+    with pytest.raises(TypeError):
+        jacobian(L, [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        jacobian([], model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# hvp
+# --------------------------------------------------------------------------------------------------
+
+
+def test_hvp_matches_autograd_functional_and_finite_differences():
+    model, x, y = _setup(seed=6)
+    f = _losses_of_flat(model, x, y)
+    theta = flatten([p.detach() for p in model.parameters()])
+    v = torch.randn(theta.shape, dtype=F64)
+    loss = _losses(model, x, y).sum()
+    Hv = hvp(loss, model.parameters(), v)
+    _, expected = torch.autograd.functional.hvp(lambda t: f(t).sum(), theta, v)
+    torch.testing.assert_close(Hv, expected, rtol=1e-12, atol=1e-13)
+
+    def grad_at(t):
+        t = t.clone().requires_grad_(True)
+        return torch.autograd.grad(f(t).sum(), t)[0]
+
+    eps = 1e-5
+    fd = (grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)
+    torch.testing.assert_close(Hv, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("batched", [None, False])
+def test_batched_hvp_equals_single_hvps(batched):
+    model, x, y = _setup(seed=7)
+    loss = _losses(model, x, y).sum()
+    V = torch.randn(4, num_params(model), dtype=F64)
+    H = hvp(loss, model.parameters(), V, batched=batched)
+    singles = torch.stack([hvp(loss, model.parameters(), v) for v in V])
+    assert H.shape == V.shape
+    torch.testing.assert_close(H, singles, rtol=1e-13, atol=1e-14)
+    op = hvp_operator(loss, model.parameters())
+    torch.testing.assert_close(op(V), singles, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(op(V[2]), singles[2], rtol=1e-13, atol=1e-14)
+    # the full Hessian, column by column, is symmetric
+    Hfull = op(torch.eye(V.shape[1], dtype=F64))
+    torch.testing.assert_close(Hfull, Hfull.T, rtol=1e-12, atol=1e-13)
+
+
+def test_hvp_zero_blocks_and_graph_kept():
+    torch.manual_seed(8)
+    a = torch.randn(3, dtype=F64, requires_grad=True)  # enters quadratically
+    b = torch.randn(2, dtype=F64, requires_grad=True)  # enters linearly: zero Hessian block
+    c = torch.randn(2, dtype=F64, requires_grad=True)  # not reached
+    loss = (a**2).sum() * 2 + (b * torch.tensor([1.0, -1.0], dtype=F64)).sum()
+    v = torch.randn(7, dtype=F64)
+    Hv = hvp(loss, [a, b, c], v)
+    torch.testing.assert_close(Hv, torch.cat([4 * v[:3], torch.zeros(4, dtype=F64)]))
+    loss.backward()  # the forward graph is still there
+    assert torch.equal(c.grad if c.grad is not None else torch.zeros(2, dtype=F64), torch.zeros(2, dtype=F64))
+    # a linear loss has a zero Hessian
+    lin = (b * 3).sum()
+    assert torch.equal(hvp(lin, [b], torch.ones(2, 2, dtype=F64)), torch.zeros(2, 2, dtype=F64))
+
+
+def test_hvp_errors():
+    model, x, y = _setup()
+    loss = _losses(model, x, y).sum()
+    n = num_params(model)
+    with pytest.raises(ValueError, match=f"\\({n},\\) or \\(k, {n}\\)"):
+        hvp(loss, model.parameters(), torch.zeros(n + 1, dtype=F64))
+    with pytest.raises(ValueError, match="scalar"):
+        hvp(_losses(model, x, y), model.parameters(), torch.zeros(n, dtype=F64))
+    with pytest.raises(TypeError):
+        hvp(loss, model.parameters(), [0.0] * n)
+
+
+# --------------------------------------------------------------------------------------------------
+# flatten / unflatten
+# --------------------------------------------------------------------------------------------------
+
+
+def test_flatten_unflatten_roundtrip():
+    shapes = [(2, 3), (4,), (), (1, 2, 2)]
+    ts = [torch.randn(s) for s in shapes]
+    v = flatten(ts)
+    assert v.shape == (6 + 4 + 1 + 4,) == (num_params(ts),)
+    back = unflatten(v, ts)
+    assert [b.shape for b in back] == [t.shape for t in ts]
+    assert all(torch.equal(b, t) for b, t in zip(back, ts))
+    V = torch.stack([v, 2 * v])
+    back2 = unflatten(V, ts)
+    assert [b.shape for b in back2] == [(2, *t.shape) for t in ts]
+    assert all(torch.equal(b[1], 2 * t) for b, t in zip(back2, ts))
+    with pytest.raises(ValueError, match="15"):
+        unflatten(torch.zeros(14), ts)
+    with pytest.raises(ValueError):
+        flatten([])
+    with pytest.raises(TypeError):
+        unflatten([0.0], ts)
+
+
+def test_public_names():
+    assert tm.autograd.jacobian is jacobian and tm.autograd.hvp is hvp

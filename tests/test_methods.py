@@ -1,0 +1,521 @@
+"""Tests of the aggregators (MGDA, linear scalarization, PCGrad, CAGrad, improvement function), of
+g(theta) and Ma et al.'s correction vector, and of torchmoo.backward.
+
+Each method is checked against what defines it: the optimality conditions of its problem, an
+independent solution of its primal problem by scipy (SLSQP on small constructed gradients), or a
+literal vector-space implementation of its algorithm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import torchmoo as tm
+from torchmoo.autograd import jacobian
+from torchmoo.methods import (
+    MGDA,
+    CAGrad,
+    ImprovementFunction,
+    LinearScalarization,
+    PCGrad,
+    cagrad_weights,
+    min_norm_correction,
+    pareto_stationarity,
+)
+
+scipy_optimize = pytest.importorskip("scipy.optimize")
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The problems here are tiny: one intra-op thread avoids OpenMP start-up and contention costs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_jacobians(seed: int, count: int = 30, dtype=F64):
+    """Random (m, n) Jacobians with m in 2..8, n in 2..12, scales 1e-3..1e3, and degenerate kinds."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(count):
+        m = int(torch.randint(2, 9, (1,), generator=gen))
+        n = int(torch.randint(2, 13, (1,), generator=gen))
+        J = torch.randn(m, n, generator=gen, dtype=F64) * 10.0 ** float(torch.randint(-3, 4, (1,), generator=gen))
+        kind = k % 5
+        if kind == 1:  # 0 in the hull: a pair of opposite rows
+            J[1] = -J[0] * 0.5
+        elif kind == 2:  # all rows collinear
+            J = J[:, :1] * torch.randn(1, n, generator=gen, dtype=F64)
+        elif kind == 3:  # more objectives than dimensions
+            J = torch.randn(m, 1 + m // 3, generator=gen, dtype=F64)
+        out.append(J.to(dtype))
+    return out
+
+
+def _slsqp(fun, x0, constraints, bounds=None):
+    res = scipy_optimize.minimize(fun, x0, method="SLSQP", constraints=constraints, bounds=bounds,
+                                  options={"ftol": 1e-15, "maxiter": 2000})
+    return res.x
+
+
+# --------------------------------------------------------------------------------------------------
+# MGDA, g(theta), correction vector
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_mgda_common_descent(dtype):
+    """<g_i, d> >= ||d||^2 for every i (Lemma 1 of the MT-SGD supplement), weights on the simplex."""
+    tol = 1e-10 if dtype == F64 else 2e-4
+    for J in _random_jacobians(0, dtype=dtype):
+        agg = MGDA()
+        d = agg(J)
+        w = agg.weights
+        assert d.shape == (J.shape[1],) and w.shape == (J.shape[0],) and d.dtype == dtype
+        assert float(w.min()) >= 0 and abs(float(w.sum()) - 1) < tol
+        Jd, dd = (J.double() @ d.double()), float(d.double() @ d.double())
+        scale = float(J.double().pow(2).sum(1).max())
+        assert float((Jd - dd).min()) >= -tol * scale, (Jd - dd).min()
+        torch.testing.assert_close(d, w @ J)
+
+
+def test_mgda_two_objectives_closed_form():
+    """m = 2: w_1 = clip(<g_2 - g_1, g_2> / ||g_1 - g_2||^2, 0, 1) (Sener & Koltun, Algorithm 2)."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        J = torch.randn(2, 5, generator=gen, dtype=F64) * torch.rand(2, 1, generator=gen, dtype=F64) * 3
+        g1, g2 = J
+        w1 = float(((g2 - g1) @ g2) / (g1 - g2).pow(2).sum()).__float__()
+        w1 = min(max(w1, 0.0), 1.0)
+        agg = MGDA()
+        agg(J)
+        torch.testing.assert_close(agg.weights, torch.tensor([w1, 1 - w1], dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_mgda_zero_at_pareto_stationary_points():
+    """d = 0 where 0 is in the convex hull of the gradients (built by construction)."""
+    v1 = torch.tensor([1.0, 0.0, 2.0, -1.0], dtype=F64)
+    v2 = torch.tensor([0.0, 2.0, -2.0, 0.5], dtype=F64)
+    J = torch.stack([v1, v2, -(v1 + v2) / 2, v1 + 3 * v2])  # (1/4) v1 + (1/4) v2 + (1/2) v3 = 0
+    agg = MGDA()
+    d = agg(J)
+    assert float(d.abs().max()) <= 1e-14
+    assert pareto_stationarity(J) <= 1e-28
+    # a zero gradient: that objective is stationary, so is the point
+    J0 = torch.cat([torch.randn(3, 4, dtype=F64), torch.zeros(1, 4, dtype=F64)])
+    assert float(MGDA()(J0).abs().max()) <= 1e-15 * float(J0.abs().max())
+    # away from stationarity g(theta) = ||d||^2 > 0 and is the minimum over the simplex
+    J = torch.randn(3, 6, dtype=F64)
+    g = pareto_stationarity(J)
+    d = MGDA()(J)
+    assert g > 0 and math.isclose(g, float(d @ d), rel_tol=1e-12)
+    W = torch.distributions.Dirichlet(torch.ones(3, dtype=F64)).sample((2000,))
+    assert float((W @ J).pow(2).sum(1).min()) >= g * (1 - 1e-12)
+
+
+def test_mgda_normalizations():
+    """Weights are those of the normalized gradients, applied to the original ones (Sener & Koltun)."""
+    gen = torch.Generator().manual_seed(2)
+    J = torch.randn(3, 7, generator=gen, dtype=F64)
+    losses = torch.tensor([0.5, 2.0, 1.5], dtype=F64)
+    norms = J.norm(dim=1)
+    for norm, s in [("l2", norms), ("loss", losses), ("loss+", losses * norms)]:
+        agg = MGDA(normalization=norm)
+        d = agg(J, losses)
+        ref = MGDA()
+        ref(J / s[:, None])
+        torch.testing.assert_close(agg.weights, ref.weights, rtol=0, atol=1e-12)
+        torch.testing.assert_close(d, agg.weights @ J)
+    # l2: invariant to positive rescaling of each gradient
+    agg = MGDA("l2")
+    agg(J)
+    w = agg.weights
+    agg(J * torch.tensor([[10.0], [0.1], [3.0]], dtype=F64))
+    torch.testing.assert_close(agg.weights, w, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="needs the loss values"):
+        MGDA("loss")(J)
+    with pytest.raises(ValueError, match="positive"):
+        MGDA("loss")(J, torch.tensor([1.0, -1.0, 2.0], dtype=F64))
+    with pytest.raises(ValueError, match="normalization"):
+        MGDA("max")
+
+
+def test_min_norm_correction_solves_problem_5():
+    """Ma et al. Problem 5 solved by scipy over (alpha, c) agrees with Proposition 4.1's closed form."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        m, n = 3, 4
+        J = torch.randn(m, n, generator=gen, dtype=F64)
+        alpha, c = min_norm_correction(J)
+        # the constraint: sum_i alpha_i (g_i - c) = 0, alpha on the simplex
+        torch.testing.assert_close(alpha @ (J - c), torch.zeros(n, dtype=F64), rtol=0, atol=1e-13)
+        assert math.isclose(float(c @ c), pareto_stationarity(J), rel_tol=1e-12)
+        Jn = J.numpy()
+        cons = [
+            {"type": "eq", "fun": lambda x: x[:m].sum() - 1},
+            {"type": "eq", "fun": lambda x: (x[:m, None] * (Jn - x[m:])).sum(0)},
+        ]
+        x0 = np.concatenate([np.full(m, 1 / m), Jn.mean(0)])
+        x = _slsqp(lambda x: float(x[m:] @ x[m:]), x0, cons, bounds=[(0, 1)] * m + [(None, None)] * n)
+        assert float(c @ c) <= float(x[m:] @ x[m:]) + 1e-9
+        np.testing.assert_allclose(c.numpy(), x[m:], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# PCGrad
+# --------------------------------------------------------------------------------------------------
+
+
+def _pcgrad_vectors(J: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """PCGrad (Yu et al., Algorithm 1) literally, on the gradient vectors, with given orders."""
+    out = []
+    for i in range(J.shape[0]):
+        g = J[i].clone()
+        for j in orders[i].tolist():
+            dot = g @ J[j]
+            if dot < 0:
+                g = g - dot / (J[j] @ J[j]) * J[j]
+        out.append(g)
+    return torch.stack(out)
+
+
+def test_pcgrad_matches_the_algorithm_and_removes_conflicts():
+    for J in _random_jacobians(4, count=20):
+        agg = PCGrad(seed=0)
+        d = agg(J)
+        m = J.shape[0]
+        assert sorted(agg.orders[0].tolist()) == list(range(1, m))
+        projected = _pcgrad_vectors(J, agg.orders)
+        scale = float(J.norm(dim=1).max()) ** 2
+        torch.testing.assert_close(agg.projected @ J, projected, rtol=1e-9, atol=1e-10 * scale**0.5)
+        torch.testing.assert_close(d, projected.sum(0), rtol=1e-9, atol=1e-10 * scale**0.5)
+        # after its last projection, g_i^PC has no component against that objective's gradient
+        for i in range(m):
+            j = int(agg.orders[i, -1])
+            assert float(projected[i] @ J[j]) >= -1e-10 * scale
+    # two objectives: no conflict left at all after projection, in both directions
+    J = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=F64)
+    agg = PCGrad()
+    d = agg(J)
+    P = agg.projected @ J
+    assert float(P[0] @ J[1]) >= -1e-15 and float(P[1] @ J[0]) >= -1e-15
+    torch.testing.assert_close(d, torch.tensor([0.5, 1.5], dtype=F64))
+
+
+def test_pcgrad_without_conflict_is_the_sum_and_is_deterministic():
+    J = torch.tensor([[1.0, 0.2, 0.0], [0.5, 1.0, 0.1], [0.3, 0.0, 2.0]], dtype=F64)
+    torch.testing.assert_close(PCGrad()(J), J.sum(0))
+    torch.testing.assert_close(PCGrad(reduction="mean")(J), J.mean(0))
+    J = torch.randn(6, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    assert torch.equal(PCGrad(seed=7)(J), PCGrad(seed=7)(J))
+    torch.manual_seed(3)
+    a = PCGrad()(J)
+    torch.manual_seed(3)
+    assert torch.equal(PCGrad()(J), a)
+    with pytest.raises(ValueError, match="reduction"):
+        PCGrad(reduction="max")
+
+
+# --------------------------------------------------------------------------------------------------
+# CAGrad
+# --------------------------------------------------------------------------------------------------
+
+
+def _cagrad_primal_scipy(J: torch.Tensor, c: float) -> float:
+    """max_{||d - g0|| <= c ||g0||} min_i <g_i, d>, by SLSQP in epigraph form over (d, s)."""
+    Jn = J.numpy()
+    m, n = Jn.shape
+    g0 = Jn.mean(0)
+    r = c * np.linalg.norm(g0)
+    cons = [
+        {"type": "ineq", "fun": lambda x: Jn @ x[:n] - x[n], "jac": lambda x: np.hstack([Jn, -np.ones((m, 1))])},
+        {"type": "ineq", "fun": lambda x: r * r - np.sum((x[:n] - g0) ** 2),
+         "jac": lambda x: np.concatenate([-2 * (x[:n] - g0), [0.0]])},
+    ]
+    x0 = np.concatenate([g0, [float((Jn @ g0).min())]])
+    best = -np.inf
+    for start in (x0, np.concatenate([g0 + r * Jn[0] / max(np.linalg.norm(Jn[0]), 1e-300), [x0[-1] - abs(x0[-1])]])):
+        x = _slsqp(lambda x: -x[n], start, cons)
+        if r * r - np.sum((x[:n] - g0) ** 2) >= -1e-9 * max(r * r, 1e-300):
+            best = max(best, float((Jn @ x[:n]).min()))
+    return best
+
+
+def test_cagrad_maximizes_the_worst_improvement_in_its_ball():
+    gen = torch.Generator().manual_seed(6)
+    for J in _random_jacobians(6, count=25):
+        J = J / J.norm(dim=1).max()  # SLSQP tolerances are absolute
+        c = float(torch.rand(1, generator=gen, dtype=F64)) * 0.98
+        d = CAGrad(c=c, rescale=0)(J)
+        g0 = J.mean(0)
+        r = c * float(g0.norm())
+        assert float((d - g0).norm()) <= r * (1 + 1e-9) + 1e-15  # feasible
+        ours = float((J @ d).min())
+        ref = _cagrad_primal_scipy(J, c)
+        assert ours >= ref - 1e-7, (ours, ref)
+        # the dual certificate: F(w) = w'G b + r ||J'w|| >= our primal value for every w on the simplex,
+        # so no direction in the ball does better than ours
+        W = torch.distributions.Dirichlet(torch.ones(J.shape[0], dtype=F64)).sample((3000,))
+        F = W @ (J @ g0) + r * (W @ J).norm(dim=1)
+        assert float(F.min()) >= ours - 1e-9
+
+
+def test_cagrad_duality_gap_is_zero():
+    """With w* recovered from the weights, F(w*) equals the worst improvement of d (strong duality)."""
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        J = torch.randn(4, 6, generator=gen, dtype=F64)
+        c = 0.1 + 0.8 * float(torch.rand(1, generator=gen, dtype=F64))
+        G = J @ J.T
+        u = cagrad_weights(G, c)
+        b = torch.full((4,), 0.25, dtype=F64)
+        w = (u - b) / (u - b).sum()
+        r = c * float(J.mean(0).norm())
+        assert float(w.min()) >= -1e-15
+        F = float(w @ (J @ J.mean(0)) + r * (w @ J).norm())
+        primal = float((J @ (u @ J)).min())
+        assert math.isclose(F, primal, rel_tol=1e-10, abs_tol=1e-12)
+
+
+def test_cagrad_special_cases_and_rescaling():
+    J = torch.randn(3, 5, generator=torch.Generator().manual_seed(8), dtype=F64)
+    torch.testing.assert_close(CAGrad(c=0.0)(J), J.mean(0))  # radius 0: the mean gradient
+    d0 = CAGrad(c=0.4, rescale=0)(J)
+    torch.testing.assert_close(CAGrad(c=0.4, rescale=1)(J), d0 / 1.16)
+    torch.testing.assert_close(CAGrad(c=0.4, rescale=2)(J), d0 / 1.4)
+    assert torch.equal(CAGrad()(torch.zeros(3, 5, dtype=F64)), torch.zeros(5, dtype=F64))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="0 <= c < 1"):
+            CAGrad(c=bad)
+    with pytest.raises(ValueError, match="rescale"):
+        CAGrad(rescale=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Improvement function, linear scalarization
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0, 4.0])
+def test_improvement_function_solves_simol_eq2(lam):
+    """-d = argmin_d max_i <g_i, d> + lam/2 ||d||^2 (SIMOL Eq. 2 with the first-order model, Eq. 10)."""
+    for J in _random_jacobians(9, count=10):
+        J = J / J.norm(dim=1).max()
+        agg = ImprovementFunction(lam=lam)
+        step = -agg(J)
+        Jn = J.numpy()
+        m, n = Jn.shape
+        cons = [{"type": "ineq", "fun": lambda x: x[n] - Jn @ x[:n],
+                 "jac": lambda x: np.hstack([-Jn, np.ones((m, 1))])}]
+        x = _slsqp(lambda x: x[n] + lam / 2 * x[:n] @ x[:n], np.zeros(n + 1), cons)
+        obj = lambda d: float((J @ d).max() + lam / 2 * d @ d)  # noqa: E731
+        assert obj(step) <= obj(torch.from_numpy(x[:n])) + 1e-10
+        np.testing.assert_allclose(step.numpy(), x[:n], atol=1e-5)
+        torch.testing.assert_close(agg.weights * lam, MGDA().compute_weights(J), rtol=0, atol=1e-14)
+
+
+def test_linear_scalarization():
+    J = torch.randn(3, 4, dtype=F64)
+    agg = LinearScalarization([1.0, -2.0, 0.5])
+    torch.testing.assert_close(agg(J), torch.tensor([1.0, -2.0, 0.5], dtype=F64) @ J)
+    with pytest.raises(ValueError, match="3 weights but there are 2"):
+        agg(J[:2])
+    with pytest.raises(ValueError, match="finite"):
+        LinearScalarization([1.0, float("nan")])
+
+
+def test_aggregator_input_errors():
+    with pytest.raises(ValueError, match=r"\(m, n\)"):
+        MGDA()(torch.zeros(3))
+    with pytest.raises(TypeError, match="floating"):
+        MGDA()(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="one value per row"):
+        MGDA("loss")(torch.randn(2, 3), torch.ones(3))
+
+
+# --------------------------------------------------------------------------------------------------
+# torchmoo.backward
+# --------------------------------------------------------------------------------------------------
+
+
+class MultiHead(torch.nn.Module):
+    def __init__(self, m: int = 2, d_in: int = 3, hidden: int = 8, act: torch.nn.Module = None) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.Tanh() if act is None else act)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(hidden, 1) for _ in range(m)])
+
+    def forward(self, x):
+        z = self.trunk(x)
+        return z, [h(z).squeeze(1) for h in self.heads]
+
+
+def _data(m: int = 2, seed: int = 0, n: int = 64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen, dtype=F64)
+    ys = [torch.sin(x @ torch.randn(3, generator=gen, dtype=F64)) for _ in range(m)]
+    return x, ys
+
+
+def _task_losses(model, x, ys):
+    z, outs = model(x)
+    return z, [((o - y) ** 2).mean() for o, y in zip(outs, ys)]
+
+
+def test_backward_linear_scalarization_is_the_gradient_of_the_sum():
+    torch.manual_seed(0)
+    model = MultiHead(3).to(F64)
+    x, ys = _data(3)
+    _, losses = _task_losses(model, x, ys)
+    sum(losses).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _, losses = _task_losses(model, x, ys)
+    w = tm.backward(losses, model.parameters(), LinearScalarization([1.0, 1.0, 1.0]))
+    assert torch.equal(w, torch.ones(3, dtype=F64))
+    for p, e in zip(model.parameters(), expected):
+        assert torch.equal(p.grad, e)
+
+
+def test_backward_writes_direction_and_head_gradients():
+    torch.manual_seed(1)
+    model = MultiHead(2).to(F64)
+    x, ys = _data(2, seed=1)
+    _, losses = _task_losses(model, x, ys)
+    shared = list(model.trunk.parameters())
+    J = jacobian(losses, shared, retain_graph=True)
+    head_grads = [torch.autograd.grad(losses[i], list(model.heads[i].parameters()), retain_graph=True)
+                  for i in range(2)]
+    agg = MGDA()
+    d = agg(J)
+    w = tm.backward(losses, model.trunk, MGDA(), task_params=[model.heads[0], model.heads[1]])
+    torch.testing.assert_close(w, agg.weights)
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in shared]), d)
+    for i in range(2):
+        for p, g in zip(model.heads[i].parameters(), head_grads[i]):
+            torch.testing.assert_close(p.grad, g)  # the own task's gradient, unweighted
+    # .grad accumulates like Tensor.backward
+    _, losses = _task_losses(model, x, ys)
+    tm.backward(losses, model.trunk, MGDA(), task_params=[model.heads[0], model.heads[1]])
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in shared]), 2 * d)
+    with pytest.raises(RuntimeError):  # the graph was freed by the last pass
+        sum(losses).backward()
+    with pytest.raises(ValueError, match="belong to one group"):
+        tm.backward(_task_losses(model, x, ys)[1], model.parameters(), MGDA(), task_params=[model.heads[0], None])
+    with pytest.raises(ValueError, match="2 entries but there are 3"):
+        tm.backward(_task_losses(model, x, ys)[1] + [torch.tensor(1.0, dtype=F64, requires_grad=True)],
+                    model.trunk, MGDA(), task_params=[model.heads[0], None])
+
+
+class _JacobianMGDA(tm.methods.Aggregator):
+    """An aggregator that needs J itself (not only J J^T): tm.backward must assemble J for it."""
+
+    def compute_weights(self, J, losses=None):
+        return MGDA().compute_weights(J)
+
+
+def test_backward_gram_path_equals_jacobian_path():
+    torch.manual_seed(6)
+    model = MultiHead(3).to(F64)
+    x, ys = _data(3, seed=6)
+    grads = []
+    for agg in (MGDA(), _JacobianMGDA()):
+        assert agg.gram_based == isinstance(agg, MGDA)
+        model.zero_grad()
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, agg, batched=False)
+        grads.append(tm.autograd.flatten([p.grad for p in model.trunk.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+    # a non-finite Jacobian without a GradScaler is an error, not a silent NaN step
+    for agg in (MGDA(), _JacobianMGDA()):
+        _, losses = _task_losses(model, x, ys)
+        with pytest.raises(ValueError, match="inf or NaN"):
+            tm.backward([losses[0] * float("inf"), losses[1], losses[2]], model.trunk, agg)
+
+
+def test_backward_representation_mgda_ub():
+    """MGDA-UB: weights from the Jacobian w.r.t. z, then the gradient of w @ losses for the trunk."""
+    torch.manual_seed(2)
+    model = MultiHead(3).to(F64)
+    x, ys = _data(3, seed=2)
+    z, losses = _task_losses(model, x, ys)
+    Jz = jacobian(losses, [z], retain_graph=True)
+    agg = MGDA()
+    agg(Jz)
+    expected = torch.autograd.grad(sum(wi * li for wi, li in zip(agg.weights, losses)), list(model.trunk.parameters()),
+                                   retain_graph=True)
+    w = tm.backward(losses, model.trunk, MGDA(), representation=z, task_params=list(model.heads))
+    torch.testing.assert_close(w, agg.weights)
+    for p, e in zip(model.trunk.parameters(), expected):
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_backward_with_grad_scaler():
+    """AMP: unscaled losses + scaler give the same step as without; an overflow skips the step."""
+    torch.manual_seed(3)
+    model = MultiHead(2)
+    x, ys = _data(2, seed=3)
+    x, ys = x.float(), [y.float() for y in ys]
+    for agg in (MGDA("l2"), CAGrad(0.5)):  # neither is invariant to scaling J
+        model.zero_grad()
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, agg, task_params=list(model.heads))
+        expected = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, agg, task_params=list(model.heads), grad_scaler=scaler)
+        scaler.unscale_(opt)
+        for p, e in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-6)
+    # overflow: the scaled Jacobian is infinite, the step is skipped and the scale lowered
+    model.zero_grad()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, losses = _task_losses(model, x, ys)
+    losses = [losses[0] * 1e36, losses[1]]  # float32: 1e36 * 2^10 overflows in the backward pass
+    w = tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), grad_scaler=scaler)
+    assert bool(torch.isnan(w).all())
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert scaler.get_scale() < 2.0**10
+
+
+def test_training_two_heads_with_mgda_reaches_pareto_stationarity():
+    """Full-batch MGDA on two conflicting regressions through a one-unit bottleneck drives g(theta) to ~0.
+
+    The trunk (3 -> 1, linear) cannot serve both linear targets: the losses end at a genuine trade-off
+    (both positive, weights inside the simplex), and g(theta) over all parameters vanishes.
+    """
+    torch.manual_seed(5)
+    model = MultiHead(2, hidden=1, act=torch.nn.Identity()).to(F64)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 3, generator=gen, dtype=F64)
+    ys = [x @ torch.randn(3, generator=gen, dtype=F64) for _ in range(2)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    agg = MGDA()
+
+    def g_theta() -> float:
+        _, losses = _task_losses(model, x, ys)
+        return pareto_stationarity(jacobian(losses, model.parameters()))
+
+    g0 = g_theta()
+    for _ in range(200):
+        opt.zero_grad()
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, agg, task_params=list(model.heads))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # works after tm.backward
+        opt.step()
+    g = g_theta()
+    assert g < 1e-20 * g0, (g0, g)
+    assert 0.05 < float(agg.weights[0]) < 0.95
+    assert all(float(l.detach()) > 0.1 for l in _task_losses(model, x, ys)[1])

@@ -1,0 +1,579 @@
+"""Tests of ``torchmoo.ops.minres``: scipy's iterates, the reference, dense solves and Hessian-vector products.
+
+What a wrong implementation would violate:
+
+* the iterates ``x_j`` of ``scipy.sparse.linalg.minres`` (recorded by its callback), to rounding, on
+  SPD, indefinite, shifted and singular (consistent and inconsistent) matrices;
+* the true residual ``||b - (H - shift I) x_j||`` (the reported residual norms are the recurrence's);
+* the monotone decrease of the residual norms and the meaning of every stop reason;
+* ``k`` right-hand sides at once == ``k`` separate solves; ``minres_reference`` (same recurrence in torch);
+* a dense solve with the Hessian of a small network built by ``torch.autograd.functional.hessian``,
+  with ``matvec`` the double-backward HVP of ``torchmoo.autograd``;
+* clear errors for bad input and for a bad ``matvec``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+import torchmoo as tm
+from torchmoo.reference import minres_reference
+
+sla = pytest.importorskip("scipy.sparse.linalg")
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, strategies as st  # noqa: E402
+
+F64 = torch.float64
+
+
+def sym_matrix(eigs, seed: int, dtype=F64) -> Tuple[Tensor, Tensor]:
+    """``Q diag(eigs) Q^T`` (exactly symmetric) and ``Q``, with ``Q`` a random orthogonal matrix."""
+    g = torch.Generator().manual_seed(seed)
+    eigs = torch.as_tensor(eigs, dtype=F64)
+    n = eigs.numel()
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=g))
+    A = (Q * eigs) @ Q.T
+    return ((A + A.T) / 2).to(dtype), Q
+
+
+def randn(*shape, seed: int, dtype=F64) -> Tensor:
+    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def matvec_of(A: Tensor):
+    """``v -> A v`` for ``v`` of shape ``(n,)`` or ``(k, n)`` (A symmetric)."""
+    return lambda v: v @ A
+
+
+def scipy_iterates(A: Tensor, b: Tensor, iters: int, shift: float = 0.0) -> List[np.ndarray]:
+    """``x_1, x_2, ...`` of scipy's MINRES (its own tests may stop it before ``iters``)."""
+    xs: List[np.ndarray] = []
+    sla.minres(A.numpy(), b.numpy(), rtol=1e-300, shift=shift, maxiter=iters, callback=lambda xk: xs.append(xk.copy()))
+    return xs
+
+
+def true_residual(A: Tensor, b: Tensor, x: Tensor, shift: float = 0.0) -> Tensor:
+    return torch.linalg.vector_norm(b - (x @ A - shift * x), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Agreement with scipy, iterate by iterate
+# --------------------------------------------------------------------------------------------------
+
+N = 30
+CASES = {
+    "spd": (np.linspace(1.0, 20.0, N), 0.0, "generic"),
+    "indefinite": (np.linspace(-10.0, 10.0, N), 0.0, "generic"),
+    "spd shifted into indefinite": (np.linspace(1.0, 20.0, N), 7.3, "generic"),
+    "singular consistent": (np.r_[np.zeros(4), np.linspace(-5.0, 5.0, N - 4)], 0.0, "range"),
+    "singular inconsistent": (np.r_[np.zeros(4), np.linspace(-5.0, 5.0, N - 4)], 0.0, "generic"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_iterates_match_scipy(case):
+    eigs, shift, kind = CASES[case]
+    A, _ = sym_matrix(eigs, seed=1)
+    b = randn(N, seed=2)
+    if kind == "range":
+        b = A @ b
+    # Where this solver stops at tol = 1e-8 (rounding differences with scipy are then still ~1e-10).
+    _, info = tm.ops.minres(matvec_of(A), b, max_iter=3 * N, tol=1e-8, shift=shift)
+    stop = int(info.iterations)
+    expected = {"singular inconsistent": "least_squares"}.get(case, "converged")
+    assert info.stop_reason == expected
+    assert 5 < stop <= 2 * N
+    xs = scipy_iterates(A, b, stop, shift)
+    assert len(xs) == stop
+    for j in range(1, stop + 1):
+        x, info_j = tm.ops.minres(matvec_of(A), b, max_iter=j, tol=0.0, shift=shift)
+        assert int(info_j.iterations) == j and info_j.stop_reason == "max_iter"
+        ref = torch.from_numpy(xs[j - 1])
+        scale = max(1.0, float(ref.abs().max()))
+        # Rounding differences grow once Ritz values converge (here from about iteration 20 of
+        # 25-30: ~1e-15 before, up to ~1e-9 in the last steps, as the Krylov space nears exhaustion).
+        tol = 1e-10 if j <= stop - 5 else 1e-8
+        assert float((x - ref).abs().max()) <= tol * scale, f"iteration {j}"
+        # The reported residual norm is the true one of x_j.
+        r = float(true_residual(A, b, x, shift))
+        assert abs(float(info_j.residual_norms[-1]) - r) <= 1e-9 * float(b.norm()), f"iteration {j}"
+
+
+def test_singular_consistent_gives_min_norm_solution():
+    eigs, _, _ = CASES["singular consistent"]
+    A, _ = sym_matrix(eigs, seed=1)
+    b = A @ randn(N, seed=2)
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=100, tol=1e-12)
+    assert info.stop_reason == "converged"
+    # Iterates stay in range(A), so MINRES returns the pseudo-inverse solution.
+    torch.testing.assert_close(x, torch.linalg.pinv(A) @ b, atol=1e-9, rtol=0)
+
+
+def test_singular_inconsistent_gives_least_squares_solution():
+    eigs, _, _ = CASES["singular inconsistent"]
+    A, Q = sym_matrix(eigs, seed=1)
+    b = randn(N, seed=2)
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=100, tol=1e-8)
+    assert info.stop_reason == "least_squares"
+    r = b - A @ x
+    # Normal equations A r = 0 to the tolerance, and the residual is b's null-space part (the minimum).
+    assert float(torch.linalg.vector_norm(A @ r)) <= 1e-7 * float(torch.linalg.matrix_norm(A)) * float(r.norm())
+    null_part = Q[:, :4] @ (Q[:, :4].T @ b)
+    assert abs(float(r.norm()) - float(null_part.norm())) <= 1e-8 * float(b.norm())
+    assert abs(float(info.residual_norms[-1]) - float(r.norm())) <= 1e-8 * float(b.norm())
+
+
+# --------------------------------------------------------------------------------------------------
+# Residual norms, stop reasons, special right-hand sides
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_residual_norms_monotone_and_start_at_norm_b(case):
+    eigs, shift, _ = CASES[case]
+    A, _ = sym_matrix(eigs, seed=3)
+    b = randn(3, N, seed=4)
+    _, info = tm.ops.minres(matvec_of(A), b, max_iter=40, tol=1e-10, shift=shift)
+    res = info.residual_norms
+    assert res.shape == (3, int(info.iterations.max()) + 1) and res.dtype == F64
+    torch.testing.assert_close(res[:, 0], torch.linalg.vector_norm(b, dim=1), rtol=1e-15, atol=0)
+    assert bool((res[:, 1:] <= res[:, :-1]).all())
+
+
+def test_eigenvector_breaks_down_after_one_iteration():
+    eigs = np.linspace(-4.0, 6.0, 12)
+    A, Q = sym_matrix(eigs, seed=5)
+    for i, shift in [(0, 0.0), (3, 0.0), (7, 1.5)]:
+        b = 2.5 * Q[:, i]
+        lam = float(eigs[i]) - shift
+        x, info = tm.ops.minres(matvec_of(A), b, max_iter=10, tol=0.0, shift=shift)
+        # beta_2 is rounding-sized: the Krylov space span{b} is invariant, x_1 = b / lambda is exact.
+        assert int(info.iterations) == 1 and info.stop_reason == "breakdown" and info.matvec_calls == 1
+        torch.testing.assert_close(x, b / lam, rtol=1e-13, atol=1e-13)
+        # With a reachable tolerance the same step is reported as converged.
+        x, info = tm.ops.minres(matvec_of(A), b, max_iter=10, tol=1e-6, shift=shift)
+        assert int(info.iterations) == 1 and info.stop_reason == "converged"
+
+
+def test_identity_matvec_returning_its_input():
+    """matvec may return v itself (H = I): x = b / (1 - shift) after one iteration."""
+    b = randn(2, 50, seed=6)
+    x, info = tm.ops.minres(lambda v: v, b, max_iter=5, shift=0.25)
+    torch.testing.assert_close(x, b / 0.75, rtol=1e-14, atol=1e-14)
+    assert info.iterations.tolist() == [1, 1]
+
+
+def test_b_zero():
+    A, _ = sym_matrix(np.linspace(1.0, 2.0, 8), seed=7)
+    calls = []
+
+    def mv(v):
+        calls.append(v.shape)
+        return v @ A
+
+    x, info = tm.ops.minres(mv, torch.zeros(8, dtype=F64))
+    assert not calls and bool((x == 0).all()) and x.shape == (8,)
+    assert info.stop_reason == "b_zero" and int(info.iterations) == 0 and info.residual_norms.tolist() == [0.0]
+    # A zero row among others: x row 0, the others solved.
+    b = torch.stack([randn(8, seed=8), torch.zeros(8, dtype=F64), randn(8, seed=9)])
+    x, info = tm.ops.minres(mv, b, tol=1e-12)
+    assert info.stop_reason == ("converged", "b_zero", "converged")
+    assert bool((x[1] == 0).all()) and int(info.iterations[1]) == 0
+    assert bool((info.residual_norms[1] == 0).all())
+    torch.testing.assert_close(x[[0, 2]] @ A, b[[0, 2]], atol=1e-10, rtol=0)
+
+
+def test_max_iter_zero_and_limit():
+    A, _ = sym_matrix(np.linspace(-3.0, 3.0, 10), seed=10)
+    b = randn(10, seed=11)
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=0)
+    assert bool((x == 0).all()) and info.stop_reason == "max_iter" and info.matvec_calls == 0
+    assert info.residual_norms.shape == (1,) and float(info.residual_norms[0]) == pytest.approx(float(b.norm()), rel=1e-15)
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=3, tol=1e-12)
+    assert info.stop_reason == "max_iter" and int(info.iterations) == 3 and info.matvec_calls == 3
+    assert info.residual_norms.shape == (4,)
+
+
+def test_converged_means_relative_residual_below_tol():
+    A, _ = sym_matrix(np.r_[np.linspace(-8.0, -0.5, 20), np.linspace(0.3, 9.0, 20)], seed=12)
+    b = randn(40, seed=13)
+    for tol in (1e-2, 1e-5, 1e-9):
+        x, info = tm.ops.minres(matvec_of(A), b, max_iter=200, tol=tol)
+        assert info.stop_reason == "converged"
+        rel = float(true_residual(A, b, x)) / float(b.norm())
+        assert rel <= tol * (1 + 1e-6)
+        # ... and not one iteration later than needed.
+        assert float(info.residual_norms[-2]) > tol * float(b.norm())
+
+
+# --------------------------------------------------------------------------------------------------
+# Several right-hand sides, the reference, determinism
+# --------------------------------------------------------------------------------------------------
+
+
+def rowwise(A: Tensor):
+    """``v -> A v`` computed row by row, so that a row of a batch gets exactly the product it gets alone."""
+    def mv(v: Tensor) -> Tensor:
+        return v @ A if v.dim() == 1 else torch.stack([row @ A for row in v])
+    return mv
+
+
+def test_k_right_hand_sides_equal_separate_solves():
+    A, Q = sym_matrix(np.r_[np.zeros(2), np.linspace(-6.0, 6.0, 22)], seed=14)
+    b = torch.stack([randn(24, seed=15), Q[:, 5], A @ randn(24, seed=16), torch.zeros(24, dtype=F64), randn(24, seed=17)])
+    calls = []
+    row_mv = rowwise(A)
+
+    def mv(v):
+        calls.append(tuple(v.shape))
+        return row_mv(v)
+
+    x, info = tm.ops.minres(mv, b, max_iter=60, tol=1e-9)
+    assert all(c == (5, 24) for c in calls) and info.matvec_calls == len(calls)
+    assert info.stop_reason == ("least_squares", "converged", "converged", "b_zero", "least_squares")
+    # A least-squares stop is decided by the product after the last applied iteration.
+    assert info.matvec_calls == max(it + (why == "least_squares") for it, why in zip(info.iterations.tolist(), info.stop_reason))
+    for i in range(b.shape[0]):
+        xi, ii = tm.ops.minres(row_mv, b[i], max_iter=60, tol=1e-9)
+        # Each recurrence only sees its own row: bitwise the same as solving it alone.
+        assert ii.stop_reason == info.stop_reason[i] and int(ii.iterations) == int(info.iterations[i])
+        assert torch.equal(x[i], xi)
+        t = int(ii.iterations)
+        assert torch.equal(info.residual_norms[i, : t + 1], ii.residual_norms)
+        # Past its own stop, a row's residual repeats its last value.
+        assert bool((info.residual_norms[i, t:] == info.residual_norms[i, t]).all())
+
+
+# Problems that converge well before Lanczos loses orthogonality (n = 100, <= 40 iterations): past that
+# point two correct implementations part at the level of their rounding differences times a growth
+# factor that reaches 1e10 within a few dozen more iterations, in the iterates and in the residual
+# estimates alike (both runs remain valid MINRES runs in floating point).
+M = 100
+REF_CASES = {
+    "spd": (np.linspace(1.0, 10.0, M), 0.0, "generic"),
+    "indefinite": (np.r_[np.linspace(-3.0, -1.0, M // 2), np.linspace(1.0, 3.0, M // 2)], 0.0, "generic"),
+    "shifted into indefinite": (np.r_[np.linspace(1.0, 3.0, M // 2), np.linspace(8.0, 10.0, M // 2)], 5.5, "generic"),
+    "singular consistent": (np.r_[np.zeros(5), np.linspace(1.0, 10.0, M - 5)], 0.0, "range"),
+    "singular inconsistent": (np.r_[np.zeros(5), np.linspace(-3.0, -1.0, 47), np.linspace(1.0, 3.0, 48)], 0.0, "generic"),
+}
+
+
+@pytest.mark.parametrize("case", list(REF_CASES))
+def test_matches_reference(case):
+    eigs, shift, kind = REF_CASES[case]
+    A, _ = sym_matrix(eigs, seed=18)
+    b = randn(2, M, seed=19)
+    if kind == "range":
+        b = b @ A
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=80, tol=1e-6, shift=shift)
+    xr, ir = minres_reference(matvec_of(A), b, max_iter=80, tol=1e-6, shift=shift)
+    assert info.stop_reason == ir.stop_reason
+    assert set(info.stop_reason) == {"least_squares" if case == "singular inconsistent" else "converged"}
+    assert info.iterations.tolist() == ir.iterations.tolist()
+    assert info.matvec_calls == int(info.iterations.max()) + (case == "singular inconsistent")
+    torch.testing.assert_close(info.residual_norms, ir.residual_norms, rtol=0, atol=1e-13 * float(b.norm(dim=1).max()))
+    torch.testing.assert_close(x @ A, xr @ A, rtol=0, atol=1e-10 * float(b.norm(dim=1).max()))
+    # For an inconsistent system the null-space part of x is rounding noise amplified by 1 / gamma
+    # (it does not change the residual); elsewhere x itself agrees to rounding.
+    atol = 1e-5 if case == "singular inconsistent" else 1e-13
+    torch.testing.assert_close(x, xr, rtol=0, atol=atol * max(1.0, float(xr.abs().max())))
+
+
+def test_deterministic_across_thread_counts():
+    """Dot products are summed over fixed chunks: bitwise the same result for 1 and 2 threads."""
+    n = 50_000
+    d = torch.linspace(-2.0, 3.0, n, dtype=F64)
+    b = randn(2, n, seed=20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        x1, i1 = tm.ops.minres(lambda v: v * d, b, max_iter=15)
+        torch.set_num_threads(2)
+        x2, i2 = tm.ops.minres(lambda v: v * d, b, max_iter=15)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(x1, x2) and torch.equal(i1.residual_norms, i2.residual_norms)
+
+
+# --------------------------------------------------------------------------------------------------
+# Random problems (hypothesis): properties of every stop reason
+# --------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 10))
+    k = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    eigs = torch.randn(n, dtype=F64, generator=g) * 3
+    zeros = draw(st.integers(0, n - 1 if n > 1 else 0))
+    eigs[:zeros] = 0.0
+    A, _ = sym_matrix(eigs, seed=seed)
+    b = torch.randn(k, n, dtype=F64, generator=g)
+    if draw(st.booleans()):  # some rows zero or in the range of A
+        b[0] = 0.0
+    if k > 1 and draw(st.booleans()):
+        b[1] = A @ b[1]
+    shift = draw(st.sampled_from([0.0, 0.0, 0.7, -1.3]))
+    tol = draw(st.sampled_from([1e-4, 1e-8]))
+    return A, b, shift, tol
+
+
+@given(problems())
+def test_random_problems_properties(problem):
+    A, b, shift, tol = problem
+    n = A.shape[0]
+    As = A - shift * torch.eye(n, dtype=F64)
+    max_iter = 4 * n + 5
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=max_iter, tol=tol, shift=shift)
+    res = info.residual_norms
+    assert bool((res[:, 1:] <= res[:, :-1]).all())
+    anorm = float(torch.linalg.matrix_norm(As))
+    for i in range(b.shape[0]):
+        bn = float(b[i].norm())
+        r = b[i] - As @ x[i]
+        slack = 1e-9 * (bn + anorm * float(x[i].norm()))
+        assert abs(float(res[i, -1]) - float(r.norm())) <= slack + 1e-6 * bn
+        reason = info.stop_reason[i]
+        if bn == 0:
+            assert reason == "b_zero" and bool((x[i] == 0).all())
+        elif reason == "converged":
+            assert float(r.norm()) <= tol * bn + slack
+        elif reason == "least_squares":
+            # ||A_s r|| <= tol ||T||_F ||r|| with ||T||_F <= sqrt(iterations) ||A_s||_2-ish: use ||A_s||_F * n.
+            assert float((As @ r).norm()) <= tol * anorm * n * float(r.norm()) + 1e-8 * anorm * bn
+        else:
+            assert reason in ("breakdown", "max_iter")
+    # The same rows one at a time (with row-wise products: bitwise the same).
+    xb, ib = tm.ops.minres(rowwise(A), b, max_iter=max_iter, tol=tol, shift=shift)
+    for i in range(b.shape[0]):
+        xi, ii = tm.ops.minres(rowwise(A), b[i], max_iter=max_iter, tol=tol, shift=shift)
+        assert ii.stop_reason == ib.stop_reason[i] and torch.equal(xi, xb[i])
+
+
+# --------------------------------------------------------------------------------------------------
+# A network's Hessian through Hessian-vector products
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_network(dtype=F64, device="cpu"):
+    """A 3-4-2 tanh MLP on 16 points (n = 26 parameters): its params, loss and dense Hessian."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(dtype)
+    X = torch.randn(16, 3, dtype=dtype)
+    Y = torch.randn(16, 2, dtype=dtype)
+    net, X, Y = net.to(device), X.to(device), Y.to(device)
+    params = list(net.parameters())
+    names = [name for name, _ in net.named_parameters()]
+
+    def loss_of(theta: Tensor) -> Tensor:
+        pieces = tm.autograd.unflatten(theta, params)
+        out = torch.func.functional_call(net, dict(zip(names, pieces)), (X,))
+        return torch.nn.functional.mse_loss(out, Y)
+
+    theta = tm.autograd.flatten([p.detach() for p in params])
+    H = torch.autograd.functional.hessian(loss_of, theta)
+    loss = torch.nn.functional.mse_loss(net(X), Y)
+    return params, loss, H
+
+
+def test_network_hessian_through_hvp():
+    params, loss, H = tiny_network()
+    n = H.shape[0]
+    assert n == 26
+    eig = torch.linalg.eigvalsh(H)
+    assert float(eig.min()) < 0 < float(eig.max())  # indefinite: the case MINRES is for
+    matvec = tm.autograd.hvp_operator(loss, params)
+    b = randn(3, n, seed=21)
+    x, info = tm.ops.minres(matvec, b, max_iter=200, tol=1e-11)
+    assert info.stop_reason == ("converged",) * 3
+    torch.testing.assert_close(x, torch.linalg.solve(H, b.T).T, rtol=1e-7, atol=1e-7)
+    # Iterate by iterate against scipy on the dense Hessian, through torchmoo.autograd.hvp itself.
+    xs = scipy_iterates(H, b[0], 12)
+    for j in (1, 2, 5, 12):
+        xj, _ = tm.ops.minres(lambda v: tm.autograd.hvp(loss, params, v), b[0], max_iter=j, tol=0.0)
+        torch.testing.assert_close(xj, torch.from_numpy(xs[j - 1]), rtol=1e-10, atol=1e-10)
+
+
+def test_network_hessian_float32():
+    params, loss, H = tiny_network(torch.float32)
+    n = H.shape[0]
+    b = randn(2, n, seed=22, dtype=torch.float32)
+    x, info = tm.ops.minres(tm.autograd.hvp_operator(loss, params), b, max_iter=100, tol=1e-5)
+    assert x.dtype == torch.float32
+    exact = torch.linalg.solve(H.double(), b.double().T).T
+    # cond(H) ~ 200: float32 rounding allows ~1e-4 relative error.
+    err = (x.double() - exact).norm(dim=1) / exact.norm(dim=1)
+    assert float(err.max()) <= 1e-3, err
+    assert bool((info.residual_norms[:, 1:] <= info.residual_norms[:, :-1]).all())
+
+
+def test_float32_matches_float64():
+    A, _ = sym_matrix(np.r_[np.linspace(-5.0, -1.0, 20), np.linspace(1.0, 5.0, 20)], seed=23)
+    b = randn(2, 40, seed=24)
+    x64, i64 = tm.ops.minres(matvec_of(A), b, max_iter=100, tol=1e-5)
+    A32, b32 = A.float(), b.float()
+    x32, i32 = tm.ops.minres(matvec_of(A32), b32, max_iter=100, tol=1e-5)
+    assert x32.dtype == torch.float32 and i32.residual_norms.dtype == F64
+    assert i32.stop_reason == ("converged", "converged")
+    torch.testing.assert_close(x32.double(), x64, rtol=0, atol=1e-4)
+    rel = true_residual(A, b, x32.double()) / b.norm(dim=1)
+    assert float(rel.max()) <= 2e-5
+    # The float32 iterates follow scipy's run on the same float32 data (scipy returns float64).
+    xs = scipy_iterates(A32, b32[0], 8)
+    xj, _ = tm.ops.minres(matvec_of(A32), b32[0], max_iter=8, tol=0.0)
+    torch.testing.assert_close(xj.double(), torch.from_numpy(xs[-1]), rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_errors_for_bad_arguments():
+    A, _ = sym_matrix(np.linspace(1.0, 2.0, 4), seed=25)
+    mv = matvec_of(A)
+    b = randn(4, seed=26)
+    with pytest.raises(TypeError, match="matvec must be callable"):
+        tm.ops.minres(A, b)
+    with pytest.raises(TypeError, match="b must be a torch.Tensor"):
+        tm.ops.minres(mv, b.numpy())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        tm.ops.minres(mv, torch.ones(4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        tm.ops.minres(mv, b.half())
+    with pytest.raises(ValueError, match=r"shape \(n,\) or \(k, n\)"):
+        tm.ops.minres(mv, b.reshape(1, 2, 2))
+    with pytest.raises(ValueError, match="b must be finite"):
+        tm.ops.minres(mv, torch.tensor([1.0, float("nan"), 0.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="b must be finite"):
+        tm.ops.minres(mv, torch.tensor([1.0, float("inf"), 0.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="max_iter must be >= 0"):
+        tm.ops.minres(mv, b, max_iter=-1)
+    with pytest.raises(TypeError, match="max_iter must be an int"):
+        tm.ops.minres(mv, b, max_iter=5.0)
+    with pytest.raises(TypeError, match="max_iter must be an int"):
+        tm.ops.minres(mv, b, max_iter=True)
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        tm.ops.minres(mv, b, tol=-1e-3)
+    with pytest.raises(ValueError, match="tol must be finite"):
+        tm.ops.minres(mv, b, tol=float("nan"))
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        tm.ops.minres(mv, b, tol="1e-6")
+    with pytest.raises(ValueError, match="shift must be finite"):
+        tm.ops.minres(mv, b, shift=float("inf"))
+
+
+def test_errors_for_bad_matvec():
+    A, _ = sym_matrix(np.linspace(1.0, 2.0, 4), seed=27)
+    b = randn(2, 4, seed=28)
+    with pytest.raises(TypeError, match="must return a torch.Tensor, got ndarray"):
+        tm.ops.minres(lambda v: (v @ A).numpy(), b)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 3\) for v of shape \(2, 4\)"):
+        tm.ops.minres(lambda v: (v @ A)[:, :3], b)
+    with pytest.raises(ValueError, match=r"returned shape \(4,\) for v of shape \(2, 4\)"):
+        tm.ops.minres(lambda v: (v @ A)[0], b)
+    with pytest.raises(TypeError, match="returned torch.float32 for v of dtype torch.float64"):
+        tm.ops.minres(lambda v: (v @ A).float(), b)
+    with pytest.raises(ValueError, match="returned a tensor on meta for v on cpu"):
+        tm.ops.minres(lambda v: (v @ A).to("meta"), b)
+    calls = []
+
+    def nan_on_third_call(v):
+        calls.append(1)
+        out = v @ A
+        if len(calls) == 3:
+            out = out.clone()
+            out[1, 2] = float("nan")
+        return out
+
+    with pytest.raises(ValueError, match=r"matvec returned NaN or infinity \(for right-hand side 1 of 2, at iteration 3\)"):
+        tm.ops.minres(nan_on_third_call, b, tol=0.0)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        tm.ops.minres(lambda v: v @ A + float("inf"), b[0])
+
+
+def test_info_shapes_and_types():
+    A, _ = sym_matrix(np.linspace(-2.0, 2.0, 6), seed=29)
+    x, info = tm.ops.minres(matvec_of(A), randn(6, seed=30))
+    assert x.shape == (6,) and info.iterations.shape == () and info.iterations.dtype == torch.int64
+    assert isinstance(info.stop_reason, str) and info.residual_norms.shape == (int(info.iterations) + 1,)
+    x, info = tm.ops.minres(matvec_of(A), randn(3, 6, seed=31))
+    assert x.shape == (3, 6) and info.iterations.shape == (3,)
+    assert isinstance(info.stop_reason, tuple) and len(info.stop_reason) == 3
+    assert isinstance(info, tm.ops.MinresInfo) and isinstance(info.matvec_calls, int)
+    # b is not modified and x does not share its memory.
+    b = randn(6, seed=32)
+    b0 = b.clone()
+    x, _ = tm.ops.minres(matvec_of(A), b)
+    assert torch.equal(b, b0) and x.data_ptr() != b.data_ptr()
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+class TestCuda:
+    @pytest.fixture(autouse=True)
+    def _need_cuda_build(self):
+        if not tm.cuda_built:
+            pytest.skip("torchmoo was built without CUDA")
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_cpu(self, dtype):
+        # A diagonal H: its products are exactly rounded on both devices, so the runs differ only by
+        # the summation order of the float64 dot products.
+        d = torch.as_tensor(np.r_[np.zeros(3), np.linspace(-3.0, -1.0, 18), np.linspace(1.0, 3.0, 19)], dtype=dtype)
+        e5 = torch.zeros(40, dtype=dtype)
+        e5[5] = 1.0
+        b = torch.stack([randn(40, seed=34, dtype=dtype), 3 * e5, d * randn(40, seed=35, dtype=dtype),
+                         torch.zeros(40, dtype=dtype)])
+        xc, ic = tm.ops.minres(lambda v: v * d, b, max_iter=25, tol=1e-4)
+        assert ic.stop_reason == ("least_squares", "converged", "converged", "b_zero")
+        assert ic.iterations.tolist() == [22, 1, 24, 0]
+        dg, bg = d.cuda(), b.cuda()
+        xg, ig = tm.ops.minres(lambda v: v * dg, bg, max_iter=25, tol=1e-4)
+        assert xg.device.type == "cuda" and xg.dtype == dtype
+        assert ig.stop_reason == ic.stop_reason and ig.iterations.tolist() == ic.iterations.tolist()
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(xg.cpu(), xc, rtol=tol, atol=tol)
+        torch.testing.assert_close(ig.residual_norms.cpu(), ic.residual_norms, rtol=tol, atol=tol)
+
+    def test_large_vectors_match_cpu(self):
+        n = 300_000  # several blocks per row and several rows
+        d = torch.linspace(-2.0, 3.0, n, dtype=F64)
+        b = randn(3, n, seed=36)
+        xc, ic = tm.ops.minres(lambda v: v * d, b, max_iter=30)
+        dg = d.cuda()
+        xg, ig = tm.ops.minres(lambda v: v * dg, b.cuda(), max_iter=30)
+        torch.testing.assert_close(xg.cpu(), xc, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(ig.residual_norms.cpu(), ic.residual_norms, rtol=1e-9, atol=1e-12)
+        # Deterministic on the GPU.
+        xg2, _ = tm.ops.minres(lambda v: v * dg, b.cuda(), max_iter=30)
+        assert torch.equal(xg, xg2)
+
+    def test_network_hvp_on_cuda(self):
+        params, loss, H = tiny_network(device="cuda")
+        b = randn(2, H.shape[0], seed=37).cuda()
+        x, info = tm.ops.minres(tm.autograd.hvp_operator(loss, params), b, max_iter=200, tol=1e-11)
+        assert info.stop_reason == ("converged", "converged")
+        torch.testing.assert_close(x, torch.linalg.solve(H, b.T).T, rtol=1e-7, atol=1e-7)
+
+    def test_errors_on_cuda(self):
+        A = sym_matrix(np.linspace(1.0, 2.0, 4), seed=38)[0].cuda()
+        b = randn(2, 4, seed=39).cuda()
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            tm.ops.minres(lambda v: v @ A + float("nan"), b)
+        with pytest.raises(ValueError, match="returned a tensor on cpu"):
+            tm.ops.minres(lambda v: (v @ A).cpu(), b)
+        x, info = tm.ops.minres(lambda v: v @ A, torch.zeros(2, 4, dtype=F64, device="cuda"))
+        assert info.stop_reason == ("b_zero", "b_zero") and bool((x == 0).all())

@@ -1,0 +1,521 @@
+"""Continuous Pareto exploration (Ma, Du & Matusik 2020): ParetoOptimize, ParetoExpand (MINRES tangents),
+Algorithm 1, the continuous parametrization, evaluation counts and the pareto-* experiments."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+import torchmoo as tm
+from torchmoo.methods import (
+    ContinuousFront,
+    ConvexHullFamily,
+    EvaluationCounter,
+    ParetoExplorer,
+    pareto_expand,
+    pareto_explore,
+    pareto_optimize,
+    stitch,
+)
+from torchmoo.methods.pareto_exploration import sample_beta
+
+F64 = torch.float64
+ZDT2 = tm.problems.ZDT2Variant()
+
+
+def zdt2_point(f1: float, phi: float = 0.7) -> torch.Tensor:
+    """A point of the innermost Pareto cylinder with the given f1."""
+    rho = math.sqrt(math.pi)
+    return torch.tensor([math.asin(2 * f1 - 1) - math.pi, rho * math.cos(phi), rho * math.sin(phi)], dtype=F64)
+
+
+def cylinder_angle_deg(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Angle between the rows of ``v`` and the tangent plane of the cylinder through ``x``."""
+    normal = torch.tensor([0.0, float(x[1]), float(x[2])], dtype=F64)
+    normal = normal / normal.norm()
+    cos = (v @ normal).abs() / v.norm(dim=-1)
+    return torch.rad2deg(torch.asin(cos.clamp(max=1.0)))
+
+
+class Quadratics:
+    """f_i(x) = 0.5 (x - c_i)' A_i (x - c_i): a curved Pareto set x(w) = M(w)^-1 (w A1 c1 + (1-w) A2 c2),
+    M(w) = w A1 + (1-w) A2, with tangent dx/dw = M^-1 (A1 c1 - A2 c2 - (A1 - A2) x(w))."""
+
+    def __init__(self, n: int = 6, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        Q1, Q2 = torch.randn(n, n, generator=g, dtype=F64), torch.randn(n, n, generator=g, dtype=F64)
+        self.A1, self.A2 = Q1 @ Q1.T / n + 0.5 * torch.eye(n, dtype=F64), Q2 @ Q2.T / n + 0.5 * torch.eye(n, dtype=F64)
+        self.c1, self.c2 = torch.randn(n, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64)
+        self.n = n
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        d1, d2 = x - self.c1, x - self.c2
+        return torch.stack([0.5 * d1 @ self.A1 @ d1, 0.5 * d2 @ self.A2 @ d2])
+
+    def x(self, w: float) -> torch.Tensor:
+        M = w * self.A1 + (1 - w) * self.A2
+        return torch.linalg.solve(M, w * self.A1 @ self.c1 + (1 - w) * self.A2 @ self.c2)
+
+    def dx(self, w: float) -> torch.Tensor:
+        M = w * self.A1 + (1 - w) * self.A2
+        return torch.linalg.solve(M, self.A1 @ self.c1 - self.A2 @ self.c2 - (self.A1 - self.A2) @ self.x(w))
+
+    def set_distance(self, y: torch.Tensor) -> float:
+        """Distance from ``y`` to the Pareto set: a grid over w, then golden-section refinement."""
+        ws = torch.linspace(0, 1, 401, dtype=F64).tolist()
+        d = [float((y - self.x(w)).norm()) for w in ws]
+        i = min(range(len(d)), key=d.__getitem__)
+        lo, hi = ws[max(i - 1, 0)], ws[min(i + 1, len(ws) - 1)]
+        g = (math.sqrt(5) - 1) / 2
+        for _ in range(80):
+            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+            if float((y - self.x(a)).norm()) < float((y - self.x(b)).norm()):
+                hi = b
+            else:
+                lo = a
+        return float((y - self.x((lo + hi) / 2)).norm())
+
+
+# --------------------------------------------------------------------------------------------------
+# ParetoExpand: MINRES tangents
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("f1", [0.1, 0.35, 0.6, 0.9])
+def test_minres_tangents_lie_on_the_zdt2_cylinder(f1):
+    x0 = zdt2_point(f1)
+    x = x0.clone().requires_grad_(True)
+    exp = pareto_expand(lambda: ZDT2(x), [x], num_directions=4, k=2, rhs="normal",
+                        generator=torch.Generator().manual_seed(1))
+    assert exp.directions.shape == (4, 3) and exp.predicted.shape == (4, 2)
+    assert torch.allclose(exp.directions.norm(dim=1), torch.ones(4, dtype=F64))
+    # Proposition 3.2 with k = 2 Krylov vectors: exactly the x1 axis of the cylinder (the front's tangent)
+    assert float(cylinder_angle_deg(exp.directions, x0).max()) < 1e-8
+    assert torch.allclose(exp.directions[:, 0].abs(), torch.ones(4, dtype=F64), atol=1e-10)
+    # one Krylov vector (the right-hand side itself, along the gradients) is not tangent
+    one = pareto_expand(lambda: ZDT2(x), [x], num_directions=2, k=1, generator=torch.Generator().manual_seed(1))
+    assert float(cylinder_angle_deg(one.directions, x0).min()) > 5.0
+    J = torch.autograd.functional.jacobian(ZDT2, x0)
+    assert float(cylinder_angle_deg(J, x0).min()) > 60.0
+    assert exp.stationarity < 1e-24 and abs(float(exp.alpha.sum()) - 1.0) < 1e-12
+
+
+def test_minres_tangent_matches_a_curved_pareto_set():
+    q = Quadratics()
+    for w in (0.2, 0.5, 0.8):
+        x = q.x(w).clone().requires_grad_(True)
+        exp = pareto_expand(lambda: q(x), [x], beta=torch.tensor([[1.0, 0.0], [0.3, 0.7], [-1.0, 2.0]]), k=q.n,
+                            tol=1e-14)
+        t = q.dx(w)
+        cos = (exp.directions @ t).abs() / t.norm()
+        assert bool((cos > 1 - 1e-10).all()), cos
+        assert torch.allclose(exp.alpha, torch.tensor([w, 1 - w], dtype=F64), atol=1e-10)
+
+
+def test_tangent_step_leaves_the_set_at_second_order_and_gradient_at_first():
+    q = Quadratics(seed=3)
+    x = q.x(0.5).clone().requires_grad_(True)
+    tangent = pareto_expand(lambda: q(x), [x], beta=torch.tensor([1.0, 0.0]), k=q.n, tol=1e-14).directions[0]
+    grad = pareto_expand(lambda: q(x), [x], beta=torch.tensor([1.0, 0.0]), method="gradient").directions[0]
+    x0 = x.detach()
+    gaps = {(kind, s): q.set_distance(x0 + s * d) for kind, d in (("t", tangent), ("g", grad)) for s in (0.2, 0.1)}
+    assert 3.0 < gaps[("t", 0.2)] / gaps[("t", 0.1)] < 5.0, gaps  # O(s^2)
+    assert 1.7 < gaps[("g", 0.2)] / gaps[("g", 0.1)] < 2.3, gaps  # O(s)
+    assert gaps[("t", 0.1)] < 0.2 * gaps[("g", 0.1)], gaps
+
+
+def test_predicted_change_and_sign_rules():
+    x0 = zdt2_point(0.5)
+    x = x0.clone().requires_grad_(True)
+    e1 = pareto_expand(lambda: ZDT2(x), [x], beta=torch.tensor([1.0, 0.0]), k=2)
+    e2 = pareto_expand(lambda: ZDT2(x), [x], beta=torch.tensor([0.0, 1.0]), k=2)
+    assert float(e1.predicted[0, 0]) < 0 < float(e1.predicted[0, 1])  # beta = e1 favors f1
+    assert float(e2.predicted[0, 1]) < 0 < float(e2.predicted[0, 0])
+    # predicted = J v: a first-order prediction of f(x + s v) - f(x)
+    for s in (1e-3, 1e-4):
+        with torch.no_grad():
+            change = ZDT2(x0 + s * e1.directions[0]) - ZDT2(x0)
+        assert torch.allclose(change, s * e1.predicted[0], atol=10 * s * s)
+    # the parent rule keeps moving away from the parent, whatever beta says
+    parent = ZDT2(zdt2_point(0.6)).detach()  # a parent with larger f1: go on towards smaller f1
+    ep = pareto_expand(lambda: ZDT2(x), [x], beta=torch.tensor([[0.0, 1.0], [1.0, 0.0]]), k=2, parent_losses=parent)
+    assert bool((ep.predicted[:, 0] < 0).all())
+    none = pareto_expand(lambda: ZDT2(x), [x], beta=torch.tensor([[0.0, 1.0], [1.0, 0.0]]), k=2, sign="none")
+    assert torch.allclose(none.directions[0].abs(), none.directions[1].abs())
+
+
+def test_correction_and_hessian_closure_on_a_network():
+    """On a two-head MLP away from stationarity: MINRES over the HVP of alpha'f (on a sub-batch)
+    against a dense solve, with Problem 5's corrected right-hand side."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    X, Y = torch.randn(40, 3, dtype=F64), torch.randn(40, 2, dtype=F64)
+    params = list(net.parameters())
+
+    def losses(xs, ys):
+        return ((net(xs) - ys) ** 2).mean(0)
+
+    n = tm.autograd.num_params(params)
+    beta = torch.tensor([[1.0, 0.0], [0.2, 0.5]], dtype=F64)
+    exp = pareto_expand(lambda: losses(X, Y), params, beta=beta, k=3 * n, tol=1e-13, correction=True, sign="none",
+                        shift=-0.5, hessian_objectives=lambda: losses(X[:25], Y[:25]))
+    flat = tm.autograd.flatten(params).detach()
+
+    def f_of(v, xs, ys):
+        ws = tm.autograd.unflatten(v, params)
+        h = torch.tanh(xs @ ws[0].T + ws[1])
+        return ((h @ ws[2].T + ws[3] - ys) ** 2).mean(0)
+
+    J = torch.autograd.functional.jacobian(lambda v: f_of(v, X, Y), flat)
+    alpha = exp.alpha
+    H = torch.autograd.functional.hessian(lambda v: alpha @ f_of(v, X[:25], Y[:25]), flat)
+    c = alpha @ J
+    B = beta @ J - beta.sum(1, keepdim=True) * c
+    sol = torch.linalg.solve(H + 0.5 * torch.eye(n, dtype=F64), B.T).T  # shift = -0.5: (H + 0.5 I) v = b
+    sol = sol / sol.norm(dim=1, keepdim=True)
+    assert torch.allclose(exp.directions, sol, atol=1e-8)  # sign="none" keeps MINRES's sign
+    assert abs(exp.stationarity - float(c @ c)) < 1e-12
+    assert bool((exp.residuals < 1e-8).all())
+
+
+# --------------------------------------------------------------------------------------------------
+# ParetoOptimize
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pareto_optimize_reaches_pareto_stationary_points():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x = (zdt2_point(0.2 + 0.6 * float(torch.rand(1, generator=g, dtype=F64)))
+             + 0.15 * torch.randn(3, generator=g, dtype=F64)).requires_grad_(True)
+        f_start = ZDT2(x).detach()
+        counter = EvaluationCounter()
+        res = pareto_optimize(lambda: ZDT2(x), [x], tol=1e-14, max_iter=2000, counter=counter)
+        assert res.converged and res.stationarity <= 1e-14
+        J = torch.autograd.functional.jacobian(ZDT2, x.detach())
+        assert tm.methods.pareto_stationarity(J) <= 1e-14
+        assert bool((res.losses <= f_start + 1e-15).all())  # MGDA's line search improves every objective
+        assert torch.equal(res.initial_losses, f_start)
+        assert counter.grad == res.iterations + 1 and counter.f >= counter.grad + res.iterations
+        stationary_not_optimal = float(res.losses[0]) < 1e-6  # the f1 = 0 segment (supplement 3.1)
+        assert bool(ZDT2.is_pareto_optimal(x.detach(), atol=1e-6)) or stationary_not_optimal
+
+
+def test_pareto_optimize_with_another_aggregator_and_an_optimizer():
+    q = Quadratics(seed=1)
+    x = torch.zeros(q.n, dtype=F64, requires_grad=True)
+    res = pareto_optimize(lambda: q(x), [x], aggregator=tm.methods.LinearScalarization([0.25, 0.75]), tol=1e-20,
+                          max_iter=5000)
+    assert torch.allclose(x.detach(), q.x(0.25), atol=1e-7)  # the weighted sum's minimizer
+    assert res.stationarity < 1e-12
+    y = torch.zeros(q.n, dtype=F64, requires_grad=True)
+    opt = torch.optim.SGD([y], lr=0.1)
+    counter = EvaluationCounter()
+    res = pareto_optimize(lambda: q(y), [y], optimizer=opt, max_iter=300, tol=0.0, counter=counter)
+    assert res.iterations == 300 and counter.grad == 300 and counter.f == 301
+    assert res.stationarity < 1e-6
+    none = pareto_optimize(lambda: q(y), [y], max_iter=0)
+    assert math.isnan(none.stationarity) and none.iterations == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Algorithm 1
+# --------------------------------------------------------------------------------------------------
+
+
+def _explorer(f1=0.5, **kw):
+    x = zdt2_point(f1).requires_grad_(True)
+    base = dict(k=2, step=0.1, num_children=1, num_points=5, rhs="binary",
+                optimize=functools.partial(pareto_optimize, tol=1e-14, max_iter=500), optimize_seed=False)
+    base.update(kw)
+    return x, ParetoExplorer(x, lambda: ZDT2(x), **base)
+
+
+def test_expansion_moves_along_the_front():
+    x, ex = _explorer(optimize=functools.partial(pareto_optimize, max_iter=0))
+    pts = ex.explore()
+    assert len(pts) == 6 and not ex.rejected
+    F = torch.stack([p.losses for p in pts])
+    assert float((F[:, 1] - (1 - F[:, 0] ** 2)).abs().max()) < 1e-12  # tangent steps stay on the front
+    f1 = F[:, 0]
+    assert bool((f1.diff() < 0).all()) or bool((f1.diff() > 0).all())  # a chain, no retraction
+    assert bool(((f1.diff().abs() - 0.1 * 0.5).abs() < 0.02).all())  # |df1/dx1| <= 1/2
+    assert torch.equal(x.detach(), pts[0].params)  # the model is left at the seed
+    # the gradient expansion (WeightedSum) falls off the front
+    _, exg = _explorer(method="gradient", optimize=functools.partial(pareto_optimize, max_iter=0), num_points=3)
+    Fg = torch.stack([p.losses for p in exg.explore()[1:]] + [p.losses for p in exg.rejected])
+    assert float((Fg[:, 1] - (1 - Fg[:, 0] ** 2)).abs().max()) > 1e-2
+
+
+def test_explored_points_are_pareto_stationary_after_optimize():
+    _, ex = _explorer(method="gradient", num_points=4, num_children=2)
+    pts = ex.explore()
+    for p in pts[1:]:
+        assert p.stationarity <= 1e-14
+        J = torch.autograd.functional.jacobian(ZDT2, p.params)
+        assert tm.methods.pareto_stationarity(J) <= 1e-14
+    # dominance pruning: no kept point is dominated by one kept before it; every rejected one is dominated
+    for i, p in enumerate(pts):
+        assert not any(bool((q.losses <= p.losses).all() and (q.losses < p.losses).any()) for q in pts[:i])
+    for r in ex.rejected:  # dominated, or a copy of a kept point
+        assert any(bool((q.losses <= r.losses).all() and (q.losses < r.losses).any())
+                   or float((q.params - r.params).norm()) <= 1e-6 * 0.1 for q in pts)
+    assert len(pts) - 1 == 4
+    assert all(p.parent is not None and p.parent < p.index for p in pts[1:])
+
+
+def test_breadth_first_order_and_children():
+    _, ex = _explorer(num_children=2, num_points=6, optimize=functools.partial(pareto_optimize, max_iter=0))
+    pts = ex.explore()
+    parents = [p.parent for p in pts[1:]]
+    assert parents == sorted(parents) and parents[:2] == [0, 0]
+    assert ex.children(0) == [1, 2]
+    # the seed's two children go opposite ways (beta = e1, e2); later children continue outwards
+    assert float((pts[1].losses[0] - pts[0].losses[0]) * (pts[2].losses[0] - pts[0].losses[0])) < 0
+    for p in pts[3:]:
+        parent = pts[p.parent]
+        grand = pts[parent.parent]
+        assert float((p.losses[0] - parent.losses[0]) * (parent.losses[0] - grand.losses[0])) > 0
+
+
+def test_counters_count_every_evaluation():
+    calls = {"f": 0}
+    x = zdt2_point(0.4).requires_grad_(True)
+
+    def objectives():
+        calls["f"] += 1
+        return ZDT2(x)
+
+    ex = ParetoExplorer(x, objectives, k=3, tol=0.0, step=0.05, num_children=2, num_points=3,
+                        optimize=functools.partial(pareto_optimize, tol=1e-14, max_iter=50))
+    ex.explore()
+    total = ex.counter
+    assert total.f == calls["f"]
+    expansions = sum(1 for p in ex.points if p.alpha is not None)
+    ec = ex.counters["expand"]
+    assert ec.f == expansions and ec.grad == 2 * expansions  # J, and the weighted gradient for the HVPs
+    # MINRES with tol = 0 on a 3-variable problem stops at the exact solution (<= 3 batched products of 2)
+    assert ec.hvp % 2 == 0 and 2 * expansions <= ec.hvp <= 2 * 3 * expansions
+    oc = ex.counters["optimize"]
+    children = len(ex.points) - 1 + len(ex.rejected)
+    assert oc.grad >= children and oc.hvp == 0
+    assert ex.counters["seed"].grad >= 1  # optimize_seed=True
+    assert total.total == total.f + total.grad + total.hvp
+    # pareto_expand alone: K directions share one batched product per iteration
+    c = EvaluationCounter()
+    y = zdt2_point(0.3).requires_grad_(True)
+    exp = pareto_expand(lambda: ZDT2(y), [y], num_directions=5, k=2, tol=0.0, counter=c)
+    assert c.hvp == 5 * exp.info.matvec_calls and exp.info.matvec_calls <= 2
+    assert (c.f, c.grad) == (1, 2)
+
+
+def test_resume_from_state_dict_is_exact():
+    _, full_run = _explorer(num_children=2, num_points=5, rhs="normal", seed=3)
+    ref = full_run.explore()
+
+    class Stop(Exception):
+        pass
+
+    saved = {}
+
+    def interrupt(e):
+        if len(e.points) + len(e.rejected) == 3:
+            saved["state"] = e.state_dict()
+            raise Stop
+
+    x, first = _explorer(num_children=2, num_points=5, rhs="normal", seed=3)
+    with pytest.raises(Stop):
+        first.explore(callback=interrupt)
+    x2, second = _explorer(f1=0.3, num_children=2, num_points=5, rhs="normal", seed=99)
+    second.load_state_dict(saved["state"])
+    out = second.explore()
+    assert len(out) == len(ref)
+    for a, b in zip(out, ref):
+        assert torch.equal(a.params, b.params) and torch.equal(a.losses, b.losses) and a.parent == b.parent
+    assert second.counter == full_run.counter
+    assert torch.equal(x2.detach(), ref[0].params)
+
+
+# --------------------------------------------------------------------------------------------------
+# continuous parametrization
+# --------------------------------------------------------------------------------------------------
+
+
+def test_continuous_front_passes_through_the_explored_points():
+    x, ex = _explorer(num_children=2, num_points=6, optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex.explore()
+    front = ex.front(resolution=4)
+    assert isinstance(front, ContinuousFront)
+    assert front.values.shape[0] == len(ex.points) + 3 * (len(ex.points) - 1)
+    assert front.evaluations == 3 * (len(ex.points) - 1)
+    # every explored point lies on the front at its t, and solution(t) gives back its parameters
+    ts = []
+    for p in ex.points:
+        t = front.point_t(p.index)
+        assert t is not None
+        ts.append(t)
+        assert torch.allclose(torch.cat([v.reshape(-1) for v in ex.solution(t)]), p.params, atol=1e-12)
+        assert torch.allclose(front.objectives_at(t), p.losses.double(), atol=1e-12)
+    F = torch.stack([p.losses for p in ex.points])
+    order = torch.argsort(F[:, 0])
+    assert torch.tensor(ts)[order].diff().min() > 0  # t increases with f1: -1 favors f1, 1 favors f2
+    assert min(ts) == -1.0 and max(ts) == 1.0
+    # one family, sampled on its segments: no stitching; f along t matches evaluations of solution(t)
+    assert front.num_stitches == 0 and len(front) == front.values.shape[0]
+    for t in torch.linspace(-1, 1, 13).tolist():
+        ex.load_solution(t)
+        with torch.no_grad():
+            f = ZDT2(x)
+        assert torch.allclose(f, front.objectives_at(t), atol=2e-3)
+    fv = front.front_values
+    assert bool((fv[:, 0].diff() >= 0).all()) and bool((fv[:, 1].diff() <= 0).all())
+
+
+def test_stitching_crops_dominated_samples():
+    x = zdt2_point(0.5).requires_grad_(True)
+    common = dict(k=2, num_children=2, rhs="binary", optimize_seed=False,
+                  optimize=functools.partial(pareto_optimize, max_iter=0))
+    good = ParetoExplorer(x, lambda: ZDT2(x), step=0.1, num_points=8, **common)
+    good.explore()
+    # a family in the dominated interior: short gradient steps from the same seed, not optimized
+    bad = ParetoExplorer(x, lambda: ZDT2(x), method="gradient", step=0.03, num_points=4, **common)
+    bad.explore()
+    front = stitch([good, bad], resolution=4)
+    V, kept = front.values, front.kept
+    dominated = torch.tensor([any(bool((V[j] <= V[i]).all() and (V[j] < V[i]).any()) for j in range(len(V)))
+                              for i in range(len(V))])
+    assert torch.equal(kept, ~dominated)
+    assert int((~kept).sum()) > 0 and front.num_stitches > 0
+    assert front.point_t(0, explorer=0) is not None
+    # a cropped explored point has no t
+    cropped_nodes = [i for i, (e, p) in enumerate(front.node_owner) if not bool(kept[int(front.node_sample[i])])]
+    assert cropped_nodes and all(front.point_t(front.node_owner[i][1], front.node_owner[i][0]) is None
+                                 for i in cropped_nodes)
+    assert front.hypervolume([1.1, 1.1]) >= tm.metrics.hypervolume(torch.stack([p.losses for p in good.points]),
+                                                                   [1.1, 1.1])
+
+
+def test_convex_hull_family():
+    _, ex = _explorer(num_children=2, num_points=2, optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex.explore()
+    fam = ex.family(0)
+    assert isinstance(fam, ConvexHullFamily) and fam.num_children == 2
+    assert torch.allclose(fam.point(torch.tensor([0.0, 0.0], dtype=F64)), ex.points[0].params)
+    assert torch.allclose(fam.point(torch.tensor([1.0, 0.0], dtype=F64)), ex.points[1].params)
+    pts, r = fam.sample(50, generator=torch.Generator().manual_seed(0))
+    assert pts.shape == (50, 3) and bool((r >= 0).all()) and bool((r.sum(1) <= 1 + 1e-12).all())
+    assert torch.allclose(pts, fam.point(r))
+    for bad in ([0.7, 0.7], [-0.1, 0.2], [0.5]):
+        with pytest.raises(ValueError):
+            fam.point(torch.tensor(bad, dtype=F64))
+    with pytest.raises(ValueError, match="no kept children"):
+        ex.family(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_readable_errors():
+    x = zdt2_point(0.5).requires_grad_(True)
+    obj = lambda: ZDT2(x)  # noqa: E731
+    with pytest.raises(ValueError, match="at least 2 objectives"):
+        pareto_expand(lambda: ZDT2(x)[:1], [x])
+    with pytest.raises(ValueError, match="rhs"):
+        pareto_expand(obj, [x], rhs="uniform")
+    with pytest.raises(ValueError, match="sign"):
+        pareto_expand(obj, [x], sign="up")
+    with pytest.raises(ValueError, match="method"):
+        pareto_expand(obj, [x], method="random")
+    with pytest.raises(ValueError, match="beta"):
+        pareto_expand(obj, [x], beta=torch.ones(3))
+    with pytest.raises(ValueError, match="parent_losses"):
+        pareto_expand(obj, [x], sign="parent")
+    with pytest.raises(TypeError, match="callable"):
+        pareto_expand(ZDT2(x), [x])
+    with pytest.raises(ValueError, match="require grad"):
+        pareto_expand(lambda: ZDT2(x.detach()), [x])
+    with pytest.raises(ValueError, match="not finite"):
+        pareto_optimize(lambda: ZDT2(x) * float("nan"), [x])
+    with pytest.raises(ValueError, match="max_iter"):
+        pareto_optimize(obj, [x], max_iter=-1)
+    with pytest.raises(ValueError, match="k"):
+        ParetoExplorer(x, obj, k=0)
+    with pytest.raises(ValueError, match="step"):
+        ParetoExplorer(x, obj, step=-0.1)
+    _, ex = _explorer(num_points=2, optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex.explore()
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        ex.solution(1.5)
+    with pytest.raises(ValueError, match="not a ParetoExplorer state_dict"):
+        ex.load_state_dict({"points": []})
+    with pytest.raises(ValueError, match="two objectives"):
+        ex.front(objectives=lambda: torch.cat([ZDT2(x), ZDT2(x)[:1]]))
+    with pytest.raises(ValueError, match="binary"):
+        sample_beta(1, 2, "binary")
+
+
+def test_beta_samplers():
+    g = torch.Generator().manual_seed(0)
+    b = sample_beta(2, 2, "binary", generator=g)
+    assert sorted(b.tolist()) == [[0.0, 1.0], [1.0, 0.0]]  # the two chains of figure 7
+    b3 = sample_beta(3, 12, "binary", generator=g)
+    assert bool(((b3.sum(1) > 0) & (b3.sum(1) < 3)).all())
+    s = sample_beta(4, 100, "simplex", generator=g)
+    assert bool((s >= 0).all()) and torch.allclose(s.sum(1), torch.ones(100, dtype=F64))
+    assert sample_beta(3, 5, "normal", generator=g).shape == (5, 3)
+
+
+def test_pareto_explore_function():
+    x = zdt2_point(0.5).requires_grad_(True)
+    pts = pareto_explore(lambda: ZDT2(x), [x], k=2, num_points=3, num_children=2)
+    assert [p.index for p in pts] == [0, 1, 2, 3] and pts[0].parent is None
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments at their smallest size
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pareto_zdt2_experiment_tiny(tmp_path):
+    from torchmoo.experiments import pareto_zdt2
+
+    cfg = pareto_zdt2.Config(tangent_points=3, tangent_directions=2, explore_seeds=1, num_points=3)
+    res = tm.experiments.run_experiment("pareto-zdt2", out=str(tmp_path / "z"), progress=False, config=cfg)
+    s = res["summary"]
+    assert res["complete"] and (tmp_path / "z" / "zdt2.png").stat().st_size > 1000
+    assert s["tangent angle to the cylinder, max (deg)"] < 1e-6
+    assert s["gradient angle to the cylinder, median (deg)"] > 60
+    assert s["max |f2 - (1 - f1^2)| along tangents"] < 1e-9 < s["median max |f2 - (1 - f1^2)| along gradients"]
+    tangent, gradient = s["table"]
+    assert tangent["#HVP EXP"] > 0 and gradient["#HVP EXP"] == 0
+    assert tangent["points"] == "3 / 3" and tangent["max front gap"] < 1e-9
+    assert gradient["#grad OPT"] > tangent["#grad OPT"]  # tangent steps land on the set
+
+
+def test_pareto_multidigits_experiment_tiny(tmp_path):
+    from torchmoo.experiments import pareto_multidigits
+
+    cfg = pareto_multidigits.Config(train_images=128, test_images=32, seed_weights=[0.5], seed_epochs=1,
+                                    batch_size=64, k=4, num_points=2, hessian_images=32, ws_weights=[[1.0, 0.0]],
+                                    ws_snapshots=2, front_resolution=2)
+    out = tmp_path / "md"
+    res = tm.experiments.run_experiment("pareto-multidigits", out=str(out), progress=False, config=cfg)
+    assert res["complete"] and (out / "front.png").stat().st_size > 1000
+    exp = res["units"]["expand linear w=0.5"]
+    assert len(exp["test_losses"]) == 3 and exp["parents"][:2] == [None, 0] and exp["parents"][2] in (0, 1)
+    ev = exp["evaluations"]["expand"]
+    expansions = ev["f"] // 2  # each expansion evaluates the objectives and the Hessian's sub-batch once
+    assert ev["f"] == 2 * expansions and ev["hvp"] == 2 * cfg.k * expansions  # K = 2 directions, k iterations
+    ws = res["units"]["weighted-sum w=(1, 0) lr=0.01"]
+    assert 0 <= ws["image_evaluations"] - exp["image_evaluations"] < cfg.batch_size  # the same budget
+    s = res["summary"]
+    assert s["hypervolume after expansion (seeds + explored points)"] >= s[
+        "hypervolume of the seeds (test, ref = chance loss)"]
+    assert s["t of the seeds on the front"][0] is None or -1 <= s["t of the seeds on the front"][0] <= 1
+    again = tm.experiments.run_experiment("pareto-multidigits", out=str(out), progress=False, config=cfg)
+    assert again["units"] == res["units"] and again["resumed"] == 1
