@@ -62,8 +62,14 @@ inline void check_step(const at::Tensor& hv, const at::Tensor& y, const at::Tens
                        const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
                        const at::Tensor& history) {
   check_vectors(y, "y");
-  for (const at::Tensor* t : {&hv, &yprev, &w, &wprev, &x}) {
-    if (!t->defined()) continue;
+  if (hv.defined()) {  // (n,) is accepted for k = 1: the shape of what the matvec received
+    TORCH_CHECK_VALUE(hv.numel() == y.numel() && hv.scalar_type() == y.scalar_type() && hv.device() == y.device() &&
+                          hv.is_contiguous(),
+                      "minres_step: hv must be a contiguous tensor with the size, dtype and device of y (", y.sizes(),
+                      ", ", y.scalar_type(), ", ", y.device(), "), got ", hv.sizes(), ", ", hv.scalar_type(), ", ",
+                      hv.device(), ".");
+  }
+  for (const at::Tensor* t : {&yprev, &w, &wprev, &x}) {
     TORCH_CHECK_VALUE(t->sizes() == y.sizes() && t->scalar_type() == y.scalar_type() && t->device() == y.device(),
                       "minres_step: every vector must have the shape, dtype and device of y (", y.sizes(), ", ",
                       y.scalar_type(), ", ", y.device(), "), got ", t->sizes(), ", ", t->scalar_type(), ", ",

@@ -14,7 +14,6 @@ What a wrong implementation would violate:
 
 from __future__ import annotations
 
-import math
 from typing import List, Tuple
 
 import numpy as np
@@ -194,7 +193,8 @@ def test_max_iter_zero_and_limit():
     b = randn(10, seed=11)
     x, info = tm.ops.minres(matvec_of(A), b, max_iter=0)
     assert bool((x == 0).all()) and info.stop_reason == "max_iter" and info.matvec_calls == 0
-    assert info.residual_norms.shape == (1,) and float(info.residual_norms[0]) == pytest.approx(float(b.norm()), rel=1e-15)
+    assert info.residual_norms.shape == (1,)
+    assert float(info.residual_norms[0]) == pytest.approx(float(b.norm()), rel=1e-15)
     x, info = tm.ops.minres(matvec_of(A), b, max_iter=3, tol=1e-12)
     assert info.stop_reason == "max_iter" and int(info.iterations) == 3 and info.matvec_calls == 3
     assert info.residual_norms.shape == (4,)
@@ -226,7 +226,8 @@ def rowwise(A: Tensor):
 
 def test_k_right_hand_sides_equal_separate_solves():
     A, Q = sym_matrix(np.r_[np.zeros(2), np.linspace(-6.0, 6.0, 22)], seed=14)
-    b = torch.stack([randn(24, seed=15), Q[:, 5], A @ randn(24, seed=16), torch.zeros(24, dtype=F64), randn(24, seed=17)])
+    zero = torch.zeros(24, dtype=F64)
+    b = torch.stack([randn(24, seed=15), Q[:, 5], A @ randn(24, seed=16), zero, randn(24, seed=17)])
     calls = []
     row_mv = rowwise(A)
 
@@ -238,7 +239,8 @@ def test_k_right_hand_sides_equal_separate_solves():
     assert all(c == (5, 24) for c in calls) and info.matvec_calls == len(calls)
     assert info.stop_reason == ("least_squares", "converged", "converged", "b_zero", "least_squares")
     # A least-squares stop is decided by the product after the last applied iteration.
-    assert info.matvec_calls == max(it + (why == "least_squares") for it, why in zip(info.iterations.tolist(), info.stop_reason))
+    its = info.iterations.tolist()
+    assert info.matvec_calls == max(it + (why == "least_squares") for it, why in zip(its, info.stop_reason))
     for i in range(b.shape[0]):
         xi, ii = tm.ops.minres(row_mv, b[i], max_iter=60, tol=1e-9)
         # Each recurrence only sees its own row: bitwise the same as solving it alone.
@@ -260,7 +262,8 @@ REF_CASES = {
     "indefinite": (np.r_[np.linspace(-3.0, -1.0, M // 2), np.linspace(1.0, 3.0, M // 2)], 0.0, "generic"),
     "shifted into indefinite": (np.r_[np.linspace(1.0, 3.0, M // 2), np.linspace(8.0, 10.0, M // 2)], 5.5, "generic"),
     "singular consistent": (np.r_[np.zeros(5), np.linspace(1.0, 10.0, M - 5)], 0.0, "range"),
-    "singular inconsistent": (np.r_[np.zeros(5), np.linspace(-3.0, -1.0, 47), np.linspace(1.0, 3.0, 48)], 0.0, "generic"),
+    "singular inconsistent": (
+        np.r_[np.zeros(5), np.linspace(-3.0, -1.0, 47), np.linspace(1.0, 3.0, 48)], 0.0, "generic"),
 }
 
 
@@ -494,7 +497,8 @@ def test_errors_for_bad_matvec():
             out[1, 2] = float("nan")
         return out
 
-    with pytest.raises(ValueError, match=r"matvec returned NaN or infinity \(for right-hand side 1 of 2, at iteration 3\)"):
+    nan_message = r"matvec returned NaN or infinity \(for right-hand side 1 of 2, at iteration 3\)"
+    with pytest.raises(ValueError, match=nan_message):
         tm.ops.minres(nan_on_third_call, b, tol=0.0)
     with pytest.raises(ValueError, match="NaN or infinity"):
         tm.ops.minres(lambda v: v @ A + float("inf"), b[0])

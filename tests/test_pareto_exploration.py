@@ -217,6 +217,15 @@ def test_pareto_optimize_with_another_aggregator_and_an_optimizer():
     res = pareto_optimize(lambda: q(y), [y], optimizer=opt, max_iter=300, tol=0.0, counter=counter)
     assert res.iterations == 300 and counter.grad == 300 and counter.f == 301
     assert res.stationarity < 1e-6
+    z = torch.zeros(q.n, dtype=F64, requires_grad=True)
+    counter = EvaluationCounter()
+    res = pareto_optimize(lambda: q(z), [z], optimizer=torch.optim.SGD([z], lr=0.1), max_iter=300, tol=1e-8,
+                          counter=counter)
+    assert res.converged and res.stationarity <= 1e-8 and res.iterations < 300
+    assert counter.f == counter.grad == res.iterations + 1  # the converged point is not evaluated twice
+    J = torch.autograd.functional.jacobian(q, z.detach())
+    assert abs(tm.methods.pareto_stationarity(J) - res.stationarity) < 1e-12
+    assert torch.allclose(res.losses, q(z.detach()))
     none = pareto_optimize(lambda: q(y), [y], max_iter=0)
     assert math.isnan(none.stationarity) and none.iterations == 0
 
@@ -372,6 +381,11 @@ def test_continuous_front_passes_through_the_explored_points():
         assert torch.allclose(f, front.objectives_at(t), atol=2e-3)
     fv = front.front_values
     assert bool((fv[:, 0].diff() >= 0).all()) and bool((fv[:, 1].diff() <= 0).all())
+    import matplotlib.pyplot as plt
+
+    fig = ex.plot(reference=ZDT2.pareto_front(50))
+    assert len(fig.axes) == 2  # the front and its colorbar of t
+    plt.close(fig)
 
 
 def test_stitching_crops_dominated_samples():

@@ -51,7 +51,8 @@ constexpr int kBZero = 1;           // b = 0: x = 0 is exact (scipy istop 0)
 constexpr int kConverged = 2;       // ||r_k|| <= tol ||b|| (scipy istop 1, with the relative residual)
 constexpr int kLeastSquares = 3;    // ||(H - shift I) r|| <= max(tol, eps) ||H - shift I|| ||r||: x is a
                                     // least-squares solution (istop 2)
-constexpr int kBreakdown = 4;       // beta_{k+1} ~ 0: the Krylov space is invariant, x_k is the solution in it (istop -1)
+constexpr int kBreakdown = 4;       // beta_{k+1} ~ 0: the Krylov space is invariant, x_k is the solution
+                                    // in it (istop -1)
 constexpr int kMaxIter = 5;         // the iteration limit (istop 6); set by minres_info for rows still active
 constexpr int kNonFinite = 6;       // the matvec returned NaN or infinity: an error, raised by the host code
 // scipy's istop 4 (cond(T) >= 0.1 / eps) cannot happen after these tests: every gamma_j is at most

@@ -363,27 +363,31 @@ def minres(
     y, yprev, w, wprev, x, state, history = _ops.minres_init.default(rhs, max_iter)
     calls = 0
     if max_iter > 0 and bool(rhs.any()):
-        private = {t.untyped_storage().data_ptr() for t in (y, yprev, w, wprev, x)}
+        # (buffer, what matvec receives, storage address) of the current and the previous Lanczos vector.
+        cur = (y, y[0] if single else y, y.untyped_storage().data_ptr())
+        prev = (yprev, yprev[0] if single else yprev, yprev.untyped_storage().data_ptr())
+        written = {t.untyped_storage().data_ptr() for t in (w, wprev, x)}
         for _ in range(max_iter):
-            arg = y[0] if single else y
+            arg = cur[1]
             hv = _check_matvec_output(matvec(arg), arg, calls + 1)
             calls += 1
-            hv = hv.detach().reshape(y.shape)
-            # The step overwrites every private vector but y: an hv sharing their memory is copied
-            # first (one that aliases y itself, e.g. for H = I, is only read).
+            if hv.requires_grad:
+                hv = hv.detach()
+            # The step overwrites yprev, w, wprev and x: an hv sharing their memory is copied first
+            # (one that aliases y itself, e.g. for H = I, is only read).
             ptr = hv.untyped_storage().data_ptr()
-            if ptr in private and ptr != y.untyped_storage().data_ptr():
+            if ptr == prev[2] or ptr in written:
                 hv = hv.clone()
             elif not hv.is_contiguous():
                 hv = hv.contiguous()
-            running = _ops.minres_step.default(hv, y, yprev, w, wprev, x, state, history, shift_f, tol_f)
+            running = _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
             # The step wrote y_{k+1} over y_{k-1} and w_{k-1} over w_{k-3}.
-            y, yprev = yprev, y
+            cur, prev = prev, cur
             w, wprev = wprev, w
             if running == 0:
                 break
         # The update of x made possible by the last iteration is still pending: apply it.
-        _ops.minres_step.default(None, y, yprev, w, wprev, x, state, history, shift_f, tol_f)
+        _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
     iterations, residuals, codes = _ops.minres_info.default(state, history)
     reasons = tuple(_MINRES_STOP_REASONS[c] for c in codes.tolist())
     if single:

@@ -15,6 +15,8 @@ from torchmoo.experiments.runner import (
 from torchmoo.experiments import mgda_multidigits  # noqa: F401  (registers mgda-multidigits)
 from torchmoo.experiments import png_diverse, png_synthetic  # noqa: F401  (registers the png-* experiments)
 from torchmoo.experiments import pareto_multidigits, pareto_zdt2  # noqa: F401  (registers the pareto-* experiments)
+from torchmoo.experiments import mtsgd_gaussians  # noqa: F401  (registers mtsgd-gaussians)
+from torchmoo.experiments import simol_sinusoid  # noqa: F401  (registers simol-sinusoid)
 
 __all__ = [
     "Experiment",

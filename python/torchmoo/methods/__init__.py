@@ -37,6 +37,17 @@ from torchmoo.methods.pareto_exploration import (
     pareto_optimize,
 )
 from torchmoo.methods.continuous_front import ContinuousFront, ConvexHullFamily, stitch
+from torchmoo.methods.simol import (
+    MAML,
+    BaseLearner,
+    ProtoNet,
+    SIMOL,
+    MetaLearner,
+    ReweightingNetwork,
+    TaskTableWeights,
+    soft_improvement_objective,
+)
+from torchmoo.methods.mtsgd import MOOSVGD, MTSGD, SteinStep, median_bandwidth, stein_task_matrix, stein_update
 
 __all__ = [
     "PNG",
@@ -73,4 +84,18 @@ __all__ = [
     "ContinuousFront",
     "ConvexHullFamily",
     "stitch",
+    "MTSGD",
+    "MOOSVGD",
+    "SteinStep",
+    "median_bandwidth",
+    "stein_task_matrix",
+    "stein_update",
+    "SIMOL",
+    "MAML",
+    "ProtoNet",
+    "BaseLearner",
+    "MetaLearner",
+    "ReweightingNetwork",
+    "TaskTableWeights",
+    "soft_improvement_objective",
 ]

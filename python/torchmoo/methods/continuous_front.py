@@ -22,7 +22,7 @@ they jump to the other family, at the middle of the gap in objective space.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -47,9 +47,10 @@ class ConvexHullFamily:
     def __init__(self, center: Tensor, children: Tensor) -> None:
         if not isinstance(center, Tensor) or not isinstance(children, Tensor):
             raise TypeError("center and children must be tensors.")
-        if center.dim() != 1 or children.dim() != 2 or children.shape[1] != center.shape[0] or children.shape[0] == 0:
+        if center.dim() != 1 or children.dim() != 2 or children.shape[1] != center.shape[0] or not len(children):
             raise ValueError(
-                f"center must be (n,) and children (K, n) with K >= 1; got {tuple(center.shape)} and {tuple(children.shape)}."
+                f"center must be (n,) and children (K, n) with K >= 1; got {tuple(center.shape)} and "
+                f"{tuple(children.shape)}."
             )
         self.center = center.detach()
         self.vectors = (children.detach() - self.center).contiguous()  # v_{i -> ij}
@@ -66,17 +67,20 @@ class ConvexHullFamily:
         """
         r = torch.as_tensor(r, dtype=self.vectors.dtype, device=self.vectors.device)
         if r.dim() not in (1, 2) or r.shape[-1] != self.num_children:
-            raise ValueError(f"r must have shape ({self.num_children},) or (B, {self.num_children}), got {tuple(r.shape)}.")
+            raise ValueError(
+                f"r must have shape ({self.num_children},) or (B, {self.num_children}), got {tuple(r.shape)}."
+            )
         eps = 1e-12 if r.dtype == torch.float64 else 1e-6
         if not bool(torch.isfinite(r).all()) or bool((r < -eps).any()) or bool((r.sum(-1) > 1 + eps).any()):
             raise ValueError("r must be finite, >= 0 and sum to at most 1 (a point of the convex hull).")
         return self.center + r @ self.vectors
 
     def sample(self, num: int, *, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
-        """``num`` points uniform in the hull (its simplex coordinates are Dirichlet(1)): ``(points (num, n), r (num, K))``."""
+        """``num`` points uniform in the hull (simplex coordinates Dirichlet(1)): ``(points (num, n), r (num, K))``."""
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ValueError(f"num must be an int >= 1, got {num!r}.")
-        e = -torch.log(torch.rand(num, self.num_children + 1, generator=generator, dtype=torch.float64).clamp_min(1e-300))
+        u = torch.rand(num, self.num_children + 1, generator=generator, dtype=torch.float64)
+        e = -torch.log(u.clamp_min(1e-300))
         r = (e / e.sum(1, keepdim=True))[:, 1:].to(self.vectors.dtype).to(self.vectors.device)
         return self.point(r), r
 
@@ -317,9 +321,6 @@ def plot_exploration(explorers: Sequence[Any], front: Optional[ContinuousFront] 
     Returns the matplotlib figure.
     """
     import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -340,7 +340,8 @@ def _optimize_with(prob: _Problem, agg: Aggregator, optimizer: torch.optim.Optim
                 break
         optimizer.step()
         steps += 1
-    final = prob.losses(grad=False).detach()
+    # after a step the objectives changed: evaluate them once more (a converged point was just evaluated)
+    final = L.detach() if converged else prob.losses(grad=False).detach()
     return OptimizeResult(final, initial, stationarity, steps, converged)
 
 
@@ -440,16 +441,21 @@ def _check_beta(beta: Any, m: int, dtype: torch.dtype, device: torch.device) -> 
     return beta
 
 
-def _orient(predicted: Tensor, beta: Tensor, losses: Tensor, parent_losses: Optional[Tensor], sign: str) -> Tensor:
-    """``(K,)`` signs in {+1, -1} for the directions whose first-order changes are ``predicted`` (K, m)."""
-    if sign == "none":
-        return torch.ones(predicted.shape[0], dtype=predicted.dtype, device=predicted.device)
+def _score(predicted: Tensor, beta: Tensor, losses: Tensor, parent_losses: Optional[Tensor], sign: str) -> Tensor:
+    """``(K,)``: how well each direction with first-order changes ``predicted`` (K, m) expands (> 0: it
+    expands, < 0: it retracts) under the rule ``sign`` (not ``"none"``)."""
     if sign == "parent" or (sign == "auto" and parent_losses is not None):
         if parent_losses is None:
             raise ValueError("sign='parent' needs parent_losses (the objectives at the parent point).")
-        score = predicted @ (losses - parent_losses).to(predicted)  # > 0: moving on, away from the parent
-    else:
-        score = -(predicted * beta.to(predicted)).sum(1)  # > 0: the beta-weighted objectives improve
+        return predicted @ (losses - parent_losses).to(predicted)  # moving on, away from the parent
+    return -(predicted * beta.to(predicted)).sum(1)  # the beta-weighted objectives improve
+
+
+def _orient(predicted: Tensor, beta: Tensor, losses: Tensor, parent_losses: Optional[Tensor], sign: str) -> Tensor:
+    """``(K,)`` signs in {+1, -1} that make the directions expand rather than retract."""
+    if sign == "none":
+        return torch.ones(predicted.shape[0], dtype=predicted.dtype, device=predicted.device)
+    score = _score(predicted, beta, losses, parent_losses, sign)
     return torch.where(score < 0, -1.0, 1.0).to(predicted.dtype)
 
 
@@ -566,10 +572,12 @@ def pareto_expand(
             a = (alpha + s * perturbation * centered).clamp_min(0)
             a = a / a.sum(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
             cands.append(-(a @ J))  # (K, n): one gradient step on the perturbed weighted sum
-        V = cands[0]
-        P = V @ J.T
-        s = _orient(P, beta, losses, parent_losses, sign)
-        V = torch.where((s > 0)[:, None], cands[0], cands[1])
+        if sign == "none":
+            V = cands[0]
+        else:  # the perturbation (+ or -) whose step expands more
+            scores = [_score(v @ J.T, beta, losses, parent_losses, sign) / v.norm(dim=1).clamp_min(1e-300)
+                      for v in cands]
+            V = torch.where((scores[0] >= scores[1])[:, None], cands[0], cands[1])
         residuals = torch.full((K,), float("nan"), dtype=torch.float64)
         info = None
     else:

@@ -1,0 +1,96 @@
+"""Benchmark of one PNG step (Ye & Liu, appendix C.2.4): N = 5 two-head LeNets (MultiMNIST size).
+
+Group ``png step N=5 m=2 lenet`` (contenders run one after the other in this process; ratios are
+medians over the reference's median, same run):
+
+* ``linear scalarization step`` (reference): the forward pass of the 5 models on one batch, one
+  backward pass of the sum of their scalarized losses, one Adam step;
+* ``png step``: the same forward pass, :meth:`torchmoo.methods.PNG.backward` with the energy distance
+  over the 5 models (a batched Jacobian of the 2 losses per model, the Gram matrices, the 5 dual
+  problems in one batched call, ``.grad`` written) and one Adam step. The issue's bar: at most 1.5x;
+* ``second-order step (Ma et al.)``: one ParetoExpand step per model
+  (:func:`torchmoo.methods.pareto_exploration.pareto_expand`, one direction, ``k`` MINRES iterations
+  of Hessian-vector products), the second-order method the paper compares with (0.3 s per PNG step
+  against 16.8 s there, on a GPU).
+
+Quick mode (``TORCHMOO_BENCH_QUICK=1``): batch 8, ``k = 2``, 2 rounds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("pytest_benchmark")
+
+import torchmoo as tm  # noqa: E402
+
+from baselines import QUICK  # noqa: E402
+from benchutil import record, run_timed  # noqa: E402
+
+N = 5
+BATCH = 8 if QUICK else 256
+K_MINRES = 2 if QUICK else 50
+GROUP = f"png step N={N} m=2 lenet (batch {BATCH})"
+
+
+def _setup():
+    torch.manual_seed(0)
+    models = [tm.zoo.models.MultiLeNet(num_tasks=2) for _ in range(N)]
+    x = torch.randn(BATCH, 1, 28, 28)
+    y = torch.randint(0, 10, (BATCH, 2))
+    opt = torch.optim.Adam([p for m in models for p in m.parameters()], lr=1e-3)
+    return models, x, y, opt
+
+
+def _losses(model, x, y):
+    return [F.cross_entropy(o, y[:, i]) for i, o in enumerate(model(x))]
+
+
+def test_png_step_writes_the_png_direction():
+    """Not a benchmark: the timed PNG step writes the direction of png_direction for every model."""
+    models, x, y, _ = _setup()
+    png = tm.methods.PNG(tm.methods.EnergyDistance())
+    losses = [_losses(m, x, y) for m in models]
+    Js = [tm.autograd.jacobian(l, m.parameters(), retain_graph=True) for l, m in zip(losses, models)]
+    png.backward(losses, models)
+    _, U = png.criterion.value_and_grad(png.stats.losses)
+    for k, (m, J) in enumerate(zip(models, Js)):
+        ref = tm.methods.png_direction(J.double(), U[k] @ J.double(), alpha=0.5,
+                                                 threshold=float(png.stats.threshold[k])).direction
+        got = tm.autograd.flatten([p.grad for p in m.parameters()]).double()
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("contender", ["linear scalarization step", "png step", "second-order step (Ma et al.)"])
+def test_png_step(benchmark, contender):
+    models, x, y, opt = _setup()
+    if contender == "linear scalarization step":
+        w = torch.linspace(0.1, 0.9, N)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            total = sum(w[k] * l[0] + (1 - w[k]) * l[1] for k, l in enumerate(_losses(m, x, y) for m in models))
+            total.backward()
+            opt.step()
+    elif contender == "png step":
+        png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            png.backward([_losses(m, x, y) for m in models], models)
+            opt.step()
+    else:
+        pe = pytest.importorskip("torchmoo.methods.pareto_exploration")
+
+        def step():
+            for m in models:
+                exp = pe.pareto_expand(lambda m=m: _losses(m, x, y), list(m.parameters()), num_directions=1,
+                                       k=K_MINRES, generator=torch.Generator().manual_seed(0))
+                with torch.no_grad():
+                    for p, d in zip(m.parameters(), tm.autograd.unflatten(exp.directions[0] * 1e-3, list(m.parameters()))):
+                        p.add_(d)
+
+    run_timed(benchmark, GROUP, step, rounds=3 if contender.startswith("second") else 7)
+    record(benchmark, GROUP, contender, 1, reference="linear scalarization step")

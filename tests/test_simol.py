@@ -1,0 +1,280 @@
+"""SIMOL (Yu et al., ICLR 2023): the soft improvement objective, MAML's meta-gradient, the outer step."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchmoo as tm
+from torchmoo.methods import MAML, SIMOL, MetaLearner, ReweightingNetwork, TaskTableWeights, soft_improvement_objective
+
+
+def _tasks(B=4, K=5, Q=6, dtype=torch.float64, seed=0):
+    ds = tm.zoo.data.SinusoidTasks(num_tasks=B, num_support=K, num_query=Q, seed=seed)
+    xs, ys, xq, yq = (torch.stack(t).to(dtype) for t in zip(*[ds[i] for i in range(B)]))
+    return xs, ys, xq, yq
+
+
+def _tiny_model(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).to(dtype)
+
+
+# ---- the soft improvement objective (Eq. 13-14, Proposition 3.2) ----------------------------------------
+
+
+def test_objective_matches_formula_and_proposition_3_2():
+    torch.manual_seed(1)
+    B, n, lam1, lam2 = 5, 7, 0.3, 2.0
+    J = torch.randn(B, n, dtype=torch.float64)
+    r = torch.rand(B, dtype=torch.float64) * 2
+    K = soft_improvement_objective(r, J, lam1, lam2)
+    gbar = (r[:, None] * J).mean(0)
+    expected = -gbar.square().sum() / (2 * lam1) - lam2 / 2 * (r.mean() - 1) ** 2
+    torch.testing.assert_close(K, expected, rtol=1e-12, atol=1e-12)
+    # Proposition 3.2: min_d (1/B) sum r <g, d> + lam1/2 ||d||^2 = -||gbar||^2 / (2 lam1) at d* = -gbar / lam1
+    d_star = -gbar / lam1
+    inner = lambda d: (gbar @ d) + lam1 / 2 * d.square().sum()  # noqa: E731
+    torch.testing.assert_close(inner(d_star), -gbar.square().sum() / (2 * lam1), rtol=1e-12, atol=1e-12)
+    for _ in range(20):  # every other d is worse
+        assert inner(d_star + 0.1 * torch.randn(n, dtype=torch.float64)) > inner(d_star)
+
+
+def test_objective_gradient_wrt_theta_matches_finite_differences():
+    torch.manual_seed(2)
+    net = ReweightingNetwork(3, hidden=(5,)).double()
+    nn.init.normal_(net.net[-1].weight, std=0.5)  # leave the r = 1 start so that every path matters
+    feats = torch.randn(6, 3, dtype=torch.float64)
+    J = torch.randn(6, 4, dtype=torch.float64)
+    simol = SIMOL(net, lambda1=0.7, lambda2=1.5)
+    r = simol.set_weights(feats)
+    K = simol.reweight_backward(r, J)  # writes -dK/dtheta
+    params = list(net.parameters())
+    analytic = torch.cat([-p.grad.reshape(-1) for p in params])
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    eps = 1e-6
+    fd = torch.empty_like(flat)
+    for i in range(flat.numel()):
+        vals = []
+        for s in (eps, -eps):
+            v = flat.clone()
+            v[i] += s
+            torch.nn.utils.vector_to_parameters(v, params)
+            with torch.no_grad():
+                vals.append(float(soft_improvement_objective(net(feats), J, 0.7, 1.5)))
+        fd[i] = (vals[0] - vals[1]) / (2 * eps)
+    torch.nn.utils.vector_to_parameters(flat, params)
+    torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-8)
+    assert torch.isfinite(K)
+
+
+def test_single_task_ascent_reaches_closed_form_weight():
+    # |B| = 1: K(r) = -r^2 ||g||^2 / (2 lam1) - lam2 (r - 1)^2 / 2 is maximized at
+    # r* = lam2 / (lam2 + ||g||^2 / lam1): tasks with large gradients are down-weighted.
+    g2, lam1, lam2 = 3.0, 0.5, 2.0
+    J = torch.tensor([[3.0**0.5, 0.0]], dtype=torch.float64)
+    net = TaskTableWeights(1).double()
+    simol = SIMOL(net, lam1, lam2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.02)
+    for _ in range(2000):
+        opt.zero_grad()
+        simol.reweight_backward(simol.set_weights(torch.zeros(1, dtype=torch.long)), J)
+        opt.step()
+    r_star = lam2 / (lam2 + g2 / lam1)
+    assert float(net.theta.detach()[0] ** 2) == pytest.approx(r_star, rel=1e-6)
+
+
+def test_limits_of_the_objective():
+    torch.manual_seed(3)
+    J = torch.randn(4, 3, dtype=torch.float64)
+    # zero gradients: only the penalty is left, maximal (0) exactly at mean r = 1
+    Z = torch.zeros(4, 3, dtype=torch.float64)
+    assert float(soft_improvement_objective(torch.ones(4, dtype=torch.float64), Z, 1.0, 5.0)) == 0.0
+    assert float(soft_improvement_objective(torch.full((4,), 1.5, dtype=torch.float64), Z, 1.0, 5.0)) < 0.0
+    # lam1 -> infinity: K -> penalty alone; lam2 = 0: K = -||gbar||^2/(2 lam1) <= 0, maximal at r = 0
+    r = torch.rand(4, dtype=torch.float64)
+    pen = -0.5 * 2.0 * (r.mean() - 1) ** 2
+    torch.testing.assert_close(soft_improvement_objective(r, J, 1e12, 2.0), pen, rtol=1e-9, atol=1e-9)
+    assert float(soft_improvement_objective(torch.zeros(4, dtype=torch.float64), J, 1.0, 0.0)) == 0.0
+    assert float(soft_improvement_objective(r, J, 1.0, 0.0)) < 0.0
+
+
+def test_bad_arguments_raise():
+    J = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="lambda1"):
+        soft_improvement_objective(torch.ones(3), J, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lambda2"):
+        soft_improvement_objective(torch.ones(3), J, 1.0, -1.0)
+    with pytest.raises(ValueError, match="weights must be"):
+        soft_improvement_objective(torch.ones(2), J)
+    with pytest.raises(TypeError):
+        SIMOL("not a module")
+    with pytest.raises(ValueError, match="inner_steps"):
+        MAML(nn.Linear(1, 1), F.mse_loss, inner_steps=0)
+    maml = MAML(nn.Linear(1, 1), F.mse_loss)
+    opt = torch.optim.SGD(maml.model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="reweight_optimizer"):
+        MetaLearner(maml, opt, SIMOL(TaskTableWeights(2)))
+    with pytest.raises(RuntimeError, match="set_weights"):
+        SIMOL(TaskTableWeights(2))(J)
+
+
+# ---- MAML's meta-gradient (Eq. 15) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_maml_second_order_meta_gradient_matches_finite_differences(steps):
+    model = _tiny_model()
+    maml = MAML(model, F.mse_loss, inner_lr=0.05, inner_steps=steps)
+    xs, ys, xq, yq = _tasks(B=2)
+    J, losses = maml.task_jacobian(xs, ys, xq, yq)
+    params = list(model.parameters())
+    flat = torch.nn.utils.parameters_to_vector(params).detach()
+
+    def task_losses(v):
+        torch.nn.utils.vector_to_parameters(v, params)
+        out = []
+        for t in range(2):  # plain autograd, independent of the vmap path
+            p = list(model.parameters())
+            w = [q.detach().requires_grad_(True) for q in p]
+            cur = w
+            for _ in range(steps):
+                names = [k for k, _ in model.named_parameters()]
+                ls = F.mse_loss(torch.func.functional_call(model, dict(zip(names, cur)), (xs[t],)), ys[t])
+                g = torch.autograd.grad(ls, cur)
+                cur = [a - 0.05 * b for a, b in zip(cur, g)]
+            names = [k for k, _ in model.named_parameters()]
+            pred = torch.func.functional_call(model, dict(zip(names, cur)), (xq[t],))
+            out.append(float(F.mse_loss(pred, yq[t]).detach()))
+        return torch.tensor(out, dtype=torch.float64)
+
+    torch.testing.assert_close(task_losses(flat), losses, rtol=1e-12, atol=1e-12)
+    eps = 1e-6
+    fd = torch.empty_like(J)
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = eps
+        fd[:, i] = (task_losses(flat + e) - task_losses(flat - e)) / (2 * eps)
+    torch.nn.utils.vector_to_parameters(flat, params)
+    torch.testing.assert_close(J, fd, rtol=1e-5, atol=1e-8)
+    # the first-order variant drops the Hessian term, so it differs from the true meta-gradient
+    maml.first_order = True
+    J1, losses1 = maml.task_jacobian(xs, ys, xq, yq)
+    torch.testing.assert_close(losses1, losses)
+    assert (J1 - J).norm() > 1e-3 * J.norm()
+
+
+# ---- the outer step ------------------------------------------------------------------------------------------
+
+
+def test_simol_with_unit_weights_equals_maml_exactly():
+    model = _tiny_model(torch.float32)
+    xs, ys, xq, yq = _tasks(B=4, dtype=torch.float32)
+    feats = torch.cat([xs, ys], dim=-1).flatten(1)
+    m_maml, m_simol = model, copy.deepcopy(model)
+    maml_learner = MetaLearner(MAML(m_maml, F.mse_loss, 0.01), torch.optim.Adam(m_maml.parameters(), lr=1e-2))
+    net = ReweightingNetwork(feats.shape[1])  # starts at r = 1 exactly (zero last weights, bias 1)
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)  # frozen: r stays 1
+    simol_learner = MetaLearner(MAML(m_simol, F.mse_loss, 0.01), torch.optim.Adam(m_simol.parameters(), lr=1e-2),
+                                SIMOL(net, 1.0, 1.0), reweight_optimizer=frozen)
+    for _ in range(3):
+        maml_learner.step(xs, ys, xq, yq)
+        out = simol_learner.step(xs, ys, xq, yq, task_features=feats)
+        assert out["mean_weight"] == 1.0
+    for a, b in zip(m_maml.parameters(), m_simol.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_simol_update_is_weighted_mean_and_theta_ascends():
+    model = _tiny_model()
+    xs, ys, xq, yq = _tasks(B=3)
+    maml = MAML(model, F.mse_loss, 0.02)
+    net = TaskTableWeights(3, init_output=1.0).double()
+    with torch.no_grad():
+        net.theta.copy_(torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64))
+    simol = SIMOL(net, 2.0, 0.5)
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    J0, _ = maml.task_jacobian(xs, ys, xq, yq)
+    learner = MetaLearner(maml, torch.optim.SGD(model.parameters(), lr=0.1), simol,
+                          reweight_optimizer=torch.optim.SGD(net.parameters(), lr=1e-3))
+    tasks = torch.arange(3)
+    r = net(tasks).detach()
+    out = learner.step(xs, ys, xq, yq, task_features=tasks)
+    w1 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    # Algorithm 1, line 6: w^{s+1} = w^s - beta (1/B) sum r_tau g_tau
+    torch.testing.assert_close(w1, w0 - 0.1 * (r @ J0) / 3, rtol=1e-12, atol=1e-12)
+    # line 7 with the gradients at w^{s+1}: a small ascent step increases K~_B
+    J1, _ = maml.task_jacobian(xs, ys, xq, yq)
+    assert float(soft_improvement_objective(net(tasks), J1, 2.0, 0.5).detach()) > out["K"]
+
+
+@pytest.mark.parametrize("method", [None, tm.methods.MGDA(), tm.methods.PCGrad(seed=0), tm.methods.CAGrad(0.4),
+                                    tm.methods.ImprovementFunction(1.0)])
+def test_minibatch_baselines_apply_the_aggregator_to_task_gradients(method):
+    model = _tiny_model()
+    xs, ys, xq, yq = _tasks(B=4)
+    maml = MAML(model, F.mse_loss, 0.02)
+    J, losses = maml.task_jacobian(xs, ys, xq, yq)
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    learner = MetaLearner(maml, torch.optim.SGD(model.parameters(), lr=0.01), method)
+    learner.step(xs, ys, xq, yq)
+    d = J.mean(0) if method is None else copy.deepcopy(method)(J, losses)
+    if isinstance(method, tm.methods.PCGrad):  # random projection order: compare against the weights it used
+        d = method.weights @ J
+    w1 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    torch.testing.assert_close(w1, w0 - 0.01 * d, rtol=1e-10, atol=1e-12)
+    if isinstance(method, tm.methods.MGDA):  # a common descent direction of every task in the batch
+        assert bool((J @ d >= -1e-10).all())
+
+
+# ---- the sinusoid experiment (tiny) --------------------------------------------------------------------------
+
+
+def test_sinusoid_experiment_runs_reports_and_resumes(tmp_path):
+    from torchmoo.experiments.simol_sinusoid import PAPER, Config
+
+    cfg = Config(shots=[2], meta_steps=3, meta_batch=4, test_tasks=20, eval_every=2)
+    res = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path), progress=False, config=cfg)
+    table = res["summary"]["table"]
+    assert [row["method"] for row in table] == list(cfg.methods)
+    for row in table:
+        assert row["mse"] > 0 and row["worst-10% mse"] >= row["mse"]  # the worst 10% are at least the mean
+        assert row["paper mse"] == PAPER[row["method"]][2][0]
+        units = res["units"][f"{row['method']} 2-shot seed 0"]
+        assert len(units["test_losses"]) == 20 and [c["step"] for c in units["curve"]] == [2, 3]
+    again = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path), progress=False, config=cfg)
+    assert again["resumed"] == 1 and again["summary"]["table"] == table
+
+
+# ---- prototypical networks (Algorithm 3) --------------------------------------------------------------------
+
+
+def test_protonet_episode_loss_matches_hand_computation():
+    import math
+
+    model = nn.Linear(2, 2).double()
+    with torch.no_grad():  # identity embedding: distances are those of the raw points
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    pn = tm.methods.ProtoNet(model, n_way=2)
+    xs = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 4.0]], dtype=torch.float64)
+    ys = torch.tensor([0, 0, 1, 1])
+    xq = torch.tensor([[1.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+    yq = torch.tensor([0, 1])
+    # prototypes (1, 0) and (0, 3); squared distances: query 1 -> (1, 5), query 2 -> (10, 0)
+    expected = 0.5 * (math.log(1 + math.exp(-4.0)) + math.log(1 + math.exp(-10.0)))
+    loss = pn.task_loss(pn.params(), xs, ys, xq, yq)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    # vectorized per-task meta-gradients equal a plain autograd loop over the episodes
+    torch.manual_seed(4)
+    X = torch.randn(3, 6, 2, dtype=torch.float64)
+    Y = torch.tensor([0, 1, 2, 0, 1, 2]).repeat(3, 1)
+    pn3 = tm.methods.ProtoNet(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3)).double(), n_way=3)
+    J, losses = pn3.task_jacobian(X, Y, X.flip(1), Y.flip(1))
+    for t in range(3):
+        lt = pn3.task_loss(pn3.params(), X[t], Y[t], X[t].flip(0), Y[t].flip(0))
+        g = torch.autograd.grad(lt, list(pn3.params().values()))
+        torch.testing.assert_close(J[t], torch.cat([v.reshape(-1) for v in g]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(losses[t], lt.detach())
