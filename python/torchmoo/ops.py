@@ -143,7 +143,7 @@ def gram(J: Tensor) -> Tensor:
 
     The first step of MGDA and of every method that solves a QP over task gradients: for a Jacobian
     ``J`` of ``m`` objectives by ``n`` parameters (``n >> m``), ``G[i, j] = <g_i, g_j>``. torch's GEMM is
-    slow for such short-fat operands (for ``m = 10``, ``n = 1e6`` it costs several full reads of ``J``);
+    slow for such short-fat operands (for ``m = 10``, ``n = 1e6``, 2 threads: about 13 reads of ``J``);
     this kernel reads ``J`` once: a symmetric rank-k update over column blocks that stay in cache,
     SIMD dot products accumulated in float64 across blocks, parallel over column chunks.
 
