@@ -2,6 +2,8 @@
 // kernels read, the at::matmul path for large m, and the check of the result.
 #pragma once
 
+#include "batch_index.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -57,26 +59,12 @@ inline at::Tensor matmul_gram(const at::Tensor& J3) {
   return G.triu() + G.triu(1).mT();
 }
 
-inline std::string batch_index_string(int64_t flat, const std::vector<int64_t>& shape) {
-  if (shape.empty()) return "";
-  std::vector<int64_t> idx(shape.size());
-  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-    idx[d] = flat % shape[d];
-    flat /= shape[d];
-  }
-  std::ostringstream os;
-  os << " at batch index [";
-  for (size_t d = 0; d < idx.size(); ++d) os << (d ? ", " : "") << idx[d];
-  os << "]";
-  return os.str();
-}
-
 // A finite J gives a finite G unless J J^T overflows; NaN or infinity in row i of J makes G_ii non-finite.
 // So checking G (m x m per problem, not J) finds both, and J is read again only to say which it was.
 
 // Raises the ValueError for problem b, whose G has a non-finite entry.
 [[noreturn]] inline void raise_non_finite(const GramProblem& p, int64_t b) {
-  const std::string where = batch_index_string(b, p.batch_shape);
+  const std::string where = p.batch_shape.empty() ? "" : " at batch index " + batch_index(b, p.batch_shape);
   const bool j_finite = p.J[b].isfinite().all().item<bool>();
   TORCH_CHECK_VALUE(j_finite, "gram: J must be finite, found NaN or infinity", where, ".");
   TORCH_CHECK_VALUE(false, "gram: J J^T overflows ", p.J.scalar_type(), where,

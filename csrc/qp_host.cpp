@@ -1,5 +1,7 @@
 #include "qp_host.h"
 
+#include "batch_index.h"
+
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
@@ -13,20 +15,6 @@ namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-std::string batch_index_string(int64_t flat, const std::vector<int64_t>& shape) {
-  if (shape.empty()) return "";
-  std::vector<int64_t> idx(shape.size());
-  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-    idx[d] = flat % shape[d];
-    flat /= shape[d];
-  }
-  std::ostringstream os;
-  os << " (batch index [";
-  for (size_t d = 0; d < idx.size(); ++d) os << (d ? ", " : "") << idx[d];
-  os << "])";
-  return os.str();
 }
 
 }  // namespace
@@ -117,7 +105,8 @@ QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at:
   }
   if (first_failed >= 0) {
     const int32_t code = status.to(at::kCPU)[first_failed].item<int32_t>();
-    const std::string where = batch_index_string(first_failed, problem.batch_shape);
+    const std::string where =
+        problem.batch_shape.empty() ? "" : " (batch index " + batch_index(first_failed, problem.batch_shape) + ")";
     switch (code) {
       case kQPNonFinite:
         TORCH_CHECK_VALUE(false, op, ": G and c must be finite, found NaN or infinity", where, ".");

@@ -14,13 +14,7 @@ from torchmoo.autograd import flatten, hvp, hvp_operator, jacobian, num_params, 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: one intra-op thread avoids OpenMP start-up and contention costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one intra-op thread
 
 
 class TwoHead(torch.nn.Module):

@@ -31,13 +31,7 @@ scipy_optimize = pytest.importorskip("scipy.optimize")
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The problems here are tiny: one intra-op thread avoids OpenMP start-up and contention costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one intra-op thread
 
 
 def _random_jacobians(seed: int, count: int = 30, dtype=F64):

@@ -36,12 +36,7 @@ scipy_optimize = pytest.importorskip("scipy.optimize")
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: one intra-op thread
 
 
 def _primal(J: torch.Tensor, gF: torch.Tensor, phi: float) -> np.ndarray:
