@@ -16,7 +16,10 @@ from torchmoo.experiments import mgda_multidigits  # noqa: F401  (registers mgda
 from torchmoo.experiments import png_diverse, png_synthetic  # noqa: F401  (registers the png-* experiments)
 from torchmoo.experiments import pareto_multidigits, pareto_zdt2  # noqa: F401  (registers the pareto-* experiments)
 from torchmoo.experiments import mtsgd_gaussians  # noqa: F401  (registers mtsgd-gaussians)
+from torchmoo.experiments import mtsgd_multidigits, mtsgd_sarcos, mtsgd_zdt3  # noqa: F401  (the other mtsgd-*)
 from torchmoo.experiments import simol_sinusoid  # noqa: F401  (registers simol-sinusoid)
+from torchmoo.experiments import simol_fewshot, simol_toy  # noqa: F401  (registers simol-toy, simol-fewshot-digits)
+from torchmoo.experiments import psst_fewshot  # noqa: F401  (registers psst-fewshot-digits)
 
 __all__ = [
     "Experiment",

@@ -48,6 +48,22 @@ from torchmoo.methods.simol import (
     soft_improvement_objective,
 )
 from torchmoo.methods.mtsgd import MOOSVGD, MTSGD, SteinStep, median_bandwidth, stein_task_matrix, stein_update
+from torchmoo.methods.psst import (
+    PSST,
+    AngularRegion,
+    PartitionRegion,
+    PreferenceRegion,
+    PreferenceVectors,
+    PSSTExploration,
+    PSSTStep,
+    angular_regions,
+    explore_solution,
+    partition_regions,
+    partition_subsets,
+    preference_vectors,
+    psst_direction,
+    psst_weights,
+)
 
 __all__ = [
     "PNG",
@@ -98,4 +114,18 @@ __all__ = [
     "ReweightingNetwork",
     "TaskTableWeights",
     "soft_improvement_objective",
+    "PSST",
+    "PSSTStep",
+    "PreferenceRegion",
+    "AngularRegion",
+    "PartitionRegion",
+    "PreferenceVectors",
+    "PSSTExploration",
+    "preference_vectors",
+    "angular_regions",
+    "partition_subsets",
+    "partition_regions",
+    "psst_weights",
+    "psst_direction",
+    "explore_solution",
 ]

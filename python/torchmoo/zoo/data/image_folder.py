@@ -1,0 +1,87 @@
+"""Labelled images from a folder tree ``root/<class name>/<image file>`` (the layout of torchvision's
+``ImageFolder`` and of the usual MiniImageNet / CIFAR-FS / Omniglot exports), loaded into one tensor.
+
+Few-shot experiments need every image of a class at once (episodes draw from all of them), and the
+data sets they use are small enough to hold in memory after resizing, so the whole tree is decoded
+once with Pillow and returned as tensors. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from torchmoo.zoo.data._paths import DataNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
+
+#: File suffixes read as images (case-insensitive); every other file is ignored.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def load_image_folder(
+    root: Union[str, "os.PathLike[str]"], image_size: int
+) -> Tuple[Tensor, Tensor, List[str]]:
+    """All the images of ``root/<class>/*`` as one tensor, resized to ``image_size`` x ``image_size``.
+
+    Classes are the sub-folders of ``root`` (hidden ones, starting with ``.``, are skipped) in sorted
+    order; class ``j`` gets label ``j``. Each image file of a class folder (suffix in
+    :data:`IMAGE_EXTENSIONS`, sorted by name; sub-folders are not searched) is converted to RGB and
+    resized with Pillow's bilinear filter (with its anti-aliasing when shrinking), without keeping the
+    aspect ratio (as MiniImageNet's 84 x 84 exports do).
+
+    Args:
+        root: the folder that holds one sub-folder per class.
+        image_size: side of the returned images, ``>= 1``.
+
+    Returns:
+        ``(images, labels, class_names)``: ``images`` ``(N, 3, image_size, image_size)`` float32 in
+        ``[0, 1]``, ``labels`` ``(N,)`` int64 in ``0..len(class_names)-1``, images of class 0 first;
+        ``class_names`` the folder names.
+
+    Raises:
+        DataNotFoundError: ``root`` does not exist or is not a folder.
+        ValueError: ``image_size`` is not a positive int, ``root`` has no class folder, a class folder
+            has no image, or a file cannot be decoded (the message names the file).
+        ImportError: Pillow is not installed.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataNotFoundError(f"image folder {str(path)!r} does not exist; it must hold one sub-folder per class.")
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"image folder {str(path)!r} is a file; pass the folder that holds one sub-folder per class."
+        )
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("load_image_folder decodes images with Pillow; install it (pip install pillow).") from None
+
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"image folder {str(path)!r} has no class sub-folder (expected root/<class name>/<images>).")
+    images: List[Tensor] = []
+    labels: List[int] = []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(
+                f"class folder {str(d)!r} has no image file (suffixes {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{f}: cannot be read as an image ({err}).") from None
+            images.append(data.reshape(image_size, image_size, 3).permute(2, 0, 1))
+            labels.append(label)
+    x = torch.stack(images).to(torch.float32).div_(255.0)
+    return x, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs]

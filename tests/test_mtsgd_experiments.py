@@ -1,0 +1,173 @@
+"""The mtsgd-zdt3, mtsgd-multidigits and mtsgd-sarcos experiments at tiny sizes, through the runner."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import torchmoo as tm
+from torchmoo.experiments import mtsgd_multidigits, mtsgd_sarcos, mtsgd_zdt3, run_experiment
+from torchmoo.experiments.runner import experiment_names
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_registered():
+    assert {"mtsgd-zdt3", "mtsgd-multidigits", "mtsgd-sarcos"} <= set(experiment_names())
+    assert mtsgd_zdt3.full().steps == 10000 and mtsgd_zdt3.full().lr == 5e-4 and mtsgd_zdt3.full().particles == 50
+    assert mtsgd_sarcos.full().hidden == [256, 256, 256] and mtsgd_sarcos.full().batch_size == 512
+
+
+# ------------------------------------------------------------------------------------------------ ZDT3
+def test_zdt3_particles_move_towards_the_front(tmp_path):
+    # the narrow kernel (little repulsion): the particles must approach the Pareto set
+    cfg = mtsgd_zdt3.Config(particles=16, steps=300, lr=5e-3, bandwidths=[0.01], front_points=1000,
+                            checkpoint_every=100)
+    res = run_experiment("mtsgd-zdt3", config=cfg, out=str(tmp_path), progress=False)
+    s = res["summary"]
+    assert res["complete"] and (tmp_path / "zdt3.png").exists()
+    assert [r["particles"] for r in s["table"]] == ["initial (uniform)", "mt-sgd h=0.01", "moo-svgd h=0.01"]
+    init, mt, moo = s["table"]
+    ceiling = s["hypervolume of the analytic front (same reference)"]
+    for row in (mt, moo):
+        # targets exp(-f_i): the objective vectors must gain hypervolume and come nearer the front (a wrong
+        # sign or a wrong combination of the scores moves them away)
+        assert init["HV"] < row["HV"] <= ceiling + 1e-9
+        assert row["median dist to front"] < 0.8 * init["median dist to front"]
+        assert row["median max_j>=2 x_j"] < 0.8 * init["median max_j>=2 x_j"]
+    # MOO-SVGD is then 16 independent MGDA descents: it must reach the front's neighbourhood
+    assert moo["IGD+"] < 0.3 * init["IGD+"] and moo["near front (tol 0.05)"] > 0.0
+    for unit, w in s["weights at the last step"].items():
+        assert len(w) == 2 and min(w) >= -1e-9 and math.isclose(sum(w), 1.0, abs_tol=1e-6), unit
+    x1 = torch.tensor(res["units"]["mt-sgd h=0.01"]["x1"])  # the particles stay in the box
+    assert bool(((x1 >= cfg.box_margin) & (x1 <= 1 - cfg.box_margin)).all())
+
+
+def test_zdt3_metrics_on_the_analytic_set():
+    cfg = mtsgd_zdt3.Config(tolerances=[1e-3], front_points=2000)
+    prob = tm.problems.ZDT3()
+    X = prob.pareto_set(40)
+    m = mtsgd_zdt3.particle_metrics(prob, X, prob.pareto_front(cfg.front_points), cfg)
+    assert m["in_pareto_set"]["0.001"] == 1.0 and m["near_front"]["0.001"] == 1.0 and m["igd_plus"] < 0.02
+    X[:, 5] = 0.1  # off the set in one tail variable: g = 1 + 0.9 / 29
+    m = mtsgd_zdt3.particle_metrics(prob, X, prob.pareto_front(cfg.front_points), cfg)
+    assert m["in_pareto_set"]["0.001"] == 0.0 and m["median_tail_max"] == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ MultiDigits
+def test_multidigits_ensembles_learn(tmp_path):
+    cfg = mtsgd_multidigits.Config(train_images=512, test_images=128, particles=2, epochs=4, batch_size=64, lr=5e-3,
+                                   sweep_particles=[3], sweep_epochs=1)
+    res = run_experiment("mtsgd-multidigits", config=cfg, out=str(tmp_path), progress=False)
+    s = res["summary"]
+    assert [r["method"] for r in s["table"]] == ["mt-sgd", "moo-svgd", "mgda", "linear"]
+    assert [r["M"] for r in s["sweep"]] == [3] and (tmp_path / "multidigits.png").exists()
+    for row in s["table"]:
+        # chance is 0.1 per task and a uniform prediction has Brier score 0.9
+        assert row["acc task 1"] > 0.25 and row["acc task 2"] > 0.25, row
+        assert row["Brier 1"] < 0.82 and row["Brier 2"] < 0.82, row
+        assert 0.0 <= row["ECE 1"] <= 1.0 and 0.0 <= row["ECE 2"] <= 1.0
+    unit = res["units"]["mt-sgd"]
+    assert unit["particles"] == 2 and len(unit["history"]) == cfg.epochs + 1
+    assert unit["history"][0]["accuracy"][0] < 0.25  # untrained networks are at chance
+    w = s["mt-sgd task weights, last step"]
+    assert len(w) == 2 and math.isclose(sum(w), 1.0, abs_tol=1e-6)
+    json.dumps(res)  # the whole record is plain JSON
+
+
+def test_ensemble_metrics_of_identical_networks_equal_the_single_network():
+    torch.manual_seed(0)
+    net = tm.zoo.models.MultiLeNet(2)
+    twin = tm.zoo.models.MultiLeNet(2)
+    twin.load_state_dict(net.state_dict())
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64, 2))
+    m = mtsgd_multidigits.ensemble_metrics([net, twin], x, y)
+    assert m["accuracy"] == pytest.approx(m["single_accuracy"])
+    with torch.no_grad():
+        probs = torch.softmax(net(x)[1].double(), -1)
+    assert m["brier"][1] == pytest.approx(float(tm.metrics.brier_score(probs, y[:, 1])))
+
+
+# ------------------------------------------------------------------------------------------------ SARCOS
+def _sarcos_cfg(**kw) -> mtsgd_sarcos.Config:
+    base = dict(synthetic_rows=[256, 64, 64], particles=2, hidden=[16], epochs=6, batch_size=64, lr=5e-3)
+    base.update(kw)
+    return mtsgd_sarcos.Config(**base)
+
+
+def test_sarcos_synthetic_loss_decreases(tmp_path):
+    res = run_experiment("mtsgd-sarcos", config=_sarcos_cfg(epochs=12), out=str(tmp_path), progress=False)
+    s = res["summary"]
+    assert [(r["split"], r["method"]) for r in s["table"]] == [
+        (sp, m) for sp in ("validation", "test") for m in ("mt-sgd", "moo-svgd", "mgda", "linear")]
+    assert s["rows (train, validation, test)"] == [256, 64, 64] and (tmp_path / "sarcos.png").exists()
+    for row in s["table"]:
+        assert [f"task {i}" in row for i in range(1, 8)] == [True] * 7
+        assert row["average"] == pytest.approx(sum(row[f"task {i}"] for i in range(1, 8)) / 7)
+    for m, before in s["average test MSE before training"].items():
+        after = next(r["average"] for r in s["table"] if r["split"] == "test" and r["method"] == m)
+        assert after < 0.7 * before, (m, before, after)  # standardized targets: about 1 before training
+
+
+def test_synthetic_sarcos_is_deterministic():
+    a = mtsgd_sarcos.synthetic_sarcos([30, 5, 5], 0.1, seed=3)
+    b = mtsgd_sarcos.synthetic_sarcos([30, 5, 5], 0.1, seed=3)
+    c = mtsgd_sarcos.synthetic_sarcos([30, 5, 5], 0.1, seed=4)
+    assert all(torch.equal(p, q) for sa, sb in zip(a, b) for p, q in zip(sa, sb))
+    assert not torch.equal(a[0][1], c[0][1]) and a[0][0].shape == (30, 21) and a[2][1].shape == (5, 7)
+
+
+def _write_sarcos(path, rows: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 21, generator=g, dtype=torch.float64)
+    y = x[:, :7] * 2.0 - x[:, 7:14] + 0.05 * torch.randn(rows, 7, generator=g, dtype=torch.float64)
+    path.write_text("\n".join(",".join(repr(float(v)) for v in r) for r in torch.cat([x, y], 1)) + "\n")
+
+
+def test_sarcos_csv_file_and_folder(tmp_path):
+    csv = tmp_path / "sarcos.csv"
+    _write_sarcos(csv, 200, 0)
+    cfg = _sarcos_cfg(data=str(csv), methods=["mt-sgd", "linear"], epochs=20)
+    s = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "file"), progress=False)["summary"]
+    assert s["rows (train, validation, test)"] == [160, 20, 20] and "one file" in s["data"]
+    test_rows = {r["method"]: r["average"] for r in s["table"] if r["split"] == "test"}
+    for m, before in s["average test MSE before training"].items():
+        assert test_rows[m] < 0.5 * before, (m, before, test_rows[m])  # a linear map is easy to learn
+    folder = tmp_path / "sarcos"
+    folder.mkdir()
+    _write_sarcos(folder / "sarcos_inv.csv", 100, 1)
+    _write_sarcos(folder / "sarcos_inv_test.csv", 30, 2)
+    cfg = _sarcos_cfg(data=str(folder), methods=["mgda"], epochs=2)
+    s = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "folder"), progress=False)["summary"]
+    assert s["rows (train, validation, test)"] == [90, 10, 30] and "sarcos_inv_test.csv" in s["data"]
+
+
+def test_an_interrupted_ensemble_resumes_to_the_same_result(tmp_path, monkeypatch):
+    cfg = _sarcos_cfg(methods=["mt-sgd"], epochs=3)
+    whole = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "whole"), progress=False)
+    calls = {"n": 0}
+    real = mtsgd_sarcos.ensemble_mse
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # validation after epoch 2: the checkpoint of epoch 1 is on disk
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(mtsgd_sarcos, "ensemble_mse", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "cut"), progress=False)
+    assert (tmp_path / "cut" / "checkpoints" / "mt-sgd.pt").exists()
+    monkeypatch.setattr(mtsgd_sarcos, "ensemble_mse", real)
+    resumed = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "cut"), progress=False)
+    assert resumed["resumed"] == 1
+    assert resumed["units"]["mt-sgd"]["history"] == whole["units"]["mt-sgd"]["history"]

@@ -1,0 +1,426 @@
+"""PSST (Pareto self-supervised training for few-shot learning): preference vectors and regions,
+the constrained direction of Eq. 3 / 4, the self-supervised label generators, exploration, the
+few-shot evaluation and the ``psst-fewshot-digits`` experiment at a tiny size."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchmoo as tm
+from torchmoo.methods import psst as P
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- preference vectors (A.2, Eq. 1) and the partition of A.3 ------------------------------------------------
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 7])
+def test_preference_angles_split_the_sector_evenly(K):
+    g = torch.Generator().manual_seed(K)
+    for M in (2, 3, 4):
+        L = torch.rand(M, generator=g, dtype=torch.float64) + 0.05
+        pv = P.preference_vectors(L, K)
+        assert pv.angles.shape == (M - 1, K + 1) and pv.vectors.shape == (M - 1, K + 1, 2)
+        for m in range(1, M):
+            # pi_0: angle of the best loss vector with e1 in the plane (e1, e_m)
+            cos0 = float(L[0] / torch.sqrt(L[0] ** 2 + L[m] ** 2))
+            assert math.isclose(float(pv.pi0[m - 1]), math.acos(cos0), abs_tol=1e-12)
+            # Eq. 1: pi_i = i/K (pi/2 - pi_0) + pi_0
+            expected = torch.tensor([i / K * (math.pi / 2 - math.acos(cos0)) + math.acos(cos0) for i in range(K + 1)],
+                                    dtype=torch.float64)
+            torch.testing.assert_close(pv.angles[m - 1], expected, rtol=0, atol=1e-12)
+            gaps = pv.angles[m - 1].diff()
+            torch.testing.assert_close(gaps, gaps.mean().expand(K), rtol=0, atol=1e-12)  # evenly
+            assert float(pv.angles[m - 1, -1]) == math.pi / 2
+        torch.testing.assert_close(pv.vectors[..., 0], torch.cos(pv.angles))
+        torch.testing.assert_close(pv.vectors.norm(dim=-1), torch.ones(M - 1, K + 1, dtype=torch.float64))
+
+
+def test_one_auxiliary_task_uses_the_whole_loss_vector_and_three_tasks_the_paper_projection():
+    # end of A.2: cos pi_0 = e1 L / ||L||
+    L = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    assert math.isclose(float(P.preference_vectors(L, 2).pi0[0]), math.acos(0.3 / 0.5), abs_tol=1e-14)
+    torch.testing.assert_close(torch.rad2deg(P.preference_vectors([0.5, 0.5], 3).angles),
+                               torch.tensor([[45.0, 60.0, 75.0, 90.0]], dtype=torch.float64))
+    # M = 3: A.2's e1 L / ||T_m L|| (T_m zeroes component m) are the two pair cosines
+    L3 = torch.tensor([0.2, 0.7, 1.1], dtype=torch.float64)
+    pi0 = P.preference_vectors(L3, 3).pi0
+    for m, other in ((1, 2), (2, 1)):
+        T = L3.clone()
+        T[m] = 0
+        assert math.isclose(math.cos(float(pi0[other - 1])), float(L3[0] / T.norm()), abs_tol=1e-14)
+
+
+def test_preference_vector_errors():
+    with pytest.raises(ValueError, match="M >= 2"):
+        P.preference_vectors([1.0], 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        P.preference_vectors([1.0, -0.1], 2)
+    with pytest.raises(ValueError, match="finite"):
+        P.preference_vectors([float("nan"), 1.0], 2)
+    with pytest.raises(ValueError, match="is 0"):
+        P.preference_vectors([0.0, 1.0], 2)
+    with pytest.raises(ValueError, match="num_regions"):
+        P.preference_vectors([1.0, 1.0], 0)
+    with pytest.raises(TypeError):
+        P.preference_vectors("abc", 2)
+    with pytest.raises(ValueError, match="lower <= upper"):
+        P.AngularRegion(1.0, 0.5)
+    with pytest.raises(ValueError, match="U must be"):
+        P.PartitionRegion([0], 1.0, 3)
+    with pytest.raises(ValueError, match="rho0"):
+        P.PartitionRegion([1], 0.0, 3)
+    with pytest.raises(ValueError, match="region is for 3"):
+        P.psst_weights(torch.eye(2, dtype=torch.float64), [1.0, 1.0], P.angular_regions([1.0, 1.0, 1.0], 2)[0])
+
+
+@pytest.mark.parametrize("M", [2, 3, 4, 5])
+def test_partition_covers_every_nonempty_subset_once(M):
+    pairs = P.partition_subsets(M)
+    aux = set(range(1, M))
+    Us = [frozenset(U) for U, _ in pairs]
+    expected = {frozenset(c) for r in range(1, M) for c in itertools.combinations(sorted(aux), r)}
+    assert len(Us) == 2 ** (M - 1) - 1 and set(Us) == expected and len(set(Us)) == len(Us)
+    for U, V in pairs:
+        assert set(U) | set(V) == aux and not set(U) & set(V)
+    # the regions split {rho <= rho_0}: a loss vector there lies in exactly one of them
+    best = torch.rand(M, dtype=torch.float64, generator=torch.Generator().manual_seed(M)) + 0.1
+    regions = P.partition_regions(best)
+    rho0 = float(best[0] / best[1:].sum())
+    g = torch.Generator().manual_seed(10 + M)
+    hits = 0
+    for _ in range(300):
+        L = torch.rand(M, generator=g, dtype=torch.float64) * 2
+        inside = [r.contains(L) for r in regions]
+        if float(L[0] / L[1:].sum()) <= rho0:
+            assert sum(inside) == 1
+            hits += 1
+        else:
+            assert sum(inside) == 0
+    assert hits > 20
+
+
+def test_angular_regions_tile_the_sector():
+    best = torch.tensor([0.4, 1.0], dtype=torch.float64)
+    K = 4
+    regions = P.angular_regions(best, K)
+    pv = P.preference_vectors(best, K)
+    assert len(regions) == K
+    for i, r in enumerate(regions):
+        assert float(r.lower[0]) == float(pv.angles[0, i]) and float(r.upper[0]) == float(pv.angles[0, i + 1])
+    for phi in torch.linspace(float(pv.pi0[0]) + 1e-3, math.pi / 2 - 1e-3, 37).tolist():
+        L = torch.tensor([math.cos(phi), math.sin(phi)], dtype=torch.float64) * 2.5
+        assert sum(r.contains(L) for r in regions) == 1
+    assert not any(r.contains(torch.tensor([1.0, 0.1])) for r in regions)  # below pi_0
+    assert len(P.angular_regions([0.5, 1.0, 2.0], 3)) == 9  # K ** (M-1) with two auxiliary tasks
+
+
+def test_constraint_jacobian_is_the_chain_rule_through_the_losses():
+    L = torch.tensor([0.3, 1.2, 0.7], dtype=torch.float64)
+    region = P.AngularRegion([0.2, 0.3], [1.4, 1.5])
+    values, A = region.jacobian(L)
+    for m in (1, 2):
+        n3 = (L[0] ** 2 + L[m] ** 2) ** 1.5
+        dc = torch.zeros(3, dtype=torch.float64)
+        dc[0], dc[m] = L[m] ** 2 / n3, -L[0] * L[m] / n3  # d/dL of L0 / sqrt(L0^2 + Lm^2)
+        torch.testing.assert_close(A[m - 1], -dc, rtol=0, atol=1e-14)  # upper-angle constraint cos(hi) - c
+        torch.testing.assert_close(A[2 + m - 1], dc, rtol=0, atol=1e-14)
+    pr = P.PartitionRegion([2], rho0=0.25, num_tasks=3)
+    v, A = pr.jacobian(L)
+    torch.testing.assert_close(A, torch.tensor([[4.0, -1, -1], [2.0, 0, -1], [-2.0, 1, 0]], dtype=torch.float64))
+    torch.testing.assert_close(v, torch.tensor([1.2 - 1.9, 0.6 - 0.7, 1.2 - 0.6], dtype=torch.float64))
+
+
+# ---- the constrained direction (A.4-A.5, Eq. 3-4) -------------------------------------------------------------
+
+A_PT = torch.tensor([2.0, 0.0, 0.5], dtype=torch.float64)
+B_PT = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64)
+
+
+def _losses(theta):
+    """Two quadratics with different curvatures: the Pareto set is a curve between A_PT and B_PT."""
+    d1, d2 = theta - A_PT, theta - B_PT
+    return torch.stack([0.5 * (d1 * torch.tensor([1.0, 3.0, 1.0], dtype=torch.float64) * d1).sum(),
+                        0.5 * (d2 * d2).sum() + 0.1])
+
+
+def _jac(theta):
+    t = theta.clone().requires_grad_(True)
+    L = _losses(t)
+    return L.detach(), tm.autograd.jacobian(L, [t])
+
+
+def _primal_direction(rows):
+    """Eq. 3 by SLSQP: min alpha + 0.5 |d|^2 s.t. rows @ d <= alpha; returns d (a descent step)."""
+    from scipy.optimize import minimize
+
+    R = rows.numpy()
+    n = R.shape[1]
+    cons = [{"type": "ineq", "fun": (lambda z, r=r: z[n] - r @ z[:n]), "jac": (lambda z, r=r: np.r_[-r, 1.0])}
+            for r in R]
+    res = minimize(lambda z: z[n] + 0.5 * z[:n] @ z[:n], np.zeros(n + 1), jac=lambda z: np.r_[z[:n], 1.0],
+                   constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+    assert res.success
+    return torch.from_numpy(res.x[:n])
+
+
+def test_constrained_direction_decreases_objectives_and_active_constraints():
+    theta = torch.tensor([0.2, 0.9, 0.3], dtype=torch.float64)
+    L, J = _jac(theta)
+    phi = math.atan2(float(L[1]), float(L[0]))
+    mgda = tm.methods.MGDA()(J)
+    # which way does MGDA turn the loss vector? put the region's boundary right there
+    turn = float(torch.tensor([-L[1], L[0]]) @ (J @ mgda))  # d(phi)/dt * |L|^2 along -mgda is -turn
+    lower, upper = (phi - 1e-3, phi + 0.3) if turn > 0 else (phi - 0.3, phi + 1e-3)
+    region = P.AngularRegion(lower, upper)
+    out = P.psst_direction(J, L, region, epsilon=0.01)
+    d, step = out.direction, out.step
+    assert step.mode == "constrained" and step.inside and int(step.active.sum()) == 1
+
+    def h(t):  # the active constraint through theta, by autograd: independent of the A @ J route
+        return region.constraints(_losses(t))[step.active][0]
+
+    t_ = theta.clone().requires_grad_(True)
+    grad_h = torch.autograd.grad(h(t_), t_)[0]
+    dd = float(d @ d)
+    assert dd > 1e-4  # a genuine step
+    assert bool(((J @ d) >= dd - 1e-10).all())  # every objective: <g_i, d> >= |d|^2
+    assert float(grad_h @ d) >= dd - 1e-10  # the active constraint as well
+    assert float(grad_h @ mgda) < 0  # ... which MGDA's own direction would have violated
+    for t in (1e-3, 1e-4):
+        assert bool((_losses(theta - t * d) < L).all())
+        assert float(h(theta - t * d)) < float(h(theta))
+    # Eq. 3 solved in the primal by SLSQP: same direction (the dual is exact)
+    rows = torch.cat([J, grad_h[None]])
+    torch.testing.assert_close(-_primal_direction(rows), d, rtol=0, atol=1e-6)
+
+
+def test_random_problems_satisfy_the_dual_optimality_conditions():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        M = 2 + trial % 3
+        J = torch.randn(M, 15, generator=g, dtype=torch.float64)
+        L = torch.rand(M, generator=g, dtype=torch.float64) + 0.05
+        if trial % 2:
+            region = P.partition_regions(torch.rand(M, generator=g, dtype=torch.float64) + 0.1)[0] if M > 2 else \
+                P.angular_regions(torch.rand(M, generator=g, dtype=torch.float64) + 0.1, 3)[trial % 3]
+        else:
+            region = P.angular_regions(torch.rand(M, generator=g, dtype=torch.float64) + 0.1, 2)[-1]
+        eps = float(torch.rand(1, generator=g)) * 0.05
+        out = P.psst_direction(J, L, region, epsilon=eps)
+        values, A = region.jacobian(L)
+        d, dd = out.direction, float(out.direction @ out.direction)
+        grads = (A @ J)  # constraint gradients
+        if out.step.mode == "constrained":
+            assert bool(((J @ d) >= dd - 1e-9).all())
+            assert bool(((grads[values >= -eps] @ d) >= dd - 1e-9).all())
+        else:  # outside: every violated constraint decreases
+            assert bool(((grads[values > 0] @ d) >= dd - 1e-9).all()) and dd > 0
+
+
+def test_no_active_constraint_gives_mgda():
+    theta = torch.tensor([0.5, 0.4, 0.0], dtype=torch.float64)
+    L, J = _jac(theta)
+    phi = math.atan2(float(L[1]), float(L[0]))
+    region = P.AngularRegion(phi - 0.3, phi + 0.3)
+    step = P.psst_weights(tm.ops.gram(J), L, region, epsilon=0.01)
+    assert step.mode == "constrained" and not bool(step.active.any())
+    torch.testing.assert_close(step.weights, tm.methods.min_norm_weights(tm.ops.gram(J)), rtol=0, atol=1e-12)
+    agg = tm.methods.PSST(region, epsilon=0.01)
+    torch.testing.assert_close(agg(J, L), tm.methods.MGDA()(J), rtol=0, atol=1e-12)
+
+
+def test_outside_the_region_restores_feasibility_first():
+    theta = torch.tensor([0.5, 0.4, 0.0], dtype=torch.float64)
+    L, J = _jac(theta)
+    phi = math.atan2(float(L[1]), float(L[0]))
+    region = P.AngularRegion(phi + 0.1, phi + 0.4)  # the loss vector's angle is below the region
+    out = P.psst_direction(J, L, region)
+    assert out.step.mode == "feasibility" and not out.step.inside
+    before = float(region.constraints(L)[out.step.active][0])
+    after = float(region.constraints(_losses(theta - 1e-3 * out.direction))[out.step.active][0])
+    assert before > 0 and after < before
+    # without the feasibility phase, the violated constraint is one more row of the QP
+    both = P.psst_direction(J, L, region, feasibility=False)
+    assert both.step.mode == "constrained" and both.step.dual.shape[0] == 2 + int(both.step.active.sum())
+
+
+def test_aggregator_through_tm_backward():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    losses = ((net(x) - y) ** 2).mean(0)
+    J = tm.autograd.jacobian(losses, net.parameters(), retain_graph=True)
+    region = P.angular_regions(losses.detach() * torch.tensor([1.5, 1.0], dtype=torch.float64), 2)[0]
+    expected = P.psst_direction(J, losses.detach(), region, epsilon=0.02)
+    agg = tm.methods.PSST(region, epsilon=0.02)
+    w = tm.backward(losses, net.parameters(), agg)
+    torch.testing.assert_close(w, expected.step.weights)
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in net.parameters()]), expected.direction)
+    assert agg.counts[expected.step.mode] == 1 and agg.last.mode == expected.step.mode
+    with pytest.raises(ValueError, match="loss values"):
+        agg(J)
+
+
+# ---- self-supervised label generators -------------------------------------------------------------------------
+
+
+def test_rotation_labels_on_a_hand_made_image():
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2)
+    other = img + 10
+    rotated, labels = P.rotate_batch(torch.cat([img, other]))
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    quarter = {0: [[1, 2], [3, 4]], 1: [[2, 4], [1, 3]], 2: [[4, 3], [2, 1]], 3: [[3, 1], [4, 2]]}  # counter-clockwise
+    for r, grid in quarter.items():
+        assert rotated[2 * r, 0].tolist() == grid
+        assert rotated[2 * r + 1, 0].tolist() == (torch.tensor(grid, dtype=torch.float32) + 10).tolist()
+    with pytest.raises(ValueError, match="square"):
+        P.rotate_batch(torch.zeros(1, 1, 2, 3))
+
+
+def test_patch_grid_and_pairs_on_a_hand_made_image():
+    # a 9 x 12 image, 3 x 4 cells with the value of their grid cell (row-major 0..8), two channels
+    cells = torch.arange(9.0).reshape(3, 3)
+    img = cells.repeat_interleave(3, 0).repeat_interleave(4, 1)
+    x = torch.stack([img, -img]).unsqueeze(0).repeat(2, 1, 1, 1)
+    x[1] += 100
+    for gen in (None, torch.Generator().manual_seed(0)):
+        grid = P.patch_grid(x, 2, generator=gen, normalize=False)
+        assert grid.shape == (2, 9, 2, 2, 2)
+        for c in range(9):
+            assert bool((grid[0, c, 0] == c).all()) and bool((grid[0, c, 1] == -c).all())
+            assert bool((grid[1, c, 0] == c + 100).all())
+        centre, neighbour, labels = P.patch_pairs(grid)
+        assert centre.shape == neighbour.shape == (16, 2, 2, 2) and labels.tolist() == list(range(8)) * 2
+        assert bool((centre[:8, 0] == 4).all())
+        # lexicographic neighbours: label 0 top-left, 1 top, 2 top-right, 3 left, 4 right, ... 7 bottom-right
+        positions = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
+        for k, (r, c) in enumerate(positions):
+            assert bool((neighbour[k, 0] == cells[r, c]).all()) and int(labels[k]) == k
+    # a random crop varies inside the 3 x 4 region; normalized patches have zero mean, unit std
+    ramp = torch.arange(36.0 * 36).reshape(1, 1, 36, 36)
+    grids = [P.patch_grid(ramp, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    assert not torch.equal(P.patch_grid(ramp, 8, generator=torch.Generator().manual_seed(0), normalize=False),
+                           P.patch_grid(ramp, 8, generator=torch.Generator().manual_seed(1), normalize=False))
+    flat = grids[0].flatten(2)
+    torch.testing.assert_close(flat.mean(-1), torch.zeros(1, 9), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flat.std(-1, unbiased=False), torch.ones(1, 9), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="smaller than patch_size"):
+        P.patch_grid(ramp, 13)
+
+
+def test_task_losses_are_the_sums_of_eq_8_and_9():
+    torch.manual_seed(0)
+    model = tm.zoo.models.Conv4SelfSupervised(num_classes=3, in_channels=1, image_size=16, patch_size=16,
+                                              channels=(4,) * 4, rotation_channels=(4, 4), location_hidden=8)
+    model.eval()
+    x, y = torch.randn(3, 1, 16, 16), torch.tensor([0, 2, 1])
+    xp = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        L = P.task_losses(model, x, y, ("rotation", "location"), patch_images=xp)
+        rotated, rl = P.rotate_batch(x)
+        outs = model(rotated, P.patch_grid(xp, 16))
+    assert math.isclose(float(L[0]), float(F.cross_entropy(outs[0][:3], y)), rel_tol=1e-6)
+    rot = sum(float(F.cross_entropy(outs[1][rl == r], torch.full((3,), r))) for r in range(4))  # sum over r
+    assert math.isclose(float(L[1]), rot, rel_tol=1e-5)
+    c, nb, lab = P.patch_pairs(P.patch_grid(xp, 16))
+    with torch.no_grad():  # the location head on (centre, neighbour) pairs, one pair at a time
+        loc = model.heads[2].pair_logits(model.trunk(c).flatten(1), model.trunk(nb).flatten(1))
+    assert math.isclose(float(L[2]), 8 * float(F.cross_entropy(loc, lab)), rel_tol=1e-5)
+
+
+# ---- exploration (A.6 / D.2) and evaluation (C) ----------------------------------------------------------------
+
+
+def test_exploration_moves_along_the_pareto_set():
+    # two isotropic quadratics: the Pareto set is the segment [a, b]; its tangent is b - a
+    a = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    x = (0.4 * a + 0.6 * b).clone().requires_grad_(True)
+    objectives = lambda: torch.stack([0.5 * ((x - a) ** 2).sum(), 0.5 * ((x - b) ** 2).sum()])  # noqa: E731
+    exp = P.explore_solution(objectives, [x], step=0.1, k=5)
+    assert torch.equal(x.detach(), 0.4 * a + 0.6 * b)  # left at the solution
+    u = (b - a) / (b - a).norm()
+    for j in range(2):
+        assert abs(float(exp.directions[j] @ u)) > 1 - 1e-10  # tangent to the Pareto set
+        assert float(exp.losses[j, j]) < float(exp.base_losses[j]) < float(exp.losses[j, 1 - j]) + 1  # favours j
+        assert float(exp.losses[j, j]) < float(exp.base_losses[j])
+        assert float(exp.losses[j, 1 - j]) > float(exp.base_losses[1 - j])
+        p = exp.params[j]
+        assert tm.methods.pareto_stationarity(torch.stack([p - a, p - b])) < 1e-20  # still Pareto-stationary
+    torch.testing.assert_close(exp.losses - exp.base_losses, exp.predicted, atol=0.02, rtol=0)  # first order
+
+
+def test_fewshot_accuracy_and_confidence_interval():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(30)
+    centres = torch.randn(6, 16, generator=g) * 5
+    clean = centres[labels] + 0.1 * torch.randn(180, 16, generator=g)
+    r = P.fewshot_accuracy(clean, labels, n_way=5, k_shot=1, n_query=10, episodes=50)
+    assert r.mean == 1.0 and r.ci95 == 0.0 and r.accuracies.shape == (50,)
+    noise = torch.randn(180, 16, generator=g)
+    r = P.fewshot_accuracy(noise, labels, n_way=5, k_shot=5, n_query=10, episodes=400)
+    assert abs(r.mean - 0.2) < 0.03  # chance
+    assert math.isclose(r.ci95, 1.96 * float(r.accuracies.std()) / math.sqrt(400))
+
+
+# ---- image folders --------------------------------------------------------------------------------------------
+
+
+def test_load_image_folder(tmp_path):
+    from PIL import Image
+
+    from torchmoo.zoo.data.image_folder import load_image_folder
+
+    for name, value in (("b_class", 200), ("a_class", 50)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (10, 6), (value, value + i, 0)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "a_class" / "notes.txt").write_text("not an image")
+    x, y, names = load_image_folder(tmp_path, 8)
+    assert names == ["a_class", "b_class"] and y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert x.shape == (6, 3, 8, 8) and x.dtype == torch.float32
+    torch.testing.assert_close(x[1, :, 4, 4], torch.tensor([50, 51, 0]) / 255.0)
+    torch.testing.assert_close(x[3, 0], torch.full((8, 8), 200 / 255.0))
+    with pytest.raises(tm.zoo.data.DataNotFoundError):
+        load_image_folder(tmp_path / "missing", 8)
+    (tmp_path / "c_empty").mkdir()
+    with pytest.raises(ValueError, match="no image"):
+        load_image_folder(tmp_path, 8)
+
+
+# ---- the experiment -------------------------------------------------------------------------------------------
+
+
+def test_experiment_tiny_run_and_resume(tmp_path):
+    from torchmoo.experiments.psst_fewshot import Config
+
+    cfg = Config(epochs=1, channels=8, regions=2, fixed_weights=[1.0], val_episodes=20, test_episodes=60,
+                 explore_k=2, explore_images=16, threads=1)
+    res = tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path), progress=False, config=cfg)
+    s = res["summary"]
+    models = [t["model"] for t in s["table"]]
+    assert models[:4] == ["cc alone", "fixed w=1", "psst region 1/2", "  explored from 1/2, favour L0"]
+    assert len(models) == 2 + 2 * 3
+    for t in s["table"]:
+        assert t["1-shot"] > 0.3 and t["5-shot"] > 0.3  # 5-way: chance is 0.2
+        assert 0 < t["1-shot ci95"] < 0.1
+    best = torch.tensor(res["units"]["fixed w=1"]["losses"], dtype=torch.float64)
+    assert s["pi_0 (deg)"][0] == pytest.approx(math.degrees(math.atan2(best[1], best[0])))
+    assert s["preference angles (deg)"][0][-1] == pytest.approx(90.0)
+    assert (tmp_path / "psst_fewshot.png").exists()
+    again = tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path), progress=False, config=cfg)
+    assert again["resumed"] == 1 and again["summary"]["table"] == s["table"]
