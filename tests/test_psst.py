@@ -85,6 +85,15 @@ def test_preference_vector_errors():
         P.PartitionRegion([1], 0.0, 3)
     with pytest.raises(ValueError, match="region is for 3"):
         P.psst_weights(torch.eye(2, dtype=torch.float64), [1.0, 1.0], P.angular_regions([1.0, 1.0, 1.0], 2)[0])
+    thin = P.AngularRegion(0.80, 0.82)  # cosine width 0.0145: epsilon 0.01 makes both bounds active inside
+    L = torch.tensor([math.cos(0.81), math.sin(0.81)], dtype=torch.float64)
+    assert P.psst_weights(torch.eye(2, dtype=torch.float64), L, thin, epsilon=0.005).weights.abs().sum() > 0.5
+    with pytest.raises(ValueError, match="half the region"):
+        P.PSST(thin, epsilon=0.01)
+    with pytest.raises(TypeError, match="the string"):
+        P.task_losses(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.int64), "rotation")
+    with pytest.raises(ValueError, match="one per row"):
+        P.fewshot_accuracy(torch.randn(10, 3), torch.arange(12))
 
 
 @pytest.mark.parametrize("M", [2, 3, 4, 5])
@@ -208,8 +217,29 @@ def test_constrained_direction_decreases_objectives_and_active_constraints():
     torch.testing.assert_close(-_primal_direction(rows), d, rtol=0, atol=1e-6)
 
 
+def _check_kkt(J, region, L, out, eps):
+    """Eq. 4's optimality certificate: ``dual`` on the simplex, ``d = dual @ rows`` and every row of the QP
+    satisfies ``<row, d> >= |d|^2``, with equality where ``dual > 0`` (a zero ``d`` fails unless optimal)."""
+    values, A = region.jacobian(L)
+    step, d = out.step, out.direction
+    if step.mode == "constrained":
+        assert torch.equal(step.active, values >= -eps)
+        rows = torch.cat([J, A[step.active] @ J])
+    else:
+        assert torch.equal(step.active, values > 0)
+        rows = A[step.active] @ J
+    lam, dd = step.dual, float(d @ d)
+    assert bool((lam >= 0).all()) and math.isclose(float(lam.sum()), 1.0, abs_tol=1e-12)
+    torch.testing.assert_close(lam @ rows, d, rtol=0, atol=1e-10)
+    slack = rows @ d - dd
+    assert bool((slack >= -1e-9).all())
+    assert bool((slack[lam > 1e-9].abs() <= 1e-9).all())
+    return dd
+
+
 def test_random_problems_satisfy_the_dual_optimality_conditions():
     g = torch.Generator().manual_seed(0)
+    modes = {"constrained": 0, "feasibility": 0, "active": 0}
     for trial in range(40):
         M = 2 + trial % 3
         J = torch.randn(M, 15, generator=g, dtype=torch.float64)
@@ -220,15 +250,15 @@ def test_random_problems_satisfy_the_dual_optimality_conditions():
         else:
             region = P.angular_regions(torch.rand(M, generator=g, dtype=torch.float64) + 0.1, 2)[-1]
         eps = float(torch.rand(1, generator=g)) * 0.05
+        if trial % 4 == 0:  # a loss vector inside the region, within epsilon of its upper angles: active constraints
+            ang = region.upper - 0.5 * eps * torch.rand(M - 1, generator=g, dtype=torch.float64)
+            L = torch.cat([torch.ones(1, dtype=torch.float64), torch.tan(ang)])
+            L = L / L.max()  # losses of order 1 (the constraint gradients scale as 1 / |L|)
         out = P.psst_direction(J, L, region, epsilon=eps)
-        values, A = region.jacobian(L)
-        d, dd = out.direction, float(out.direction @ out.direction)
-        grads = (A @ J)  # constraint gradients
-        if out.step.mode == "constrained":
-            assert bool(((J @ d) >= dd - 1e-9).all())
-            assert bool(((grads[values >= -eps] @ d) >= dd - 1e-9).all())
-        else:  # outside: every violated constraint decreases
-            assert bool(((grads[values > 0] @ d) >= dd - 1e-9).all()) and dd > 0
+        _check_kkt(J, region, L, out, eps)
+        modes[out.step.mode] += 1
+        modes["active"] += int(out.step.mode == "constrained" and bool(out.step.active.any()))
+    assert modes["feasibility"] >= 10 and modes["active"] >= 8  # both branches, with active constraints
 
 
 def test_no_active_constraint_gives_mgda():
@@ -273,6 +303,103 @@ def test_aggregator_through_tm_backward():
     assert agg.counts[expected.step.mode] == 1 and agg.last.mode == expected.step.mode
     with pytest.raises(ValueError, match="loss values"):
         agg(J)
+
+
+def test_feasibility_phase_lasts_until_the_first_point_inside():
+    theta = torch.tensor([0.5, 0.4, 0.0], dtype=torch.float64)
+    L, J = _jac(theta)
+    phi = math.atan2(float(L[1]), float(L[0]))
+    outside = P.AngularRegion(phi + 0.1, phi + 0.4)  # the loss vector's angle is below the region
+    L_in = torch.tensor([math.cos(phi + 0.2), math.sin(phi + 0.2)], dtype=torch.float64) * L.norm()
+    agg = tm.methods.PSST(outside, epsilon=0.01)  # "initial": Pareto MTL's initialization phase
+    assert agg.feasibility == "initial"
+    agg(J, L)
+    assert agg.last.mode == "feasibility"
+    agg(J, L_in)
+    assert agg.last.mode == "constrained" and agg.last.inside
+    d = agg(J, L)  # outside again: Eq. 3, the violated constraint next to the objectives
+    assert agg.last.mode == "constrained" and not agg.last.inside and agg.last.dual.shape[0] == 2 + 1
+    dd = float(d @ d)
+    assert dd > 1e-8 and bool(((J @ d) >= dd - 1e-10).all())  # no objective increases to first order
+    assert agg.counts == {"constrained": 2, "feasibility": 1, "inside": 1}
+    # the feasibility-only direction does increase an objective here: what the phase's end avoids
+    feas = P.psst_direction(J, L, outside, feasibility=True).direction
+    assert float((J @ feas).min()) < 0
+    always = tm.methods.PSST(outside, epsilon=0.01, feasibility=True)
+    assert always.feasibility == "always"
+    for losses in (L, L_in, L):
+        always(J, losses)
+    assert always.counts == {"constrained": 1, "feasibility": 2, "inside": 1}
+    never = tm.methods.PSST(outside, epsilon=0.01, feasibility="never")
+    never(J, L)
+    assert never.last.mode == "constrained" and tm.methods.PSST(outside, feasibility=False).feasibility == "never"
+    with pytest.raises(ValueError, match="feasibility must be one of"):
+        tm.methods.PSST(outside, feasibility="sometimes")
+
+
+def _tiny_conv4():
+    torch.manual_seed(0)
+    return tm.zoo.models.Conv4SelfSupervised(num_classes=3, in_channels=1, image_size=16, patch_size=16,
+                                             channels=(4,) * 4, rotation_channels=(4, 4), location_hidden=8)
+
+
+@pytest.mark.parametrize("bound", ["upper", "lower"])
+def test_trainer_step_over_all_parameters_decreases_the_active_constraint(bound):
+    # Eq. 3 is posed on all of theta: the trainer's whole update, heads included, must decrease every
+    # objective and every epsilon-active constraint to first order (<grad, d> >= |d|^2 for d = -step / lr)
+    model = _tiny_conv4()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 16, 16, generator=g), torch.arange(16) % 3
+    params = list(model.parameters())
+    L = P.task_losses(model, x, y)  # train mode, the whole set: the trainer's single batch
+    phi = math.atan2(float(L[1].detach()), float(L[0].detach()))
+    region = P.AngularRegion(phi - 0.15, phi + 1e-4) if bound == "upper" else P.AngularRegion(phi - 1e-4, phi + 0.15)
+    k = 0 if bound == "upper" else 1  # constraint order: Q (upper angle) first, then R (lower angle)
+    h = region.constraints(L.double())
+    hv = h.detach()
+    assert -1e-3 < float(hv[k]) < 0 and float(hv[1 - k]) < -0.05  # inside, only this bound epsilon-active
+    rows = [torch.autograd.grad(f, params, retain_graph=True, allow_unused=True) for f in (L[0], L[1], h[k])]
+    rows = torch.stack([tm.autograd.flatten([torch.zeros_like(p) if gr is None else gr for gr, p in zip(r, params)])
+                        for r in rows]).double()
+    agg = tm.methods.PSST(region, epsilon=0.01)
+    lr = 0.01
+    trainer = P.FewShotTrainer(model, x, y, method=agg, epochs=1, batch_size=16, lr=lr, momentum=0.0,
+                               weight_decay=0.0)
+    before = tm.autograd.flatten(params).detach().clone()
+    trainer.train_epoch()
+    d = (before - tm.autograd.flatten(params).detach()).double() / lr
+    assert agg.last.mode == "constrained" and agg.last.active.tolist() == [k == 0, k == 1]
+    dd = float(d @ d)
+    assert dd > 1e-6
+    assert float(rows[2] @ d) > 0  # the active bound decreases to first order along the update -lr d
+    slack = (rows @ d - dd) / (rows.norm(dim=1) * d.norm())
+    assert bool((slack >= -1e-3).all()), slack  # Eq. 4's certificate: the objectives and the bound, by |d|^2
+    # the heads moved too: their share of the step is part of the constrained direction
+    n_trunk = sum(p.numel() for p in model.trunk.parameters())
+    assert float(d[n_trunk:].norm()) > 0.1 * float(d.norm())
+
+
+def test_trainer_heads_on_their_own_losses_is_the_documented_deviation():
+    # aggregate_heads=False: the trunk's step is PSST's, each head's the gradient of its own loss; the
+    # whole step then need not respect the active bound (here it pushes the upper bound up)
+    model = _tiny_conv4()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 16, 16, generator=g), torch.arange(16) % 3
+    params = list(model.parameters())
+    L = P.task_losses(model, x, y)
+    phi = math.atan2(float(L[1].detach()), float(L[0].detach()))
+    region = P.AngularRegion(phi - 0.15, phi + 1e-4)
+    h = region.constraints(L.double())[0]
+    grad_h = tm.autograd.flatten([torch.zeros_like(p) if gr is None else gr for gr, p in
+                                  zip(torch.autograd.grad(h, params, allow_unused=True), params)]).double()
+    trainer = P.FewShotTrainer(model, x, y, method=tm.methods.PSST(region, epsilon=0.01), epochs=1, batch_size=16,
+                               lr=0.01, momentum=0.0, weight_decay=0.0, aggregate_heads=False)
+    before = tm.autograd.flatten(params).detach().clone()
+    trainer.train_epoch()
+    step = (tm.autograd.flatten(params).detach() - before).double()
+    assert float(grad_h @ step) > 0  # first order: the active upper bound rises
+    with pytest.raises(TypeError, match="aggregate_heads"):
+        P.FewShotTrainer(model, x, y, method=tm.methods.PSST(region, epsilon=0.01), batch_size=16, aggregate_heads=1)
 
 
 # ---- self-supervised label generators -------------------------------------------------------------------------
@@ -424,3 +551,6 @@ def test_experiment_tiny_run_and_resume(tmp_path):
     assert (tmp_path / "psst_fewshot.png").exists()
     again = tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path), progress=False, config=cfg)
     assert again["resumed"] == 1 and again["summary"]["table"] == s["table"]
+    with pytest.raises(ValueError, match="feasibility must be one of"):
+        tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path / "bad"), progress=False,
+                                      config=Config(feasibility="sometimes"))

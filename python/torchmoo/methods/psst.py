@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -69,6 +70,7 @@ __all__ = [
     "psst_weights",
     "psst_direction",
     "PSST",
+    "FEASIBILITY_MODES",
     "PSSTExploration",
     "explore_solution",
     "assign_flat",
@@ -123,7 +125,8 @@ def _pair_cosines(L: Tensor) -> Tensor:
 
     For ``M = 2`` this is A.2's one-auxiliary-task formula :math:`e_1 L / \|L\|`; for ``M = 3`` the two
     values are A.2's :math:`e_1 L / \|T_m L\|` (:math:`T_m L` zeroes component ``m``, leaving the plane
-    of the main task and the other auxiliary task)."""
+    of the main task and the other auxiliary task). For ``M >= 4``, :math:`T_m L` keeps ``M - 1``
+    components and is no plane; the pairs (main, ``m``) of A.2's text are used instead."""
     main = L[..., :1]
     norm = torch.sqrt(main * main + L[..., 1:] * L[..., 1:])
     return main / norm.clamp_min(torch.finfo(L.dtype).tiny)
@@ -245,8 +248,9 @@ class AngularRegion(PreferenceRegion):
 
     .. math:: h^Q_m = \cos(\text{upper}_m) - c_m(L) \le 0, \qquad h^R_m = c_m(L) - \cos(\text{lower}_m) \le 0,
 
-    with :math:`c_m(L) = L_1/\sqrt{L_1^2 + L_m^2}` (:math:`u_i e_1^\top \le e_1 L/\|L\| \le u_{i+1} e_1^\top`
-    of A.4, read with the region's angles in increasing order). ``2 (M-1)`` constraints: the ``Q``
+    with :math:`c_m(L) = L_1/\sqrt{L_1^2 + L_m^2}`. A.4 writes :math:`u_i e_1^\top \le e_1 L/\|L\| \le
+    u_{i+1} e_1^\top`, which is empty as printed (:math:`\cos\pi_i > \cos\pi_{i+1}`); the region between
+    :math:`u_i` and :math:`u_{i+1}` is :math:`\cos\pi_{i+1} \le c \le \cos\pi_i`. ``2 (M-1)`` constraints: the ``Q``
     (upper angle) ones first, then the ``R`` (lower angle) ones.
 
     Args:
@@ -440,9 +444,16 @@ class PSSTDirection(NamedTuple):
     step: PSSTStep
 
 
-def _check_epsilon(epsilon: object) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
+def _check_epsilon(epsilon: object, region: Optional[PreferenceRegion] = None) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}.")
+    if isinstance(region, AngularRegion) and bool((region.widths() > 0).all()):
+        width = float(region.widths().min())
+        if epsilon >= width / 2:  # both bounds of a pair epsilon-active: opposite gradients, a zero direction
+            raise ValueError(
+                f"epsilon={epsilon:g} must be below half the region's smallest cosine width {width:.4g} "
+                f"(AngularRegion.widths()): else, inside the region, both bounds are active and the direction is 0."
+            )
     return float(epsilon)
 
 
@@ -469,7 +480,9 @@ def psst_weights(
 
     ``feasibility=True``: when the loss vector is outside the region (some :math:`h_j > 0`), the QP is
     over the violated constraints only (the initial-solution search of Pareto MTL, Lin et al. 2019,
-    which PSST's sub-problem follows), which moves the loss vector into the region first.
+    which PSST's sub-problem follows), which moves the loss vector into the region first but may
+    increase objectives. ``feasibility=False``: Eq. 3 as written, the violated constraints being
+    :math:`\epsilon`-active rows of the QP next to the objectives (no objective increases).
 
     Args:
         G: ``(M, M)`` Gram matrix of the objective gradients.
@@ -489,7 +502,7 @@ def psst_weights(
     M = G.shape[0]
     if region.num_tasks != M:
         raise ValueError(f"region is for {region.num_tasks} objectives but the Gram matrix is {M} x {M}.")
-    epsilon = _check_epsilon(epsilon)
+    epsilon = _check_epsilon(epsilon, region)
     if not isinstance(losses, Tensor):
         losses = torch.as_tensor(losses, dtype=torch.float64)
     values, A = region.jacobian(losses.detach().reshape(-1))
@@ -526,20 +539,42 @@ def psst_direction(
     return PSSTDirection(step.weights.to(J.dtype) @ J.detach(), step)
 
 
+#: The ``feasibility`` settings of :class:`PSST`.
+FEASIBILITY_MODES = ("initial", "always", "never")
+
+
 class PSST(Aggregator):
-    r"""The PSST sub-problem solver as an aggregator: ``tm.backward(losses, shared, PSST(region))``.
+    r"""The PSST sub-problem solver as an aggregator: ``tm.backward(losses, params, PSST(region))``.
 
     Each call reads the current loss vector (``tm.backward`` passes it), evaluates the region's
     constraints and their derivatives with respect to the losses, and returns the direction of Eq. 3
     (:func:`psst_weights`): every objective and every :math:`\epsilon`-active constraint decreases to
-    first order; outside the region (``feasibility=True``) the violated constraints are decreased
-    first. Gram-based: ``tm.backward`` never assembles ``J``.
+    first order. A violated constraint (:math:`h_j > 0 \ge -\epsilon`) is one of the active ones, so
+    outside the region Eq. 3 moves the loss vector back in while still decreasing every objective.
+    Gram-based: ``tm.backward`` never assembles ``J``. Eq. 3 is posed on all of :math:`\theta`: pass
+    every parameter that the losses depend on as ``params`` (with ``task_params``, the heads' steps
+    are not constrained and can push the loss vector out of the region).
+
+    ``feasibility`` chooses when the violated constraints are descended *alone* (objectives left out
+    of the QP, :func:`psst_weights` with ``feasibility=True``), Pareto MTL's search for an initial
+    solution (Lin et al. 2019, which PSST's sub-problem follows):
+
+    * ``"initial"`` (default): until the first call whose loss vector is inside the region, as Pareto
+      MTL does (its initialization phase stops at the first feasible point; later, violated
+      constraints enter the QP with the objectives). The phase is over once ``counts["inside"] > 0``.
+    * ``"always"`` (``True``): at every call outside the region. Leaving the objectives out of the QP
+      lets a step *increase* them: a violated angle bound is lowered by raising the other loss too,
+      and through a task head an unbounded cross-entropy rises fast. With mini-batch losses that
+      leave a narrow region often, training can then drift away and stay outside.
+    * ``"never"`` (``False``): Eq. 3 at every call.
 
     Args:
-        region: the :class:`PreferenceRegion` (may be replaced through :attr:`region`).
+        region: the :class:`PreferenceRegion` (may be replaced through :attr:`region`; reset
+            :attr:`counts` to start a new initial phase).
         epsilon: :math:`\epsilon` of the active sets (constraint units; for an :class:`AngularRegion`
-            a cosine, compare with :meth:`AngularRegion.widths`).
-        feasibility: restore feasibility first when the loss vector is outside the region.
+            a cosine, below half of :meth:`AngularRegion.widths`).
+        feasibility: ``"initial"``, ``"always"`` or ``"never"`` (see above; ``True`` / ``False`` mean
+            ``"always"`` / ``"never"``).
 
     Attributes:
         weights: ``(M,)`` of the last call. last: the :class:`PSSTStep` of the last call.
@@ -548,27 +583,34 @@ class PSST(Aggregator):
 
     needs_losses = True
 
-    def __init__(self, region: PreferenceRegion, epsilon: float = 0.01, feasibility: bool = True) -> None:
+    def __init__(
+        self, region: PreferenceRegion, epsilon: float = 0.01, feasibility: Union[bool, str] = "initial"
+    ) -> None:
         super().__init__()
         if not isinstance(region, PreferenceRegion):
             raise TypeError(f"region must be a PreferenceRegion, got {type(region).__name__}.")
         self.region = region
-        self.epsilon = _check_epsilon(epsilon)
-        self.feasibility = bool(feasibility)
+        self.epsilon = _check_epsilon(epsilon, region)
+        if isinstance(feasibility, bool):
+            feasibility = "always" if feasibility else "never"
+        if feasibility not in FEASIBILITY_MODES:
+            raise ValueError(f"feasibility must be one of {FEASIBILITY_MODES} (or a bool), got {feasibility!r}.")
+        self.feasibility: str = feasibility
         self.last: Optional[PSSTStep] = None
         self.counts: Dict[str, int] = {"constrained": 0, "feasibility": 0, "inside": 0}
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
         if losses is None:
             raise ValueError("PSST needs the loss values: call it as aggregator(J, losses) or through tm.backward.")
-        step = psst_weights(G, losses, self.region, epsilon=self.epsilon, feasibility=self.feasibility)
+        restore = self.feasibility == "always" or (self.feasibility == "initial" and self.counts["inside"] == 0)
+        step = psst_weights(G, losses, self.region, epsilon=self.epsilon, feasibility=restore)
         self.last = step
         self.counts[step.mode] += 1
         self.counts["inside"] += int(step.inside)
         return step.weights
 
     def __repr__(self) -> str:
-        return f"PSST({self.region!r}, epsilon={self.epsilon:g}, feasibility={self.feasibility})"
+        return f"PSST({self.region!r}, epsilon={self.epsilon:g}, feasibility={self.feasibility!r})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -802,6 +844,8 @@ def patch_pairs(grid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 def _check_aux(aux: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(aux, str):
+        raise TypeError(f"aux must be a sequence of task names, e.g. ({aux!r},), got the string {aux!r}.")
     aux = tuple(aux)
     bad = [a for a in aux if a not in AUX_TASKS]
     if bad or len(set(aux)) != len(aux):
@@ -826,6 +870,10 @@ def task_losses(
       per-image *sum* over the 4 rotations (4 times the mean cross-entropy), on the images of the batch.
     * ``"location"`` (Eq. 9): :math:`\mathbb{E}_x \sum_{p=1}^{8} -\log\theta_3(\theta_{sh}(x_0), \theta_{sh}(x_p))`
       (8 times the mean cross-entropy) on the 3 x 3 grid of ``patch_images``.
+
+    Not applied from B.2: the object classification of the rotated copies (B.2 uses it for CC models
+    trained with rotation augmentation; here :math:`L_1` sees the upright images only), the extra
+    object classification loss on the patches and the random grayscale conversion of the patch images.
 
     Args:
         model: a :class:`~torchmoo.zoo.models.Conv4SelfSupervised` (or any module with the same
@@ -879,11 +927,13 @@ def evaluate_losses(
 ) -> Tensor:
     """The loss vector of :func:`task_losses` over a whole data set, in eval mode (BatchNorm running
     statistics, centred patches), averaged over the images. Returns ``(1 + len(aux),)`` float64."""
+    n = _check_images(images).shape[0]
+    if n == 0 or labels.shape[0] != n:
+        raise ValueError(f"need at least one image and one label per image, got {n} images, {labels.shape[0]} labels.")
     was_training = model.training
     model.eval()
     try:
         total = None
-        n = images.shape[0]
         for s in range(0, n, batch_size):
             sl = slice(s, s + batch_size)
             L = task_losses(model, images[sl], labels[sl], aux,
@@ -910,8 +960,16 @@ class FewShotTrainer:
     * a sequence of ``1 + len(aux)`` weights: Eq. 7's fixed weighting, one backward pass of
       :math:`\sum_m \omega_m L_m` through every parameter (``aux=()`` and ``[1.0]``: the cosine
       classifier alone);
-    * an :class:`~torchmoo.methods.Aggregator` (e.g. :class:`PSST`, MGDA): ``tm.backward`` on the
-      shared extractor ``model.trunk``; each head receives the plain gradient of its own loss.
+    * an :class:`~torchmoo.methods.Aggregator` (e.g. :class:`PSST`, MGDA): ``tm.backward`` with the
+      aggregated direction over every parameter the losses reach, the trunk and the heads of the tasks
+      in use (``aggregate_heads=True``, the default). For :class:`PSST` this is the paper's Eq. 3,
+      posed on all of :math:`\theta`: the whole step decreases every objective and every
+      :math:`\epsilon`-active constraint to first order.
+      ``aggregate_heads=False``: the aggregator on ``model.trunk`` only, each head receiving the plain
+      gradient of its own loss (``tm.backward``'s ``task_params``, Sener & Koltun's convention for
+      MGDA). With :class:`PSST` this deviates from the paper: only the trunk's step honours the
+      region's constraints, and a head's step, lowering its own loss, can push the loss vector out of
+      the region (or an active bound further up).
 
     Epoch ``e`` shuffles with a generator seeded by ``(seed, e)`` (and draws the patch offsets from
     another), so a run restored from :meth:`state_dict` continues exactly. The last incomplete batch
@@ -927,6 +985,8 @@ class FewShotTrainer:
         milestones: epochs at which the learning rate is divided by 10 (default ``[E/3, 2E/3]``).
         patch_images: ``(N, C, H', W')`` for the location task.
         seed: the shuffling and patch offsets.
+        aggregate_heads: with an aggregator, whether the heads are in the aggregated direction
+            (default, Eq. 3 on all of :math:`\theta`) or get their own loss's gradient (see above).
     """
 
     def __init__(
@@ -945,6 +1005,7 @@ class FewShotTrainer:
         milestones: Optional[Sequence[int]] = None,
         patch_images: Optional[Tensor] = None,
         seed: int = 0,
+        aggregate_heads: bool = True,
     ) -> None:
         self.aux = _check_aux(aux)
         self.model = model
@@ -959,10 +1020,13 @@ class FewShotTrainer:
             self.aggregator: Optional[Aggregator] = method
             self.weights: Optional[Tensor] = None
         else:
-            w = torch.as_tensor(method, dtype=torch.float32).reshape(-1)
-            if w.shape[0] != M or not bool(torch.isfinite(w).all()):
+            try:
+                w = torch.as_tensor(method, dtype=torch.float32).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                w = None
+            if w is None or isinstance(method, (str, bytes)) or w.shape[0] != M or not bool(torch.isfinite(w).all()):
                 raise ValueError(
-                    f"method must be an Aggregator or {M} finite weights (1 + len(aux)), got {list(method)}."
+                    f"method must be an Aggregator or a sequence of {M} finite weights (1 + len(aux)), got {method!r}."
                 )
             self.aggregator, self.weights = None, w
         self.epochs = _check_count("epochs", epochs)
@@ -975,8 +1039,17 @@ class FewShotTrainer:
             milestones = sorted({max(1, round(self.epochs / 3)), max(1, round(2 * self.epochs / 3))})
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(milestones), gamma=0.1)
         self.epoch = 0
+        if not isinstance(aggregate_heads, bool):
+            raise TypeError(f"aggregate_heads must be a bool, got {type(aggregate_heads).__name__}.")
+        self.aggregate_heads = aggregate_heads
         heads = list(model.heads)
         self._task_params = [heads[0]] + [heads[1] if a == "rotation" else heads[2] for a in self.aux]
+        # the parameters of the aggregated direction: the trunk, and the heads of the tasks in use
+        # (an unused head, e.g. the location head without the location task, gets no gradient)
+        self._params = list(model.trunk.parameters())
+        if aggregate_heads:
+            for head in self._task_params:
+                self._params += list(head.parameters())
 
     def train_epoch(self) -> Dict[str, float]:
         """One epoch; returns the mean training losses (``loss0``, ``loss1``, ...), the wall-clock and
@@ -1000,7 +1073,10 @@ class FewShotTrainer:
             if self.aggregator is None:
                 (self.weights.to(L) @ L).backward()
             else:
-                _mtl_backward(L, self.model.trunk, self.aggregator, task_params=self._task_params)
+                if self.aggregate_heads:
+                    _mtl_backward(L, self._params, self.aggregator)
+                else:
+                    _mtl_backward(L, self._params, self.aggregator, task_params=self._task_params)
             self.optimizer.step()
             total = L.detach().double() if total is None else total + L.detach().double()
             steps += 1
@@ -1080,6 +1156,11 @@ def fewshot_accuracy(
 
     if not isinstance(features, Tensor) or features.dim() != 2:
         raise ValueError(f"features must be (N, d), got {getattr(features, 'shape', type(features).__name__)}.")
+    label_shape = tuple(torch.as_tensor(labels).shape)
+    if label_shape != (features.shape[0],):
+        raise ValueError(f"labels must be ({features.shape[0]},), one per row of features, got {label_shape}.")
+    if isinstance(n_query, bool) or not isinstance(n_query, int) or n_query < 1:
+        raise ValueError(f"n_query must be an int >= 1 (the accuracy is measured on the queries), got {n_query!r}.")
     sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
     idx = torch.tensor([sampler.episode(e) for e in range(episodes)], device=features.device)  # (E, n(k+q))
     z = F.normalize(features.double(), dim=-1)[idx]  # (E, n(k+q), d)
