@@ -38,6 +38,11 @@ __all__ = [
     "machine_description",
     "median_time",
     "interleaved_medians",
+    "stein_task_matrix_obvious",
+    "stein_update_obvious",
+    "stein_task_matrix_torch",
+    "stein_update_torch",
+    "peak_rss_bytes",
 ]
 
 #: Quick mode (CI): tiny sizes and few rounds, so the benchmarks only prove that they still run.
@@ -462,3 +467,90 @@ def machine_description() -> Dict[str, str]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# --------------------------------------------------------------------------------------------------
+# MT-SGD's Stein terms in plain torch (baselines of torchmoo.ops.stein_task_matrix / stein_update)
+# --------------------------------------------------------------------------------------------------
+
+
+def stein_task_matrix_obvious(X, S, h: float):
+    """MT-SGD's ``U`` written the obvious way in torch: ``cdist`` for the distances, the kernel gradients
+    materialized as ``(M, M, d)`` tensors, and one ``einsum`` per term of supplement Eq. 3."""
+    import torch
+
+    K, M, d = S.shape
+    D2 = torch.cdist(X, X) ** 2
+    Kmat = torch.exp(-D2 / h)
+    diff = X[:, None, :] - X[None, :, :]  # (M, M, d): x_a - x_b
+    dk_db = (2.0 / h) * Kmat[..., None] * diff  # d k(x_a, x_b) / d x_b
+    dk_da = -dk_db  # d k(x_a, x_b) / d x_a
+    trace = (2.0 / h) * Kmat * (d - 2.0 * D2 / h)  # tr(d^2 k / dx_a dx_b)
+    first = torch.einsum("ab,iad,jbd->ij", Kmat, S, S)
+    second = torch.einsum("iad,abd->i", S, dk_db)
+    third = torch.einsum("jbd,abd->j", S, dk_da)
+    return (first + second[:, None] + third[None, :] + trace.sum()) / (M * M)
+
+
+def stein_update_obvious(X, S, w, h: float):
+    """MT-SGD's update written the obvious way: ``cdist``, the ``(M, M, d)`` kernel gradient, ``einsum``."""
+    import torch
+
+    M = X.shape[0]
+    Kmat = torch.exp(-torch.cdist(X, X) ** 2 / h)
+    dk_db = (2.0 / h) * Kmat[..., None] * (X[:, None, :] - X[None, :, :])  # d k(x_b, x_a) / d x_b at [a, b]
+    return (torch.einsum("ab,k,kbd->ad", Kmat, w, S) + w.sum() * dk_db.sum(1)) / M
+
+
+def _stein_kernel_terms_torch(X, h: float):
+    import torch
+
+    sq = (X * X).sum(1)
+    D2 = (sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)).clamp_min(0.0)
+    D2 = 0.5 * (D2 + D2.T)
+    D2.fill_diagonal_(0.0)
+    Kmat = torch.exp(-D2 / h)
+    R = (2.0 / h) * (Kmat.sum(1, keepdim=True) * X - Kmat @ X)
+    return Kmat, D2, R
+
+
+def stein_task_matrix_torch(X, S, h: float):
+    """torchmoo's former pure-torch ``U`` (before the operator): batched ``matmul`` with the kernel matrix,
+    one GEMM for ``<S_i, K S_j>``, ``einsum`` for ``c`` (a ``(K, M, d)`` temporary, no ``(M, M, d)`` one)."""
+    import torch
+
+    K, M, d = S.shape
+    Kmat, D2, R = _stein_kernel_terms_torch(X, h)
+    KS = torch.matmul(Kmat, S)
+    G = S.reshape(K, M * d) @ KS.reshape(K, M * d).T
+    c = torch.einsum("kad,ad->k", S, R)
+    const = (2.0 / h) * (Kmat * (d - 2.0 * D2 / h)).sum()
+    U = (G + c[:, None] + c[None, :] + const) / (M * M)
+    return 0.5 * (U + U.T)
+
+
+def stein_update_torch(X, S, w, h: float):
+    """torchmoo's former pure-torch update: ``(K (sum_i w_i S_i) + (sum w) R) / M``."""
+    import torch
+
+    Kmat, _, R = _stein_kernel_terms_torch(X, h)
+    Sw = torch.einsum("k,kad->ad", w, S)
+    return (Kmat @ Sw + w.sum() * R) / X.shape[0]
+
+
+def peak_rss_bytes(fn: Callable[[], object]) -> int:
+    """Extra resident memory (bytes) of the process at its peak during ``fn()``, over what was resident
+    before (Linux: the high-water mark ``VmHWM`` is reset through ``/proc/self/clear_refs``). Counts every
+    allocation that touches memory: torch's, the C++ kernels' own buffers, the libraries'. Memory freed
+    earlier and reused without new pages is not counted, so measure in a fresh process."""
+    import re
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
+
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return status("VmHWM") - before

@@ -10,7 +10,10 @@ Contenders (one group per ``m``):
 * ``J.sum()``: one read of ``J``, the unit of every ratio;
 * ``J @ J.T`` and ``tm.ops.gram``: the Gram matrix alone;
 * ``w @ J``: the combination step alone (torch's matrix-vector product), with MGDA's weights;
+* ``tm.ops.combine``: the same step by ``tm.ops.combine(J, w)`` (one pass over ``J``);
 * ``MGDA via J @ J.T`` and ``MGDA via tm.ops.gram``: ``w = tm.ops.min_norm_simplex(G)``, ``w @ J``;
+* ``tm.methods.MGDA()``: torchmoo's aggregator, ``tm.ops.gram``, ``tm.ops.min_norm_simplex`` and
+  ``tm.ops.combine`` (with its input checks): the MGDA direction of issue 3's bar;
 * ``torchjd MGDA()``: ``torchjd.aggregation.MGDA()(J)`` (its Gramian, Frank-Wolfe weights with the
   defaults ``epsilon=1e-3, max_iters=100``, ``w @ J``).
 
@@ -55,9 +58,10 @@ except ImportError:  # optional baseline
 M_VALUES = (2, 10) if QUICK else (2, 4, 10, 16, 40)
 N = 100_000 if QUICK else 1_000_000
 READ = "J.sum()"
-CONTENDERS = (READ, "J @ J.T", "tm.ops.gram", "w @ J", "MGDA via J @ J.T", "MGDA via tm.ops.gram", "torchjd MGDA()")
-#: MGDA contenders return the direction d = w @ J; the others a scalar or the Gram matrix.
-MGDA_CONTENDERS = ("MGDA via J @ J.T", "MGDA via tm.ops.gram", "torchjd MGDA()")
+CONTENDERS = (READ, "J @ J.T", "tm.ops.gram", "w @ J", "tm.ops.combine", "MGDA via J @ J.T", "MGDA via tm.ops.gram",
+              "tm.methods.MGDA()", "torchjd MGDA()")
+#: MGDA contenders return the direction d = w @ J; the others a scalar, the Gram matrix or w @ J.
+MGDA_CONTENDERS = ("MGDA via J @ J.T", "MGDA via tm.ops.gram", "tm.methods.MGDA()", "torchjd MGDA()")
 
 
 @lru_cache(maxsize=1)
@@ -75,13 +79,16 @@ def contender_fn(name: str, J: torch.Tensor) -> Optional[Callable[[], torch.Tens
         return lambda: J @ J.T
     if name == "tm.ops.gram":
         return lambda: tm.ops.gram(J)
-    if name == "w @ J":  # the combination step alone, with the MGDA weights of J
+    if name in ("w @ J", "tm.ops.combine"):  # the combination step alone, with the MGDA weights of J
         w = tm.ops.min_norm_simplex(tm.ops.gram(J))
-        return lambda: w @ J
+        return (lambda: w @ J) if name == "w @ J" else (lambda: tm.ops.combine(J, w))
     if name == "MGDA via J @ J.T":
         return lambda: tm.ops.min_norm_simplex(J @ J.T) @ J
     if name == "MGDA via tm.ops.gram":
         return lambda: tm.ops.min_norm_simplex(tm.ops.gram(J)) @ J
+    if name == "tm.methods.MGDA()":
+        agg = tm.methods.MGDA()
+        return lambda: agg(J)
     if name == "torchjd MGDA()":
         if tjd is None:
             return None
@@ -109,7 +116,7 @@ def check_output(name: str, J: torch.Tensor, out: torch.Tensor) -> Optional[torc
     if name in MGDA_CONTENDERS:
         assert out.shape == (J.shape[1],)
         return kkt_of_direction(J, out)
-    if name == "w @ J":
+    if name in ("w @ J", "tm.ops.combine"):
         assert out.shape == (J.shape[1],)
         return None
     assert out.dim() == 0 and m > 0
@@ -132,7 +139,7 @@ def test_gram_floor(benchmark, m, contender):
     out = run_timed(benchmark, group, fn, rounds=7)
     kkt = check_output(contender, J, out)
     record(benchmark, group, contender, 1, kkt, reference=READ, threads=torch.get_num_threads())
-    if contender in ("tm.ops.gram", "MGDA via tm.ops.gram") and kkt is not None:
+    if contender in ("tm.ops.gram", "MGDA via tm.ops.gram", "tm.methods.MGDA()") and kkt is not None:
         assert float(kkt.max()) < 1e-5
 
 
@@ -174,7 +181,7 @@ def test_gram_floor_interleaved(m):
     REFERENCE_CONTENDER[group] = READ
     RESULTS[group] = {name: {k: v for k, v in row.items() if not (name == READ and k == "ratio")}
                       for name, row in rows.items()}
-    for name in ("MGDA via tm.ops.gram",):
+    for name in ("MGDA via tm.ops.gram", "tm.methods.MGDA()"):
         assert rows[name]["kkt_max"] < 1e-5
 
 

@@ -22,4 +22,7 @@ TORCH_LIBRARY_IMPL(torchmoo, CUDA, m) {
   m.impl("minres_init", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
   m.impl("minres_step", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
   m.impl("minres_info", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("stein_task_matrix", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("stein_update", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  m.impl("combine", torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
 }

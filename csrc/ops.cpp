@@ -26,6 +26,12 @@ TORCH_LIBRARY(torchmoo, m) {
       "minres_step(Tensor? hv, Tensor(a!) y, Tensor(b!) yprev, Tensor(c!) w, Tensor(d!) wprev, Tensor(e!) x,"
       " Tensor(f!) state, Tensor(g!) history, float shift, float tol) -> int");
   m.def("minres_info(Tensor state, Tensor history) -> (Tensor, Tensor, Tensor)");
+  // MT-SGD (supplement Eq. 3): U (K, K) = <phi_i, phi_j> in the RKHS of k = exp(-|x_a - x_b|^2 / h), for
+  // particles X (M, d) and scores S (K, M, d); stein_update: phi (M, d) = sum_i w_i phi_i at the particles.
+  m.def("stein_task_matrix(Tensor X, Tensor S, float h) -> Tensor");
+  m.def("stein_update(Tensor X, Tensor S, Tensor w, float h) -> Tensor");
+  // d = sum_i w_i J_i for J (..., m, n), w (..., m): (..., n), one pass over J.
+  m.def("combine(Tensor J, Tensor w) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -48,6 +48,9 @@ from torch import Tensor
 __all__ = [
     "ENUMERATION_MAX_M",
     "gram_reference",
+    "combine_reference",
+    "stein_task_matrix_reference",
+    "stein_update_reference",
     "min_norm_simplex_reference",
     "minres_reference",
     "nonneg_qp_reference",
@@ -436,6 +439,94 @@ def gram_reference(J: Tensor) -> Tensor:
         raise ValueError(f"J must have shape (..., m, n), got {tuple(J.shape)}")
     J64 = J.detach().to(device="cpu", dtype=_f64)
     return J64 @ J64.mT
+
+
+# --------------------------------------------------------------------------------------------------
+# combine (reference of torchmoo.ops.combine)
+# --------------------------------------------------------------------------------------------------
+
+
+def combine_reference(J: Tensor, w: Tensor) -> Tensor:
+    """Reference of :func:`torchmoo.ops.combine`: ``sum_i w_i J_i`` in float64 on the CPU.
+
+    Args:
+        J: ``(..., m, n)``; w: ``(..., m)``; any float dtype and device.
+
+    Returns:
+        ``(..., n)`` float64 CPU tensor, the rows of ``J`` added one by one with their weights.
+    """
+    J64 = J.detach().to(device="cpu", dtype=_f64)
+    w64 = w.detach().to(device="cpu", dtype=_f64)
+    out = torch.zeros((*J64.shape[:-2], J64.shape[-1]), dtype=_f64)
+    for i in range(J64.shape[-2]):
+        out += w64[..., i : i + 1] * J64[..., i, :]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# MT-SGD's Stein operators (references of torchmoo.ops.stein_task_matrix / stein_update)
+# --------------------------------------------------------------------------------------------------
+
+
+def _rbf_terms(xa: Tensor, xb: Tensor, h: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For ``k(x_a, x_b) = exp(-|x_a - x_b|^2 / h)``: ``k``, ``dk/dx_a``, ``dk/dx_b`` and the trace of
+    ``d^2 k / dx_a dx_b``, from the explicit derivatives
+    ``dk/dx_a = -(2/h) k (x_a - x_b)``, ``dk/dx_b = (2/h) k (x_a - x_b)`` and
+    ``d^2 k / dx_a dx_b = (2/h) k (I - (2/h) (x_a - x_b)(x_a - x_b)^T)``."""
+    diff = xa - xb
+    r2 = diff @ diff
+    k = torch.exp(-r2 / h)
+    dk_da = -(2.0 / h) * k * diff
+    dk_db = (2.0 / h) * k * diff
+    trace = (2.0 / h) * k * (xa.shape[0] - (2.0 / h) * r2)
+    return k, dk_da, dk_db, trace
+
+
+def stein_task_matrix_reference(X: Tensor, S: Tensor, h: float) -> Tensor:
+    """Reference of :func:`torchmoo.ops.stein_task_matrix`: MT-SGD's ``U`` term by term, float64, CPU.
+
+    A double loop over the particle pairs ``(a, b)`` that adds the four terms of supplement Eq. 3,
+    ``k_ab <S_ia, S_jb> + <S_ia, dk_ab/dx_b> + <S_jb, dk_ab/dx_a> + tr(d^2 k_ab / dx_a dx_b)``, for every
+    ``(i, j)``, and divides by ``M^2``. ``O(M^2 K^2 d)``: for small problems.
+
+    Args:
+        X: ``(M, d)``; S: ``(K, M, d)``; any float dtype and device. h: the bandwidth.
+
+    Returns:
+        ``(K, K)`` float64 CPU tensor.
+    """
+    X64 = X.detach().to(device="cpu", dtype=_f64)
+    S64 = S.detach().to(device="cpu", dtype=_f64)
+    K, M, _ = S64.shape
+    U = torch.zeros(K, K, dtype=_f64)
+    for a in range(M):
+        for b in range(M):
+            k, dk_da, dk_db, trace = _rbf_terms(X64[a], X64[b], h)
+            Sa, Sb = S64[:, a], S64[:, b]  # (K, d): the scores of every target at x_a and x_b
+            U += k * (Sa @ Sb.T) + (Sa @ dk_db)[:, None] + (Sb @ dk_da)[None, :] + trace
+    return U / (M * M)
+
+
+def stein_update_reference(X: Tensor, S: Tensor, w: Tensor, h: float) -> Tensor:
+    """Reference of :func:`torchmoo.ops.stein_update`: ``sum_i w_i mean_b [k(x_b, x_a) S_ib + dk(x_b, x_a)/dx_b]``.
+
+    A double loop over the particles ``a`` (where the update is evaluated) and ``b`` (the kernel's
+    first argument), with the explicit derivative ``dk(x_b, x_a)/dx_b = -(2/h) k (x_b - x_a)``; float64, CPU.
+
+    Returns:
+        ``(M, d)`` float64 CPU tensor.
+    """
+    X64 = X.detach().to(device="cpu", dtype=_f64)
+    S64 = S.detach().to(device="cpu", dtype=_f64)
+    w64 = w.detach().to(device="cpu", dtype=_f64)
+    M = X64.shape[0]
+    out = torch.zeros_like(X64)
+    for a in range(M):
+        for b in range(M):
+            k, dk_dfirst, _, _ = _rbf_terms(X64[b], X64[a], h)  # k(x_b, x_a) and its gradient in x_b
+            for i in range(S64.shape[0]):
+                out[a] += w64[i] * (k * S64[i, b] + dk_dfirst)
+    return out / M
 
 
 # --------------------------------------------------------------------------------------------------

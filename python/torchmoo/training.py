@@ -194,7 +194,7 @@ def _aggregate_blocks(
         w = aggregator.gram_weights(G / (scale * scale), loss_values).to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales
-        _accumulate(shared, [None if b is None else w @ b for b in flat])
+        _accumulate(shared, [None if b is None else ops.combine(b, w.to(b.dtype)) for b in flat])
     else:
         d = aggregator(J / scale if scale != 1.0 else J, loss_values)
         w = aggregator.weights

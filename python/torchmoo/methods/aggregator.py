@@ -116,7 +116,7 @@ class Aggregator:
             raise ValueError(f"{self!r} needs the loss values: call it as aggregator(J, losses).")
         w = self.compute_weights(J, losses).to(J.dtype)
         self.weights = w.detach()
-        return w @ J
+        return ops.combine(J, w)  # w @ J in one pass over J
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

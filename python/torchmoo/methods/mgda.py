@@ -116,7 +116,7 @@ def pareto_stationarity(J: Tensor) -> float:
     """
     J = check_jacobian(J).detach()
     w = min_norm_weights(gram_matrix(J))
-    d = w @ J
+    d = ops.combine(J, w)
     return float(d.double().pow(2).sum())
 
 
@@ -145,4 +145,4 @@ def min_norm_correction(J: Tensor) -> MinNormCorrection:
     """
     J = check_jacobian(J).detach()
     alpha = min_norm_weights(gram_matrix(J)).to(J.dtype)
-    return MinNormCorrection(alpha, alpha @ J)
+    return MinNormCorrection(alpha, ops.combine(J, alpha))

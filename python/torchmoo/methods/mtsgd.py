@@ -60,7 +60,9 @@ def _check_particles(X: object) -> None:
         raise ValueError("X contains NaN or infinity.")
 
 
-def _check_scores(X: Tensor, S: object) -> None:
+def _check_scores(X: Tensor, S: object, *, finite: bool = True) -> None:
+    """Type, dtype, device and shape of the scores; their finiteness too unless ``finite=False`` (the
+    Stein operators check it on their result, without an extra pass over ``S``)."""
     if not isinstance(S, Tensor):
         raise TypeError(f"S must be a torch.Tensor of scores (K, M, d), got {type(S).__name__}.")
     if S.dtype != X.dtype:
@@ -70,7 +72,7 @@ def _check_scores(X: Tensor, S: object) -> None:
     if S.dim() != 3 or S.shape[0] == 0 or tuple(S.shape[1:]) != tuple(X.shape):
         raise ValueError(f"S must have shape (K, M, d) = (K, {X.shape[0]}, {X.shape[1]}) with K >= 1, "
                          f"got {tuple(S.shape)}.")
-    if not bool(torch.isfinite(S).all()):
+    if finite and not bool(torch.isfinite(S).all()):
         raise ValueError("S contains NaN or infinity.")
 
 
@@ -126,19 +128,21 @@ def _kernel_terms(X: Tensor, h: float) -> Tuple[Tensor, Tensor, Tensor]:
     return Kmat, D2, R
 
 
-def _task_matrix(X: Tensor, S: Tensor, h: float, Kmat: Tensor, D2: Tensor, R: Tensor) -> Tensor:
-    K_, M, d = S.shape
-    KS = torch.matmul(Kmat, S)  # (K, M, d): sum_b k_ab S[i, b]
-    G = S.reshape(K_, M * d) @ KS.reshape(K_, M * d).T  # <S_i, K S_j>, symmetric since K is
-    c = torch.einsum("kad,ad->k", S, R)  # c_i = (2/h) sum_ab k_ab <S[i, a], x_a - x_b>
-    const = (2.0 / h) * (Kmat * (d - 2.0 * D2 / h)).sum()
-    U = (G + c[:, None] + c[None, :] + const) / (M * M)
-    return 0.5 * (U + U.T)
+def _op_dtype(X: Tensor) -> torch.dtype:
+    """The dtype the Stein operators compute in: float32 / float64 as given, float32 for half types."""
+    return X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _update(S: Tensor, w: Tensor, Kmat: Tensor, R: Tensor) -> Tensor:
-    Sw = torch.einsum("k,kad->ad", w, S)  # combine the scores first: one (M, M) x (M, d) product
-    return (Kmat @ Sw + w.sum() * R) / Kmat.shape[0]
+def _task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
+    """``U`` by :func:`torchmoo.ops.stein_task_matrix` for validated (detached) inputs, in ``X``'s dtype."""
+    dt = _op_dtype(X)
+    return ops.stein_task_matrix(X.to(dt), S.to(dt), h).to(X.dtype)
+
+
+def _update(X: Tensor, S: Tensor, h: float, w: Tensor) -> Tensor:
+    """``phi`` by :func:`torchmoo.ops.stein_update` for validated (detached) inputs, in ``X``'s dtype."""
+    dt = _op_dtype(X)
+    return ops.stein_update(X.to(dt), S.to(dt), w.detach().to(dtype=dt, device=X.device), h).to(X.dtype)
 
 
 def stein_directions(X: Tensor, S: Tensor, h: float) -> Tensor:
@@ -167,23 +171,25 @@ def stein_task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
 
         M^2 U = [<S_i, K S_j>]_ij + c 1' + 1 c' + (2/h) sum_ab k_ab (d - 2 |x_a - x_b|^2 / h)
 
-    computed with ``O(K M d + M^2 d + K^2 M d)`` work and never a ``(K, M, M, d)`` tensor.
+    computed by :func:`torchmoo.ops.stein_task_matrix` (one pass over ``S``, ``O(K M^2 d + K^2 M d)`` work,
+    never a ``(M, M, d)`` or ``(K, M, d)`` tensor).
 
     Args:
-        X: ``(M, d)`` particles, float32 or float64. S: ``(K, M, d)`` scores, same dtype and device.
+        X: ``(M, d)`` particles, floating (float16 / bfloat16 are computed in float32). S: ``(K, M, d)``
+            scores, same dtype and device. Both are read as constants (not differentiated).
         h: RBF bandwidth (positive).
 
     Returns:
-        ``U`` ``(K, K)``, exactly symmetric and positive semi-definite up to rounding.
+        ``U`` ``(K, K)`` in the dtype of ``X``, exactly symmetric and positive semi-definite up to rounding.
 
     Raises:
         TypeError: non-tensor or non-floating input, dtype mismatch, non-number ``h``.
         ValueError: wrong shapes, NaN / infinity, ``h <= 0``.
     """
     _check_particles(X)
-    _check_scores(X, S)
+    _check_scores(X, S, finite=False)
     h = _check_bandwidth(h)
-    return _task_matrix(X, S, h, *_kernel_terms(X, h))
+    return _task_matrix(X, S, h)
 
 
 def stein_update(X: Tensor, S: Tensor, h: float, w: Tensor) -> Tensor:
@@ -194,15 +200,13 @@ def stein_update(X: Tensor, S: Tensor, h: float, w: Tensor) -> Tensor:
         :func:`stein_task_matrix`'s ``U``). With ``K = 1`` and ``w = [1]`` this is the SVGD update.
     """
     _check_particles(X)
-    _check_scores(X, S)
+    _check_scores(X, S, finite=False)
     h = _check_bandwidth(h)
     if not isinstance(w, Tensor):
         raise TypeError(f"w must be a torch.Tensor (K,), got {type(w).__name__}.")
     if w.shape != (S.shape[0],):
         raise ValueError(f"w must have shape ({S.shape[0]},), got {tuple(w.shape)}.")
-    w = w.to(dtype=X.dtype, device=X.device)
-    Kmat, _, R = _kernel_terms(X, h)
-    return _update(S, w, Kmat, R)
+    return _update(X, S, h, w)
 
 
 @dataclass
@@ -356,10 +360,9 @@ class MTSGD(_ParticleMethod):
     def compute(self) -> SteinStep:
         X, S, lp = self.scores()
         h = self._h(X)
-        Kmat, D2, R = _kernel_terms(X, h)  # shared by U and the update
-        U = _task_matrix(X, S, h, Kmat, D2, R)
+        U = _task_matrix(X, S, h)  # X, S are detached and checked by scores()
         w = ops.min_norm_simplex(U)
-        return SteinStep(direction=_update(S, w, Kmat, R), weights=w, bandwidth=h, log_probs=lp, U=U)
+        return SteinStep(direction=_update(X, S, h, w), weights=w, bandwidth=h, log_probs=lp, U=U)
 
 
 class MOOSVGD(_ParticleMethod):

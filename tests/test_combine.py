@@ -1,0 +1,226 @@
+"""Tests of torchmoo.ops.combine: d = sum_i w_i J_i for J (..., m, n), w (..., m).
+
+Checked against the float64 reference (torchmoo.reference.combine_reference) within the error bound of
+a sum of m products in the dtype, for the order of the sum, batch shapes, layouts and thread counts
+(bitwise), the errors of the contract, the gradient, the aggregators that use it, and (with a GPU) CUDA
+against the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import torchmoo as tm
+from torchmoo.reference import combine_reference
+
+F32, F64 = torch.float32, torch.float64
+
+
+def randn(*shape, dtype=F32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=F64).mul_(scale).to(dtype)
+
+
+def check(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Shape, dtype, device, and the error bound of a sum of m products in the dtype: every entry within
+    m eps sum_i |w_i J_i| of the float64 reference (eps of the dtype)."""
+    d = tm.ops.combine(J, w)
+    assert d.shape == (*J.shape[:-2], J.shape[-1]) and d.dtype == J.dtype and d.device == J.device
+    ref = combine_reference(J, w)
+    size = combine_reference(J.abs(), w.abs())
+    m = J.shape[-2]
+    eps = torch.finfo(J.dtype).eps
+    err = (d.cpu().double() - ref).abs()
+    assert bool((err <= max(m, 1) * eps * size + 1e-300).all()), float((err / size.clamp_min(1e-300)).max())
+    return d
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("m, n", [(1, 1), (2, 7), (3, 31), (10, 1000), (10, 100_003), (40, 3001), (100, 65)])
+def test_reference(m, n, dtype):
+    check(randn(m, n, dtype=dtype, seed=m + n), randn(m, dtype=dtype, seed=n))
+
+
+@given(
+    batch=st.lists(st.integers(0, 3), min_size=0, max_size=2),
+    m=st.integers(0, 20),
+    n=st.integers(0, 700),
+    dtype=st.sampled_from([F32, F64]),
+    e=st.integers(-8, 8),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_reference_property(batch, m, n, dtype, e, seed):
+    J = randn(*batch, m, n, dtype=dtype, seed=seed, scale=10.0**e)
+    w = randn(*batch, m, dtype=dtype, seed=seed + 1)
+    check(J, w)
+
+
+def test_matches_matmul_and_zero_rows():
+    J, w = randn(10, 5000, dtype=F64), randn(10, dtype=F64, seed=1)
+    torch.testing.assert_close(tm.ops.combine(J, w), w @ J, rtol=1e-14, atol=1e-14)
+    assert torch.equal(tm.ops.combine(torch.empty(0, 6), torch.empty(0)), torch.zeros(6))
+    assert tm.ops.combine(torch.empty(4, 0), torch.ones(4)).shape == (0,)
+    assert tm.ops.combine(torch.empty(0, 3, 5), torch.empty(0, 3)).shape == (0, 5)
+
+
+def test_rows_summed_in_order():
+    # Each entry is w_0 J_0 + w_1 J_1 + ... in this order, in the dtype: (1e8 + 1) - 1e8 loses the 1 in
+    # float32 (1e8 + 1 rounds to 1e8) and keeps it in float64; (1e8 - 1e8) + 1 keeps it in both.
+    J = torch.tensor([[1e8, 1e8], [1.0, -1e8], [-1e8, 1.0]])
+    assert tm.ops.combine(J, torch.ones(3)).tolist() == [0.0, 1.0]
+    assert tm.ops.combine(J.double(), torch.ones(3, dtype=F64)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_batched_equals_single_and_layouts(dtype):
+    J, w = randn(3, 4, 5, 2000, dtype=dtype, seed=2), randn(3, 4, 5, dtype=dtype, seed=3)
+    d = check(J, w)
+    for b in range(3):
+        for c in range(4):
+            assert torch.equal(d[b, c], tm.ops.combine(J[b, c], w[b, c]))
+    assert torch.equal(tm.ops.combine(J.mT.contiguous().mT, w), d)  # column-major rows: copied once
+    wide = torch.zeros(3, 4, 10, 2000, dtype=dtype)
+    wide[:, :, ::2] = J
+    assert torch.equal(tm.ops.combine(wide[:, :, ::2], w), d)  # row stride 2n
+    assert torch.equal(tm.ops.combine(J[:1].expand(3, 4, 5, 2000), w[:1].expand(3, 4, 5)), d[:1].expand(3, 4, 2000))
+    assert torch.equal(tm.ops.combine(J, w.mT.contiguous().mT), d)
+
+
+def test_deterministic_across_thread_counts():
+    J, w = randn(10, 500_001, seed=4), randn(10, seed=5)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        d1 = tm.ops.combine(J, w)
+        torch.set_num_threads(max(2, old))
+        d2 = tm.ops.combine(J, w)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(d1, d2)
+
+
+def test_portable_path(monkeypatch):
+    J, w = randn(7, 3001, dtype=F64, seed=6), randn(7, dtype=F64, seed=7)
+    d = tm.ops.combine(J, w)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    check(J, w)
+    check(J.float(), w.float())
+    torch.testing.assert_close(tm.ops.combine(J, w), d, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types(dtype):
+    J, w = randn(6, 3000, dtype=dtype, seed=8), randn(6, dtype=dtype, seed=9)
+    assert torch.equal(tm.ops.combine(J, w), tm.ops.combine(J.float(), w.float()).to(dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_errors():
+    J, w = randn(3, 10), randn(3)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        tm.ops.combine(J, [1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="floating-point"):
+        tm.ops.combine(J.long(), w.long())
+    with pytest.raises(TypeError, match="dtype of J"):
+        tm.ops.combine(J, w.double())
+    with pytest.raises(ValueError, match=r"\(\.\.\., m, n\)"):
+        tm.ops.combine(J[0], w)
+    with pytest.raises(ValueError, match=r"w must have shape \(\.\.\., m\)"):
+        tm.ops.combine(J, randn(4))
+    with pytest.raises(ValueError, match="batch dims"):
+        tm.ops.combine(randn(2, 3, 10), w)  # no broadcasting
+    with pytest.raises(ValueError, match="same device"):
+        tm.ops.combine(J, w.to("meta"))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite(bad):
+    J, w = randn(2, 3, 4, 500, seed=10), randn(2, 3, 4, seed=11)
+    Jb = J.clone()
+    Jb[1, 2, 3, 17] = bad
+    with pytest.raises(ValueError, match=r"J must be finite.*batch index \[1, 2\]"):
+        tm.ops.combine(Jb, w)
+    wb = w.clone()
+    wb[0, 1, 0] = bad
+    with pytest.raises(ValueError, match=r"w must be finite.*batch index \[0, 1\]"):
+        tm.ops.combine(J, wb)
+    with pytest.raises(ValueError, match="overflows"):
+        tm.ops.combine(torch.full((2, 100), 3e38), torch.ones(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd, tracing, users
+# --------------------------------------------------------------------------------------------------
+
+
+def test_gradient():
+    J = randn(2, 4, 30, dtype=F64, seed=12).requires_grad_()
+    w = randn(2, 4, dtype=F64, seed=13).requires_grad_()
+    assert torch.autograd.gradcheck(tm.ops.combine, (J, w))
+    assert torch.autograd.gradgradcheck(tm.ops.combine, (J, w))
+    (gJ,) = torch.autograd.grad(tm.ops.combine(J, w.detach()).sum(), J)
+    torch.testing.assert_close(gJ, w.detach()[..., None].expand_as(J))
+
+
+def test_meta_and_compile():
+    assert tm.ops.combine(torch.empty(2, 5, 7, device="meta"), torch.empty(2, 5, device="meta")).shape == (2, 7)
+    f = torch.compile(lambda J, w: tm.ops.combine(J, w), backend="eager", fullgraph=True)
+    J, w = randn(4, 100, seed=14), randn(4, seed=15)
+    assert torch.equal(f(J, w), tm.ops.combine(J, w))
+
+
+def test_aggregators_use_it():
+    J = randn(5, 4000, seed=16)
+    agg = tm.methods.MGDA()
+    d = agg(J)
+    assert torch.equal(d, tm.ops.combine(J, agg.weights))
+    # MGDA's common descent property <g_i, d> >= |d|^2
+    G = J.double() @ J.double().T
+    dd = float(agg.weights.double() @ G @ agg.weights.double())
+    assert bool(((J.double() @ d.double()) >= dd * (1 - 1e-5)).all())
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+class TestCuda:
+    @pytest.fixture(autouse=True)
+    def _needs_cuda_build(self):
+        if not tm.cuda_built:
+            pytest.skip("torchmoo was built without CUDA")
+
+    @pytest.mark.parametrize("dtype", [F32, F64])
+    @pytest.mark.parametrize("shape", [(1, 1), (10, 1_000_003), (40, 3001), (3, 4, 5, 777), (70_000, 2, 3)])
+    def test_matches_cpu(self, shape, dtype):
+        J = randn(*shape, dtype=dtype, seed=sum(shape))
+        w = randn(*shape[:-1], dtype=dtype, seed=1)
+        dc = check(J.cuda(), w.cuda())
+        d = tm.ops.combine(J, w)
+        # the same sums in the same order; rounding may differ where one device contracts to FMA
+        size = combine_reference(J.abs(), w.abs())
+        m = J.shape[-2]
+        assert bool(((dc.cpu().double() - d.double()).abs() <= 2 * m * torch.finfo(dtype).eps * size).all())
+        assert torch.equal(dc, tm.ops.combine(J.cuda(), w.cuda())), "not deterministic"
+
+    def test_errors_and_gradient(self):
+        J = randn(3, 500, seed=17).cuda()
+        w = randn(3, seed=18).cuda()
+        Jb = J.clone()
+        Jb[1, 3] = math.nan
+        with pytest.raises(ValueError, match="J must be finite"):
+            tm.ops.combine(Jb, w)
+        Jg = J.double().requires_grad_()
+        wg = w.double().requires_grad_()
+        assert torch.autograd.gradcheck(tm.ops.combine, (Jg, wg))
