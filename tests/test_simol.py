@@ -244,6 +244,12 @@ def test_sinusoid_experiment_runs_reports_and_resumes(tmp_path):
         assert row["paper mse"] == PAPER[row["method"]][2][0]
         units = res["units"][f"{row['method']} 2-shot seed 0"]
         assert len(units["test_losses"]) == 20 and [c["step"] for c in units["curve"]] == [2, 3]
+    # depth ablation (Table 5): the 2-layer row is the main SIMOL run, a 3-layer network is another model
+    abl = {row["layers"]: row for row in res["summary"]["depth ablation (Table 5)"]}
+    assert set(abl) == {2, 3} and abl[2]["paper mse"] == 1.24 and abl[3]["paper worst-10%"] == 6.01
+    simol = next(row for row in table if row["method"] == "simol")
+    assert abl[2]["mse"] == simol["mse"] and abl[3]["mse"] != simol["mse"]
+    assert len(res["units"]["simol 2-shot seed 0 3 layers"]["test_losses"]) == 20
     again = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path), progress=False, config=cfg)
     assert again["resumed"] == 1 and again["summary"]["table"] == table
 

@@ -39,6 +39,10 @@ PAPER = {
 }
 
 
+# Table 5 of the paper: SIMOL, 2-shot, (overall, worst-10%) MSE by number of hidden layers.
+PAPER_TABLE5 = {2: (1.24, 5.66), 3: (1.36, 6.01), 4: (1.42, 6.22)}
+
+
 @dataclass
 class Config:
     """Small default (about a minute on 2 CPU cores); :func:`full` is the paper's setting."""
@@ -61,11 +65,15 @@ class Config:
     test_tasks: int = 1000
     eval_every: int = 100
     threads: int = 1  # tiny per-task work: one thread avoids oversubscription
+    # Table 5: SIMOL with this many hidden layers of 32 (2 is the network above) on ablation_shots-shot tasks,
+    # all with meta_steps steps, seed ctx.seed; [] skips the ablation.
+    ablation_layers: List[int] = field(default_factory=lambda: [2, 3])
+    ablation_shots: int = 2
 
 
 def full() -> Config:
     """The paper's sizes: 160,000 meta-training tasks (10,000 steps of 16), 5 and 2 shots, 3 seeds."""
-    return Config(shots=[5, 2], seeds=3, meta_steps=10_000, outer_lr=1e-3, eval_every=500)
+    return Config(shots=[5, 2], seeds=3, meta_steps=10_000, outer_lr=1e-3, eval_every=500, ablation_layers=[2, 3, 4])
 
 
 def _stack(ds: tm.zoo.data.SinusoidTasks, idx: range, device: torch.device) -> Tuple[torch.Tensor, ...]:
@@ -106,13 +114,15 @@ def _ci(x: torch.Tensor) -> float:
     return float(1.96 * x.std() / math.sqrt(x.numel())) if x.numel() > 1 else 0.0
 
 
-def _train_unit(method: str, shots: int, seed: int, cfg: Config, ctx: RunContext) -> Dict[str, Any]:
+def _train_unit(method: str, shots: int, seed: int, cfg: Config, ctx: RunContext, layers: int = 2) -> Dict[str, Any]:
+    """Meta-trains one method; ``layers`` hidden layers of 32 (the paper's network has 2)."""
+    unit = f"{method} {shots}-shot seed {seed}" + ("" if layers == 2 else f" {layers} layers")
     dev = ctx.device
     train = tm.zoo.data.SinusoidTasks(cfg.meta_steps * cfg.meta_batch, shots, cfg.num_query, seed=2 * seed)
     test_ds = tm.zoo.data.SinusoidTasks(cfg.test_tasks, shots, cfg.num_query, seed=2 * seed + 1)
     test = _stack(test_ds, range(cfg.test_tasks), dev)
     torch.manual_seed(seed)  # the same initialization for every method
-    model = tm.zoo.models.SinusoidMLP().to(dev)
+    model = tm.zoo.models.SinusoidMLP(hidden=(32,) * layers).to(dev)
     maml = tm.methods.MAML(model, F.mse_loss, cfg.inner_lr, cfg.inner_steps)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     if method == "simol":
@@ -134,7 +144,7 @@ def _train_unit(method: str, shots: int, seed: int, cfg: Config, ctx: RunContext
     losses = _test_losses(maml, test)
     result = {"method": method, "shots": shots, "seed": seed, "test_losses": losses.tolist(), "curve": curve,
               "seconds_per_step": seconds / cfg.meta_steps}
-    ctx.record(f"{method} {shots}-shot seed {seed}", result, seconds=seconds,
+    ctx.record(unit, result, seconds=seconds,
                evaluations=cfg.meta_steps * cfg.meta_batch)
     return result
 
@@ -147,6 +157,9 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"shots must be positive ints, got {cfg.shots}.")
     if cfg.seeds < 1 or cfg.meta_steps < 1 or cfg.meta_batch < 1 or cfg.test_tasks < 10:
         raise ValueError("seeds, meta_steps and meta_batch must be >= 1 and test_tasks >= 10.")
+    if any(not isinstance(n, int) or n < 1 for n in cfg.ablation_layers) or cfg.ablation_shots < 1:
+        raise ValueError(f"ablation_layers must be positive ints and ablation_shots >= 1, got "
+                         f"{cfg.ablation_layers}, {cfg.ablation_shots}.")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     try:
@@ -158,6 +171,16 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
                     unit = f"{m} {shots}-shot seed {seed}"
                     r = ctx.result(unit) if ctx.done(unit) else _train_unit(m, shots, seed, cfg, ctx)
                     results.setdefault((m, shots), []).append(r)
+        ablation = []
+        for layers in cfg.ablation_layers:
+            unit = f"simol {cfg.ablation_shots}-shot seed {ctx.seed}" + ("" if layers == 2 else f" {layers} layers")
+            r = ctx.result(unit) if ctx.done(unit) else _train_unit("simol", cfg.ablation_shots, ctx.seed, cfg, ctx, layers)
+            x = torch.tensor(r["test_losses"], dtype=torch.float64)
+            worst = x.sort(descending=True).values[: math.ceil(0.1 * x.numel())]
+            ablation.append({"layers": layers, "shots": cfg.ablation_shots, "mse": float(x.mean()), "mse ci95": _ci(x),
+                             "worst-10% mse": float(tm.metrics.worst_fraction_mean(x, 0.1)),
+                             "worst-10% ci95": _ci(worst), "paper mse": PAPER_TABLE5.get(layers, (None, None))[0],
+                             "paper worst-10%": PAPER_TABLE5.get(layers, (None, None))[1]})
     finally:
         torch.set_num_threads(threads)
     table = []
@@ -178,7 +201,7 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
             "seconds/step": sum(r["seconds_per_step"] for r in runs) / len(runs),
         })
     _plot(results, ctx)
-    return {"table": table}
+    return {"table": table, "depth ablation (Table 5)": ablation}
 
 
 def _plot(results: Dict[Tuple[str, int], List[Dict[str, Any]]], ctx: RunContext) -> None:
