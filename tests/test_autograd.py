@@ -89,6 +89,26 @@ def test_jacobian_batched_equals_loop_and_sequence_input():
     torch.testing.assert_close(Jb, Jl, rtol=1e-14, atol=1e-15)
 
 
+def test_default_loops_on_cpu_convolutions(monkeypatch):
+    """batched=None takes m passes for a CPU graph with a convolution (faster there), batched otherwise."""
+    import torchmoo.autograd as ag
+
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 2)).double()
+    Lc = conv(torch.randn(4, 1, 4, 4, dtype=F64)).pow(2).mean(0)
+    model, x, y = _setup(m=2, seed=4)
+    Lm = _losses(model, x, y)
+    assert ag._has_convolution(Lc) and not ag._has_convolution(Lm)
+    calls = []
+    loop = ag._jacobian_loop
+    monkeypatch.setattr(ag, "_jacobian_loop", lambda *a, **k: calls.append(1) or loop(*a, **k))
+    Jc = jacobian(Lc, conv.parameters(), retain_graph=True)
+    assert calls == [1]
+    torch.testing.assert_close(Jc, jacobian(Lc, conv.parameters(), batched=True), rtol=1e-13, atol=1e-15)
+    jacobian(Lm, model.parameters())
+    assert calls == [1]  # no convolution: one batched pass
+
+
 def test_unreached_parameters_and_constant_losses_give_zeros():
     model, x, y = _setup(m=2, seed=3)
     out = model(x)

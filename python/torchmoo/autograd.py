@@ -168,7 +168,8 @@ def jacobian(
         create_graph: build the graph of the Jacobian itself (to differentiate through it).
         retain_graph: keep the forward graph for another backward afterwards; defaults to
             ``create_graph``.
-        batched: ``None`` (default): batched, falling back to ``m`` passes when batching fails;
+        batched: ``None`` (default): batched, falling back to ``m`` passes when batching fails, and
+            ``m`` passes for a CPU graph with a convolution (faster there than the batched pass);
             ``True``: batched only (errors propagate); ``False``: ``m`` passes.
 
     Returns:
@@ -214,7 +215,7 @@ def jacobian_blocks(
     retain = create_graph if retain_graph is None else bool(retain_graph)
     if not plist or not L.requires_grad:  # no objective depends on anything: the Jacobian is zero
         return [None] * len(plist)
-    if m == 1:
+    if m == 1 or (batched is None and L.device.type == "cpu" and _has_convolution(L)):
         batched = False
     if batched is None or batched:
         try:
@@ -236,6 +237,22 @@ def jacobian_blocks(
                     "retain_graph=True) to compute the rows one backward pass at a time."
                 ) from batch_error
     return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain)
+
+
+def _has_convolution(L: Tensor) -> bool:
+    """Whether the graph of ``L`` has a convolution. On the CPU, the convolution backward under ``vmap``
+    costs more than ``m`` plain passes (LeNet, batch 256: 2.9x vs 1.8x a backward for m = 2, 12.9x vs
+    10.1x for m = 10), while for linear layers the batched pass wins; so ``batched=None`` loops then."""
+    seen, stack = set(), [L.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "Convolution" in node.name():
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 def _jacobian_loop(L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool) -> List[Optional[Tensor]]:
