@@ -8,6 +8,8 @@ medians over the reference's median, same run):
 * ``png step``: the same forward pass, :meth:`torchmoo.methods.PNG.backward` with the energy distance
   over the 5 models (a batched Jacobian of the 2 losses per model, the Gram matrices, the 5 dual
   problems in one batched call, ``.grad`` written) and one Adam step. The issue's bar: at most 1.5x;
+* ``test_png_step_interleaved``: the first two again, their repeats interleaved round-robin (group
+  ``... interleaved``), so that a change of load moves both alike: the ratio to trust on a shared machine;
 * ``second-order step (Ma et al.)``: one ParetoExpand step per model
   (:func:`torchmoo.methods.pareto_exploration.pareto_expand`, one direction, ``k`` MINRES iterations
   of Hessian-vector products), the second-order method the paper compares with (0.3 s per PNG step
@@ -26,8 +28,8 @@ pytest.importorskip("pytest_benchmark")
 
 import torchmoo as tm  # noqa: E402
 
-from baselines import QUICK  # noqa: E402
-from benchutil import record, run_timed  # noqa: E402
+from baselines import QUICK, interleaved_medians  # noqa: E402
+from benchutil import REFERENCE_CONTENDER, RESULTS, record, run_timed  # noqa: E402
 
 N = 5
 BATCH = 8 if QUICK else 256
@@ -94,3 +96,39 @@ def test_png_step(benchmark, contender):
 
     run_timed(benchmark, GROUP, step, rounds=3 if contender.startswith("second") else 7)
     record(benchmark, GROUP, contender, 1, reference="linear scalarization step")
+
+
+def _steps():
+    """(linear-scalarization step, PNG step), each on its own copy of the 5 models."""
+    models, x, y, opt = _setup()
+    w = torch.linspace(0.1, 0.9, N)
+
+    def ls():
+        opt.zero_grad(set_to_none=True)
+        sum(w[k] * l[0] + (1 - w[k]) * l[1] for k, l in enumerate(_losses(m, x, y) for m in models)).backward()
+        opt.step()
+
+    models2, x2, y2, opt2 = _setup()
+    png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)
+
+    def png_step():
+        opt2.zero_grad(set_to_none=True)
+        png.backward([_losses(m, x2, y2) for m in models2], models2)
+        opt2.step()
+
+    return ls, png_step
+
+
+def test_png_step_interleaved(benchmark):
+    ls, png_step = _steps()
+    group = GROUP + " interleaved"
+    medians = interleaved_medians({"linear scalarization step": ls, "png step": png_step},
+                                  repeats=2 if QUICK else 15)
+    REFERENCE_CONTENDER[group] = "linear scalarization step"
+    rows = RESULTS.setdefault(group, {})
+    for name, seconds in medians.items():
+        rows[name] = {"per_problem_s": seconds, "count": 1}
+    rows["png step"]["ratio"] = medians["png step"] / medians["linear scalarization step"]
+    benchmark.group = group
+    benchmark.extra_info["ratio png / linear scalarization"] = rows["png step"]["ratio"]
+    benchmark.pedantic(png_step, rounds=1, iterations=1)
