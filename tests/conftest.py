@@ -1,7 +1,7 @@
 """Shared pytest configuration: markers, the --runslow option and hypothesis profiles.
 
 Markers:
-    cuda: the test needs a CUDA GPU; skipped unless ``torch.cuda.is_available()``.
+    cuda: the test needs a CUDA GPU and a CUDA build of torchmoo; skipped otherwise.
     slow: full-size runs; skipped unless pytest is given ``--runslow``.
 
 Hypothesis profiles (pick one with the environment variable ``HYPOTHESIS_PROFILE``):
@@ -44,14 +44,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped unless torch.cuda.is_available())")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU and a CUDA build of torchmoo (skipped otherwise)")
     config.addinivalue_line("markers", "slow: full-size runs, only with --runslow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    skip_cuda = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    import torchmoo
+
+    if not torch.cuda.is_available():
+        skip_cuda = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    else:
+        skip_cuda = pytest.mark.skip(reason="torchmoo was built without CUDA")
     skip_slow = pytest.mark.skip(reason="slow; run with --runslow")
-    has_cuda = torch.cuda.is_available()
+    has_cuda = torch.cuda.is_available() and torchmoo.cuda_built
     run_slow = config.getoption("--runslow")
     for item in items:
         if "cuda" in item.keywords and not has_cuda:

@@ -196,11 +196,6 @@ def test_aggregators_use_it():
 
 @pytest.mark.cuda
 class TestCuda:
-    @pytest.fixture(autouse=True)
-    def _needs_cuda_build(self):
-        if not tm.cuda_built:
-            pytest.skip("torchmoo was built without CUDA")
-
     @pytest.mark.parametrize("dtype", [F32, F64])
     @pytest.mark.parametrize("shape", [(1, 1), (10, 1_000_003), (40, 3001), (3, 4, 5, 777), (70_000, 2, 3)])
     def test_matches_cpu(self, shape, dtype):

@@ -292,11 +292,6 @@ def test_meta_and_compile():
 
 @pytest.mark.cuda
 class TestCuda:
-    @pytest.fixture(autouse=True)
-    def _needs_cuda_build(self):
-        if not tm.cuda_built:
-            pytest.skip("torchmoo was built without CUDA")
-
     @pytest.mark.parametrize("dtype", [F32, F64])
     @pytest.mark.parametrize(
         "shape", [(1, 1), (2, 1000), (10, 100_003), (16, 5000), (3, 40, 3001), (64, 777), (65, 500), (100, 2)]

@@ -527,11 +527,6 @@ def test_info_shapes_and_types():
 
 @pytest.mark.cuda
 class TestCuda:
-    @pytest.fixture(autouse=True)
-    def _need_cuda_build(self):
-        if not tm.cuda_built:
-            pytest.skip("torchmoo was built without CUDA")
-
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_matches_cpu(self, dtype):
         # A diagonal H: its products are exactly rounded on both devices, so the runs differ only by

@@ -371,11 +371,6 @@ def test_overflow():
 
 @pytest.mark.cuda
 class TestCuda:
-    @pytest.fixture(autouse=True)
-    def _needs_cuda_build(self):
-        if not tm.cuda_built:
-            pytest.skip("torchmoo was built without CUDA")
-
     @pytest.mark.parametrize("dtype", [F32, F64])
     @pytest.mark.parametrize("K, M, d", [(1, 1, 1), (3, 5, 2), (5, 13, 17), (7, 50, 10_000), (40, 5, 100_003),
                                          (70, 3, 500), (2, 300, 64)])

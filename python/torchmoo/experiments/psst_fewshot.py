@@ -117,11 +117,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 import torchmoo as tm
 from torchmoo.experiments import storage
 from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.zoo.data.image_folder import resize_square
 from torchmoo.methods import psst as P
 
 FEWSHOT_ENV = "TORCHMOO_FEWSHOT_DIR"
@@ -183,15 +183,6 @@ class FewShotData:
         self.in_channels, self.base_names, self.novel_names = in_channels, base_names, novel_names
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size:
-        return x
-    if size % x.shape[-1] == 0:  # whole pixel blocks (nearest neighbour)
-        f = size // x.shape[-1]
-        return x.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def load_data(cfg: Config, seed: int, device: torch.device) -> FewShotData:
     """Base / novel split, resized and standardized (see the module docstring)."""
     need_patches = "location" in cfg.aux
@@ -200,8 +191,8 @@ def load_data(cfg: Config, seed: int, device: torch.device) -> FewShotData:
 
         digits, labels = load_sklearn_digits()
         raw = (digits / 16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
-        x = _resize(raw, cfg.image_size)
-        xp = _resize(raw, 3 * cfg.patch_region) if need_patches else None
+        x = resize_square(raw, cfg.image_size)
+        xp = resize_square(raw, 3 * cfg.patch_region) if need_patches else None
         names = [str(d) for d in range(10)]
         base = list(range(5)) if cfg.base_classes is None else list(cfg.base_classes)
     else:

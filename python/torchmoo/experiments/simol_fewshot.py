@@ -97,6 +97,7 @@ from torch import Tensor, nn
 
 import torchmoo as tm
 from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.zoo.data.image_folder import resize_square
 
 FEWSHOT_ENV = "TORCHMOO_FEWSHOT_DIR"
 DATA_SETS = ("digits", "image-folder")
@@ -189,15 +190,6 @@ class EpisodeData:
         return int(self.train_x.shape[1])
 
 
-def _resize(x: Tensor, size: int) -> Tensor:
-    if x.shape[-1] == size:
-        return x
-    if size % x.shape[-1] == 0:  # whole pixel blocks (nearest neighbour)
-        f = size // x.shape[-1]
-        return x.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def _split(x: Tensor, y: Tensor, names: List[str], cfg: Config, seed: int) -> Tuple[Tensor, ...]:
     """(train_x, train_y, test_x, test_y, train names, test names) of one labelled set."""
     C = len(names)
@@ -225,7 +217,7 @@ def load_data(cfg: Config, seed: int, device: torch.device) -> EpisodeData:
         from torchmoo.zoo.data.digits import load_sklearn_digits
 
         digits, labels = load_sklearn_digits()
-        x = _resize((digits / 16.0).unsqueeze(1), cfg.image_size)
+        x = resize_square((digits / 16.0).unsqueeze(1), cfg.image_size)
         parts = _split(x, labels, [str(d) for d in range(10)], cfg, seed)
     else:
         from torchmoo.zoo.data.image_folder import load_image_folder

@@ -536,7 +536,7 @@ def psst_direction(
 
     J = check_jacobian(J)
     step = psst_weights(gram_matrix(J), losses, region, epsilon=epsilon, feasibility=feasibility)
-    return PSSTDirection(step.weights.to(J.dtype) @ J.detach(), step)
+    return PSSTDirection(ops.combine(J.detach(), step.weights.to(J.dtype)), step)
 
 
 #: The ``feasibility`` settings of :class:`PSST`.

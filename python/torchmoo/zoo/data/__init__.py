@@ -10,7 +10,7 @@ from torchmoo.zoo.data.compose import PairedItems, compose_pairs
 from torchmoo.zoo.data.csv_table import CSVFormatError
 from torchmoo.zoo.data.digits import MultiDigits, render_digits
 from torchmoo.zoo.data.episodes import EpisodeSampler, labels_of, split_episode
-from torchmoo.zoo.data.image_folder import load_image_folder
+from torchmoo.zoo.data.image_folder import load_image_folder, resize_square
 from torchmoo.zoo.data.idx import IDXError, read_idx, write_idx
 from torchmoo.zoo.data.multimnist import (
     FASHION_MNIST_ENV,
@@ -51,4 +51,5 @@ __all__ = [
     "split_episode",
     "labels_of",
     "load_image_folder",
+    "resize_square",
 ]

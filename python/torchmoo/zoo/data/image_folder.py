@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from torchmoo.zoo.data._paths import DataNotFoundError
@@ -85,3 +86,14 @@ def load_image_folder(
             labels.append(label)
     x = torch.stack(images).to(torch.float32).div_(255.0)
     return x, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs]
+
+
+def resize_square(x: Tensor, size: int) -> Tensor:
+    """Square images ``(N, C, S, S)`` resized to ``(N, C, size, size)``: whole-pixel blocks when ``size`` is a
+    multiple of ``S`` (nearest neighbour, e.g. 8x8 digits to 32x32), bilinear otherwise."""
+    if x.shape[-1] == size:
+        return x
+    if size % x.shape[-1] == 0:  # whole pixel blocks (nearest neighbour)
+        f = size // x.shape[-1]
+        return x.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
