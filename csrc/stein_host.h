@@ -163,6 +163,23 @@ inline at::Tensor assemble_u(const std::vector<double>& G, const std::vector<dou
 }
 
 // w (K,) for stein_update: same dtype and device as X, finite. Returned as float64 values on the host.
+// The (2M, M) mixing matrix of the update, A = [K; coef Lap] / M with coef = (sum w)(2/h):
+// M phi = K S_w + coef Lap (X - x_0) = A' [S_w; X - x_0] (K and Lap are symmetric). Folding the Laplacian's
+// diagonal into S_w would save a third of the work but cancels badly where the kernel is small:
+// K V + coef diag(K 1) X_c with V = S_w - coef X_c adds terms of size coef |X_c| to get one of size coef k |X_c|.
+inline std::vector<double> update_matrix(const KernelTerms& t, const std::vector<double>& w, int64_t M, double h) {
+  double wsum = 0.0;
+  for (double v : w) wsum += v;
+  const double coef = wsum * 2.0 / h;
+  const double inv_m = 1.0 / static_cast<double>(M);
+  std::vector<double> A(static_cast<size_t>(2 * M * M));
+  for (int64_t q = 0; q < M * M; ++q) {
+    A[q] = t.kmat[q] * inv_m;
+    A[M * M + q] = coef * t.lap[q] * inv_m;
+  }
+  return A;
+}
+
 inline std::vector<double> check_weights(const char* op, const at::Tensor& w, const SteinProblem& p) {
   TORCH_CHECK_TYPE(w.scalar_type() == p.X.scalar_type(), op, ": w must have the dtype of X (", p.X.scalar_type(),
                    "), got ", w.scalar_type(), ".");

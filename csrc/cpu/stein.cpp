@@ -163,19 +163,7 @@ at::Tensor update(const SteinProblem& p, const std::vector<double>& w, const ste
   const char* op = "stein_update";
   const int64_t K = p.K, M = p.M, d = p.d;
   const KernelTerms t = stein_host::kernel_terms(sq_dists<T>(p, f, op), M, d, p.h, false);
-  double wsum = 0.0;
-  for (double v : w) wsum += v;
-  // M phi = K S_w + coef Lap X_c = A' [S_w; X_c] with A = [K; coef Lap] (2M x M; K and Lap are symmetric),
-  // coef = (sum w)(2/h), X_c = X - x_0. (Folding the Laplacian's diagonal into S_w would save a third of
-  // the work but cancels badly where the kernel is small: K V + coef diag(K 1) X_c with V = S_w - coef X_c
-  // adds terms of size coef |X_c| to get a result of size coef k |X_c|.)
-  const double coef = wsum * 2.0 / p.h;
-  const double inv_m = 1.0 / static_cast<double>(M);
-  std::vector<T> A(static_cast<size_t>(2 * M * M));
-  for (int64_t q = 0; q < M * M; ++q) {
-    A[q] = static_cast<T>(t.kmat[q] * inv_m);
-    A[M * M + q] = static_cast<T>(coef * t.lap[q] * inv_m);
-  }
+  const std::vector<T> A = cast<T>(stein_host::update_matrix(t, w, M, p.h));
   const std::vector<T> wt = cast<T>(w);
   const int64_t block = 512;
   const int64_t chunk = chunk_columns(d, K * M, block);

@@ -179,16 +179,7 @@ at::Tensor update(const SteinProblem& p, const std::vector<double>& w, cudaStrea
   check_sizes(p, op);
   const int64_t K = p.K, M = p.M, d = p.d;
   const KernelTerms t = stein_host::kernel_terms(sq_dists<T>(p, op, stream), M, d, p.h, false);
-  double wsum = 0.0;
-  for (double v : w) wsum += v;
-  // M phi = K S_w + coef Lap (X - x_0) = A' [S_w; X - x_0], A = [K; coef Lap], coef = (sum w)(2/h).
-  const double coef = wsum * 2.0 / p.h;
-  const double inv_m = 1.0 / static_cast<double>(M);
-  std::vector<double> A(static_cast<size_t>(2 * M * M));
-  for (int64_t q = 0; q < M * M; ++q) {
-    A[q] = t.kmat[q] * inv_m;
-    A[M * M + q] = coef * t.lap[q] * inv_m;
-  }
+  const std::vector<double> A = stein_host::update_matrix(t, w, M, p.h);
   const at::ScalarType acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
   const at::Device device = p.X.device();
   const at::Tensor Ad = to_device(A, acc_type, device);
