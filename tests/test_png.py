@@ -306,6 +306,48 @@ def test_multi_model_energy_distance_one_batched_step():
         PNG(crit).backward([models[0].losses(x, y), models[0].losses(x, y)], [models[0], models[0]])
 
 
+def test_multi_model_closures_take_the_same_step_as_precomputed_losses():
+    """Closures (each model's gradients taken right after its own forward pass) and losses computed
+    beforehand give the same weights, diagnostics and .grad; a parameter-dependent criterion part
+    works with both; bad closures raise."""
+    x, y = _data(4)
+    crit = EnergyDistance()
+
+    def run(use_closures, criterion_value=False):
+        models = [_TwoHead(20 + k) for k in range(3)]
+        png = PNG(crit, alpha=0.5, gamma=0.1)
+        calls = []
+        extra = {}
+        if criterion_value:
+            extra["criterion_value"] = 0.01 * sum((p ** 2).sum() for m in models for p in m.parameters())
+        if use_closures:
+            def closure(k):
+                calls.append(k)
+                return models[k].losses(x, y)
+            W = png.backward([lambda k=k: closure(k) for k in range(3)], models, **extra)
+            assert calls == [0, 1, 2]  # each closure once, in order
+        else:
+            W = png.backward([m.losses(x, y) for m in models], models, **extra)
+        grads = [tm.autograd.flatten([p.grad for p in m.parameters()]) for m in models]
+        return W, png.stats, grads
+
+    for cv in (False, True):
+        W0, s0, g0 = run(False, cv)
+        W1, s1, g1 = run(True, cv)
+        torch.testing.assert_close(W1, W0, rtol=1e-12, atol=0)
+        torch.testing.assert_close(s1.losses, s0.losses, rtol=0, atol=0)
+        torch.testing.assert_close(s1.lam, s0.lam, rtol=1e-12, atol=0)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    models = [_TwoHead(30 + k) for k in range(2)]
+    with pytest.raises(ValueError, match="2 loss closures but 3"):
+        PNG(crit).backward([lambda: models[0].losses(x, y)] * 2, models + [_TwoHead(40)])
+    with pytest.raises(TypeError, match="closure of model 1"):
+        PNG(crit).backward([lambda: models[0].losses(x, y), lambda: "not a loss"], models)
+    with pytest.raises(ValueError, match="same number of losses"):
+        PNG(crit).backward([lambda: models[0].losses(x, y), lambda: models[1].losses(x, y)[:1]], models)
+
+
 def test_e0_running_average_state_dict_and_resume():
     x, y = _data(3)
 

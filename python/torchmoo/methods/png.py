@@ -447,7 +447,7 @@ class PNG(Aggregator):
     # ---- backward ----------------------------------------------------------------------------------
     def backward(
         self,
-        losses: Union[Tensor, Sequence[Tensor], Sequence[Sequence[Tensor]]],
+        losses: Union[Tensor, Sequence[Tensor], Sequence[Sequence[Tensor]], Sequence[Callable[[], Any]]],
         params: Any,
         *,
         criterion_value: Optional[Tensor] = None,
@@ -458,7 +458,11 @@ class PNG(Aggregator):
 
         Args:
             losses: one model: ``m`` scalar losses (sequence or ``(m,)`` tensor); ``N`` models: an
-                ``(N, m)`` tensor or ``N`` sequences of ``m`` scalars.
+                ``(N, m)`` tensor, ``N`` sequences of ``m`` scalars, or ``N`` closures, closure ``k``
+                computing model ``k``'s ``m`` losses (a sequence or an ``(m,)`` tensor). With closures,
+                model ``k``'s gradients are taken right after its forward pass, before the next model's
+                (its activations are still in cache and its graph is freed early): the fastest form
+                for ``N`` models, same result.
             params: one model: a module, a tensor or an iterable of tensors; ``N`` models: a list (or
                 tuple) of ``N`` such groups. All the parameters of a model should be given (PNG's
                 :math:`\theta`), heads included.
@@ -470,15 +474,15 @@ class PNG(Aggregator):
 
         Returns:
             The weights: ``(k,)`` for one model, ``(N, k)`` for ``N`` models (``k = m`` or ``m + 1``).
+
+        Example (``N`` models, closures)::
+
+            png.backward([lambda m=m: losses_of(m(x), y) for m in models], models)
         """
         multi = isinstance(params, (list, tuple)) and len(params) > 0 and all(
             isinstance(p, (torch.nn.Module, list, tuple)) for p in params
         )
         groups = [as_param_list(p, name=f"params[{i}]") for i, p in enumerate(params)] if multi else [as_param_list(params)]
-        L = _loss_matrix(losses, multi)
-        N, m = L.shape
-        if N != len(groups):
-            raise ValueError(f"there are {N} rows of losses but {len(groups)} parameter groups.")
         seen: set = set()
         for i, plist in enumerate(groups):
             for p in plist:
@@ -491,24 +495,50 @@ class PNG(Aggregator):
             if not isinstance(criterion_value, Tensor) or criterion_value.numel() != 1:
                 raise TypeError("criterion_value must be a scalar tensor.")
             criterion_value = criterion_value.reshape(())
-        if not L.requires_grad and (criterion_value is None or not criterion_value.requires_grad):
-            raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
-        all_blocks: List[List[Optional[Tensor]]] = []
-        grams = []
-        for k_model, plist in enumerate(groups):
-            rows = L[k_model] if criterion_value is None else torch.cat([L[k_model], criterion_value[None]])
-            keep = retain_graph or k_model < N - 1
-            blocks = jacobian_blocks(rows, plist, retain_graph=keep, batched=batched)
+        closures = multi and not isinstance(losses, Tensor) and len(losses) > 0 and all(callable(c) for c in losses)
+        if closures:
+            if len(losses) != len(groups):
+                raise ValueError(f"there are {len(losses)} loss closures but {len(groups)} parameter groups.")
+            order = range(len(groups))
+            rows_of = lambda k: _closure_losses(losses[k], k)  # noqa: E731
+        else:
+            L = _loss_matrix(losses, multi)
+            if L.shape[0] != len(groups):
+                raise ValueError(f"there are {L.shape[0]} rows of losses but {len(groups)} parameter groups.")
+            if not L.requires_grad and (criterion_value is None or not criterion_value.requires_grad):
+                raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
+            # newest model first: its activations are the most recently written, so still in cache
+            order = range(len(groups))
+            rows_of = lambda k: L[k]  # noqa: E731
+        N = len(groups)
+        all_blocks: List[List[Optional[Tensor]]] = [[] for _ in range(N)]
+        grams: List[Optional[Tensor]] = [None] * N
+        loss_rows: List[Optional[Tensor]] = [None] * N
+        for position, k_model in enumerate(order):
+            rows = rows_of(k_model)
+            if position > 0 and rows.shape[0] != loss_rows[order[0]].shape[0]:
+                raise ValueError("every model must have the same number of losses.")
+            loss_rows[k_model] = rows.detach()
+            if criterion_value is not None:
+                rows = torch.cat([rows, criterion_value[None]])
+            if closures and not rows.requires_grad:
+                raise ValueError(f"none of the losses of model {k_model} requires grad: there is nothing to "
+                                 "back-propagate.")
+            # graphs may share nodes across models (a stacked (N, m) tensor, criterion_value): keep them
+            # for every model but the last one
+            keep = retain_graph or position < N - 1
+            blocks = jacobian_blocks(rows, groups[k_model], retain_graph=keep, batched=batched)
             k = rows.shape[0]
             flat = [None if b is None else b.reshape(k, -1) for b in blocks]
             G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
             for blk in flat:
                 if blk is not None:
                     G += ops.gram(blk.detach()).to(torch.float64)
-            grams.append(G)
-            all_blocks.append(flat)
+            grams[k_model] = G
+            all_blocks[k_model] = flat
+            del rows, blocks
         W = self.batch_weights(
-            torch.stack(grams), L.detach(),
+            torch.stack(grams), torch.stack(loss_rows),
             criterion_value=None if criterion_value is None else float(criterion_value.detach()),
         )
         for plist, flat, w in zip(groups, all_blocks, W):
@@ -517,7 +547,7 @@ class PNG(Aggregator):
                     continue
                 d = (w.to(blk.dtype) @ blk).reshape(p.shape).to(p.dtype)
                 if p.grad is None:
-                    p.grad = d.clone()
+                    p.grad = d
                 else:
                     p.grad.add_(d)
         self.weights = W[0].detach() if not multi else None
@@ -527,6 +557,18 @@ class PNG(Aggregator):
         e = f"threshold={self.threshold}" if self.threshold is not None else f"gamma={self.gamma}"
         clip = "" if self.criterion_clip is None else f", criterion_clip={self.criterion_clip}"
         return f"PNG({self.criterion!r}, alpha={self.alpha!r}, {e}, decay={self.decay}, method={self.method!r}{clip})"
+
+
+def _closure_losses(closure: Callable[[], Any], k: int) -> Tensor:
+    """Model ``k``'s losses from its closure, as an ``(m,)`` tensor that keeps the graph."""
+    from torchmoo.autograd import _stack_losses
+
+    out = closure()
+    try:
+        return _stack_losses(out)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"the loss closure of model {k} must return m scalar losses (a sequence or an (m,) "
+                        f"tensor): {err}") from None
 
 
 def _loss_matrix(losses: Any, multi: bool) -> Tensor:
