@@ -577,6 +577,9 @@ def minres(
             elif not hv.is_contiguous():
                 hv = hv.contiguous()
             running = _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
+            # Free H v before the next product, so that the allocator can hand its (cache-warm) block to
+            # the next one.
+            del hv
             # The step wrote y_{k+1} over y_{k-1} and w_{k-1} over w_{k-3}.
             cur, prev = prev, cur
             w, wprev = wprev, w

@@ -242,11 +242,12 @@ def train_unit(unit: str, method: str, cfg: Config, ctx: RunContext, data, seed:
             idx = order[b : b + cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad(set_to_none=True)
-            losses = [_losses(m, xb, yb) for m in models]
             if method == "png":
-                png.backward(losses, models)
+                # one closure per model: each model's gradients follow its own forward pass
+                png.backward([lambda m=m: _losses(m, xb, yb) for m in models], models)
                 control += int(png.stats.control.sum())
             else:
+                losses = [_losses(m, xb, yb) for m in models]
                 for k, m in enumerate(models):
                     if method == "linear" or (method == "mgda" and epoch < switch):
                         agg = linear[k]
