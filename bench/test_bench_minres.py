@@ -58,29 +58,30 @@ K = 4
 
 
 @lru_cache(maxsize=None)
-def problem(batch: int):
+def problem(batch: int, device: str = "cpu"):
     """(matvec, n) of the MLP's cross-entropy Hessian on one mini-batch of ``batch`` samples."""
     torch.manual_seed(0)
     h1, h2 = HIDDEN
     net = torch.nn.Sequential(
         torch.nn.Linear(784, h1), torch.nn.Tanh(), torch.nn.Linear(h1, h2), torch.nn.Tanh(), torch.nn.Linear(h2, 10)
-    )
-    x = torch.randn(batch, 784)
-    y = torch.randint(0, 10, (batch,))
+    ).to(device)
+    x = torch.randn(batch, 784).to(device)
+    y = torch.randint(0, 10, (batch,)).to(device)
     loss = torch.nn.functional.cross_entropy(net(x), y)
     params = list(net.parameters())
     return tm.autograd.hvp_operator(loss, params), tm.autograd.num_params(params)
 
 
-def scipy_minres(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, iters: int):
-    """``b -> (x, calls)``: scipy's MINRES around ``matvec`` through a LinearOperator, numpy <-> torch per product."""
+def scipy_minres(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, iters: int, device: str = "cpu"):
+    """``b -> (x, calls)``: scipy's MINRES around ``matvec`` through a LinearOperator, numpy <-> torch per product
+    (host <-> device copies on a GPU, as the authors' code did)."""
     from scipy.sparse.linalg import LinearOperator, minres
 
     calls = [0]
 
     def mv(x: np.ndarray) -> np.ndarray:
         calls[0] += 1
-        return matvec(torch.as_tensor(x.astype(np.float32))).detach().cpu().numpy()
+        return matvec(torch.as_tensor(x.astype(np.float32)).to(device)).detach().cpu().numpy()
 
     op = LinearOperator((n, n), matvec=mv, dtype=np.float32)
 
@@ -98,14 +99,24 @@ def relative_residual(matvec, b: torch.Tensor, x: torch.Tensor) -> float:
     return float((torch.linalg.vector_norm(r, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).max())
 
 
-def measure_overhead(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str, float], Dict[str, dict]]:
+def _sync(device: str):
+    """What the timings call after each block: the host waits for the device's queue."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+
+
+def _where(device: str) -> str:
+    return "" if torch.device(device).type == "cpu" else f", {torch.cuda.get_device_name(torch.device(device))}"
+
+
+def measure_overhead(batch: int, repeats: int = REPEATS, device: str = "cpu") -> Tuple[str, Dict[str, float], Dict[str, dict]]:
     """Group ``minres 50 it``: medians (seconds per solve) and per-contender checks."""
-    matvec, n = problem(batch)
+    matvec, n = problem(batch, device)
     g = torch.Generator().manual_seed(1)
     b = torch.randn(n, generator=g)
-    v = torch.randn(n, generator=g)
+    v = torch.randn(n, generator=g).to(device)
     b_np = b.numpy()
-    scipy_solve = scipy_minres(matvec, n, ITERS)
+    b = b.to(device)
+    scipy_solve = scipy_minres(matvec, n, ITERS, device)
 
     def hvps():
         for _ in range(ITERS):
@@ -117,7 +128,7 @@ def measure_overhead(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str,
         "scipy minres": lambda: scipy_solve(b_np),
         "minres_reference": lambda: minres_reference(matvec, b, max_iter=ITERS, tol=0.0),
     }
-    medians = interleaved_medians(fns, repeats=repeats)
+    medians = interleaved_medians(fns, repeats=repeats, sync=_sync(device))
     x, info = fns["torchmoo.ops.minres"]()
     xs, calls = scipy_solve(b_np)
     xr, ir = fns["minres_reference"]()
@@ -125,20 +136,21 @@ def measure_overhead(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str,
     assert calls == ITERS and ir.matvec_calls == ITERS
     checks = {
         "torchmoo.ops.minres": {"rel_residual": relative_residual(matvec, b, x)},
-        "scipy minres": {"rel_residual": relative_residual(matvec, b, torch.from_numpy(np.asarray(xs)))},
+        "scipy minres": {"rel_residual": relative_residual(matvec, b, torch.from_numpy(np.asarray(xs)).to(device))},
         "minres_reference": {"rel_residual": relative_residual(matvec, b, xr)},
     }
-    return f"minres {ITERS} it, MLP n={n}, batch {batch}", medians, checks
+    return f"minres {ITERS} it, MLP n={n}, batch {batch}{_where(device)}", medians, checks
 
 
-def measure_k4(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str, float], Dict[str, dict]]:
+def measure_k4(batch: int, repeats: int = REPEATS, device: str = "cpu") -> Tuple[str, Dict[str, float], Dict[str, dict]]:
     """Group ``minres k=4``: one batched solve against 4 separate ones."""
-    matvec, n = problem(batch)
+    matvec, n = problem(batch, device)
     g = torch.Generator().manual_seed(2)
     B = torch.randn(K, n, generator=g)
-    V = torch.randn(K, n, generator=g)
+    V = torch.randn(K, n, generator=g).to(device)
     B_np = B.numpy()
-    scipy_solve = scipy_minres(matvec, n, ITERS)
+    B = B.to(device)
+    scipy_solve = scipy_minres(matvec, n, ITERS, device)
 
     def hvps():
         for _ in range(ITERS):
@@ -150,7 +162,7 @@ def measure_k4(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str, float
         "scipy 4 separate solves": lambda: [scipy_solve(B_np[i]) for i in range(K)],
         "50 batched HVPs (4, n)": hvps,
     }
-    medians = interleaved_medians(fns, repeats=repeats)
+    medians = interleaved_medians(fns, repeats=repeats, sync=_sync(device))
     x, info = fns["torchmoo batched (4, n)"]()
     assert info.iterations.tolist() == [ITERS] * K and info.matvec_calls == ITERS
     separate = fns["torchmoo 4 separate solves"]()
@@ -159,7 +171,7 @@ def measure_k4(batch: int, repeats: int = REPEATS) -> Tuple[str, Dict[str, float
         "torchmoo batched (4, n)": {"rel_residual": relative_residual(matvec, B, x)},
         "torchmoo 4 separate solves": {"rel_residual": relative_residual(matvec, B, xsep)},
     }
-    return f"minres k={K}, {ITERS} it, MLP n={n}, batch {batch}", medians, checks
+    return f"minres k={K}, {ITERS} it, MLP n={n}, batch {batch}{_where(device)}", medians, checks
 
 
 def publish(group: str, medians: Dict[str, float], checks: Dict[str, dict], reference: str) -> None:
@@ -225,6 +237,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="mini-batch sizes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the MLP, the HVPs and the solves run")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for 3 consecutive seconds with < 5%% CPU used by others")
     args = parser.parse_args(argv)
@@ -237,8 +250,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     out = [f"- {k}: {v}" for k, v in machine_description().items()] + [""]
     for batch in args.batches:
-        out += _markdown(*measure_overhead(batch, args.repeats), reference="50 HVPs")
-    out += _markdown(*measure_k4(args.batches[0], args.repeats), reference="torchmoo batched (4, n)")
+        out += _markdown(*measure_overhead(batch, args.repeats, args.device), reference="50 HVPs")
+    out += _markdown(*measure_k4(args.batches[0], args.repeats, args.device), reference="torchmoo batched (4, n)")
     load = meter.fraction()
     out.append(f"wall time {time.perf_counter() - t0:.0f} s; other processes used "
                f"{'unknown' if load is None else f'{100 * load:.0f}%'} of the CPU during the run.")

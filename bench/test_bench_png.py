@@ -41,11 +41,11 @@ K_MINRES = 2 if QUICK else 50
 GROUP = f"png step N={N} m=2 lenet (batch {BATCH})"
 
 
-def _setup():
+def _setup(device: str = "cpu", batch: int = BATCH):
     torch.manual_seed(0)
-    models = [tm.zoo.models.MultiLeNet(num_tasks=2) for _ in range(N)]
-    x = torch.randn(BATCH, 1, 28, 28)
-    y = torch.randint(0, 10, (BATCH, 2))
+    models = [tm.zoo.models.MultiLeNet(num_tasks=2).to(device) for _ in range(N)]
+    x = torch.randn(batch, 1, 28, 28).to(device)
+    y = torch.randint(0, 10, (batch, 2)).to(device)
     opt = torch.optim.Adam([p for m in models for p in m.parameters()], lr=1e-3)
     return models, x, y, opt
 
@@ -111,11 +111,11 @@ def test_png_step(benchmark, contender):
     record(benchmark, GROUP, contender, 1, reference="linear scalarization step")
 
 
-def _steps():
+def _steps(device: str = "cpu", batch: int = BATCH):
     """The contenders of the interleaved group, each on its own copy of the 5 models."""
 
     def linear_scalarization(per_model: bool):
-        models, x, y, opt = _setup()
+        models, x, y, opt = _setup(device, batch)
         w = torch.linspace(0.1, 0.9, N)
 
         def step():
@@ -130,7 +130,7 @@ def _steps():
         return step
 
     def png_step(closures: bool):
-        models, x, y, opt = _setup()
+        models, x, y, opt = _setup(device, batch)
         png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)
 
         def step():
@@ -167,3 +167,33 @@ def test_png_step_interleaved(benchmark):
         benchmark.extra_info[f"ratio {name} / fastest linear scalarization"] = medians[name] / fastest_ls
     benchmark.group = group
     benchmark.pedantic(steps["png step (closures)"], rounds=1, iterations=1)
+
+
+def main(argv=None) -> None:
+    """``python bench/test_bench_png.py [--device cuda]``: the interleaved group as a markdown table."""
+    import argparse
+
+    from baselines import machine_description
+
+    parser = argparse.ArgumentParser(description="PNG step vs linear-scalarization step, 5 two-head LeNets")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args(argv)
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
+    steps = _steps(args.device, args.batch)
+    medians = interleaved_medians(steps, repeats=args.repeats, warmup=3, sync=sync)
+    ref = medians["linear scalarization step"]
+    where = args.device if sync is None else torch.cuda.get_device_name(torch.device(args.device))
+    out = [f"- {k}: {v}" for k, v in machine_description().items()] + [
+        "", f"**PNG step, N = {N} two-head LeNets, m = 2, batch {args.batch}, {where}** (ratio = time / time of "
+        "`linear scalarization step`)", "", "| contender | median per step | ratio |", "|---|---:|---:|"]
+    for name, seconds in medians.items():
+        out.append(f"| {name} | {seconds * 1e3:.2f} ms | {seconds / ref:.3f} |")
+    fastest = min(ref, medians["linear scalarization step (per model)"])
+    out += ["", f"png step (closures) / fastest linear scalarization: {medians['png step (closures)'] / fastest:.3f}"]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import moocore
 
 __all__ = [
     "nondominated",
@@ -35,6 +34,14 @@ __all__ = [
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 Maximize = Union[bool, Sequence[bool]]
+
+
+def _moocore():
+    """moocore, imported on first use (``import torchmoo`` stays light; the operators and the training
+    API do not need it)."""
+    import moocore
+
+    return moocore
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +110,7 @@ def nondominated(F: ArrayLike, *, maximize: Maximize = False, keep_weakly: bool 
     if points.shape[0] == 0:
         mask = np.zeros(0, dtype=bool)
     else:
-        mask = np.asarray(moocore.is_nondominated(points, maximise=_maximize(maximize, points.shape[1]),
+        mask = np.asarray(_moocore().is_nondominated(points, maximise=_maximize(maximize, points.shape[1]),
                                                   keep_weakly=keep_weakly), dtype=bool)
     if isinstance(F, Tensor):
         mask_t = torch.from_numpy(mask).to(F.device)
@@ -137,7 +144,7 @@ def hypervolume(F: ArrayLike, ref: Union[ArrayLike, float], *, maximize: Maximiz
         raise ValueError("ref must be finite.")
     if points.shape[0] == 0:
         return 0.0
-    return float(moocore.hypervolume(points, ref=r, maximise=_maximize(maximize, n_obj)))
+    return float(_moocore().hypervolume(points, ref=r, maximise=_maximize(maximize, n_obj)))
 
 
 def igd_plus(F: ArrayLike, reference_front: ArrayLike, *, maximize: Maximize = False) -> float:
@@ -162,7 +169,7 @@ def igd_plus(F: ArrayLike, reference_front: ArrayLike, *, maximize: Maximize = F
     if ref.shape[1] != points.shape[1]:
         raise ValueError(f"F and reference_front must have the same number of objectives, got "
                          f"{points.shape[1]} and {ref.shape[1]}.")
-    return float(moocore.igd_plus(points, ref=ref, maximise=_maximize(maximize, points.shape[1])))
+    return float(_moocore().igd_plus(points, ref=ref, maximise=_maximize(maximize, points.shape[1])))
 
 
 # ------------------------------------------------------------------------------------------------
