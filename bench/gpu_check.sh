@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything torchmoo needs a CUDA GPU for, in one call (about 10 minutes on one GPU):
-#   1. build with the CUDA kernels against the installed torch (no download, no second torch),
+#   1. build with the CUDA kernels (TORCHMOO_CUDA=ON) against the installed torch (no download),
 #   2. the `cuda`-marked tests (gram, combine, Stein, MINRES, QP operators against their CPU twins),
 #   3. the GPU benchmarks: MINRES overhead over the HVPs (batch 64 / 256 / 1024, k = 4), the PNG step
 #      against a linear-scalarization step, and the pytest-benchmark groups marked `cuda`.
@@ -30,7 +30,7 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
     | tee -a "$out/summary.txt"
 
 if [ "${SKIP_BUILD:-0}" = 1 ]; then echo "build: skipped (SKIP_BUILD=1)" | tee -a "$out/summary.txt"
-elif ! step build 900 env TORCHMOO_CUDA=ON "$py" -m pip install --no-build-isolation --no-deps -v .; then
+elif ! step build 900 "$py" -m pip install --no-build-isolation --no-deps -v -C cmake.define.TORCHMOO_CUDA=ON .; then
     tail -40 "$out/build.log"
     exit 1
 fi
