@@ -111,8 +111,9 @@ def test_png_step(benchmark, contender):
     record(benchmark, GROUP, contender, 1, reference="linear scalarization step")
 
 
-def _steps(device: str = "cpu", batch: int = BATCH):
-    """The contenders of the interleaved group, each on its own copy of the 5 models."""
+def _steps(device: str = "cpu", batch: int = BATCH, vmapped: bool = False):
+    """The contenders of the interleaved group, each on its own copy of the 5 models; ``vmapped`` adds
+    the PNG step with the Jacobian as one vmapped backward pass per model."""
 
     def linear_scalarization(per_model: bool):
         models, x, y, opt = _setup(device, batch)
@@ -129,25 +130,28 @@ def _steps(device: str = "cpu", batch: int = BATCH):
             opt.step()
         return step
 
-    def png_step(closures: bool):
+    def png_step(closures: bool, batched=None):
         models, x, y, opt = _setup(device, batch)
         png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)
 
         def step():
             opt.zero_grad(set_to_none=True)
             if closures:
-                png.backward([lambda m=m: _losses(m, x, y) for m in models], models)
+                png.backward([lambda m=m: _losses(m, x, y) for m in models], models, batched=batched)
             else:
-                png.backward([_losses(m, x, y) for m in models], models)
+                png.backward([_losses(m, x, y) for m in models], models, batched=batched)
             opt.step()
         return step
 
-    return {
+    steps = {
         "linear scalarization step": linear_scalarization(per_model=False),
         "linear scalarization step (per model)": linear_scalarization(per_model=True),
         "png step": png_step(closures=False),
         "png step (closures)": png_step(closures=True),
     }
+    if vmapped:
+        steps["png step (closures, vmapped Jacobian)"] = png_step(closures=True, batched=True)
+    return steps
 
 
 def test_png_step_interleaved(benchmark):
@@ -181,7 +185,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args(argv)
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
-    steps = _steps(args.device, args.batch)
+    # on a GPU the vmapped Jacobian (one batched backward pass per model) may win: time it there too
+    steps = _steps(args.device, args.batch, vmapped=sync is not None)
     medians = interleaved_medians(steps, repeats=args.repeats, warmup=3, sync=sync)
     ref = medians["linear scalarization step"]
     where = args.device if sync is None else torch.cuda.get_device_name(torch.device(args.device))
