@@ -429,6 +429,66 @@ def test_convex_hull_family():
         ex.family(1)
 
 
+def test_stitching_goes_through_a_seed_shared_by_two_explorers():
+    """Two explorers from one seed, one chain each way: the two copies of the seed are one point of the
+    front, so the traversal goes on through it (no stitch, parameters continuous in t)."""
+    common = dict(k=2, step=0.1, num_children=1, num_points=2, rhs="binary", optimize_seed=False,
+                  optimize=functools.partial(pareto_optimize, max_iter=0))
+    x = zdt2_point(0.5).requires_grad_(True)
+    right = ParetoExplorer(x, lambda: ZDT2(x), seed=1, **common)  # beta = e2: f1 increases
+    left = ParetoExplorer(x, lambda: ZDT2(x), seed=0, **common)   # beta = e1: f1 decreases
+    right.explore()
+    left.explore()
+    assert float(right.points[1].losses[0]) > 0.5 > float(left.points[1].losses[0])
+    front = stitch([right, left], resolution=4)  # the copy of the seed listed first is on the right
+    assert len(front) == front.values.shape[0] and front.num_stitches == 0
+    ts = torch.linspace(-1, 1, 201, dtype=F64).tolist()
+    xs = torch.stack([front.solution(t) for t in ts])
+    # steps of 0.1 / 4 in parameter space per sample, spread over ~201 / 16 values of t: no jump
+    assert float((xs[1:] - xs[:-1]).norm(dim=1).max()) < 0.01
+    i = int(torch.nonzero(front.order == int(front.node_sample[0])).flatten()[0])
+    for j in (i - 1, i + 1):  # through the seed, along the segments of both explorers
+        mid = 0.5 * (float(front.t[i]) + float(front.t[j]))
+        a, b = front.sample_params(int(front.order[i])), front.sample_params(int(front.order[j]))
+        assert torch.allclose(front.solution(mid), 0.5 * (a + b), atol=1e-12)
+
+
+def test_buffers_are_restored_by_explore_and_front():
+    """Batch norm in training mode updates its statistics at every evaluation of the closure: the
+    explorer leaves them (with the parameters) as they were."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 2)).double()
+    X, Y = torch.randn(32, 3, dtype=F64), torch.randn(32, 2, dtype=F64)
+    before = {k: v.clone() for k, v in net.named_buffers()}
+    ex = ParetoExplorer(net, lambda: ((net(X) - Y) ** 2).mean(0), k=8, num_children=2, num_points=2,
+                        optimize=functools.partial(pareto_optimize, max_iter=2), seed=0)
+    ex.explore()
+    assert ex.counter.f > 4
+    for _ in range(2):  # after explore(), then after front()
+        assert torch.equal(tm.autograd.flatten(net.parameters()), ex.points[0].params)
+        for key, value in net.named_buffers():
+            assert torch.equal(value, before[key]), key
+        ex.front(resolution=3)
+    assert len(ex.buffers) == len(before) == 3
+
+
+def test_objectives_in_another_dtype_than_the_parameters():
+    """float32 parameters, objectives computed in float64: the same directions as in float64."""
+    x0 = zdt2_point(0.4)
+    x32 = x0.float().requires_grad_(True)
+    x64 = x0.clone().requires_grad_(True)
+    beta = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    e32 = pareto_expand(lambda: ZDT2(x32.double()), [x32], beta=beta, k=2)
+    e64 = pareto_expand(lambda: ZDT2(x64), [x64], beta=beta, k=2)
+    assert e32.directions.dtype == torch.float32
+    assert torch.allclose(e32.directions.double(), e64.directions, atol=1e-5)
+    y = (x0 + torch.tensor([0.1, 0.2, -0.1], dtype=F64)).float().requires_grad_(True)
+    start = ZDT2(y.detach().double())
+    res = pareto_optimize(lambda: ZDT2(y.double()), [y], tol=1e-8, max_iter=200)
+    assert res.iterations > 0 and res.stationarity < 1e-6 and bool((res.losses < start).all())
+
+
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
@@ -461,6 +521,14 @@ def test_bad_inputs_raise_readable_errors():
         ParetoExplorer(x, obj, k=0)
     with pytest.raises(ValueError, match="step"):
         ParetoExplorer(x, obj, step=-0.1)
+    # refused at construction, before the seed is optimized
+    with pytest.raises(ValueError, match="seed has no parent"):
+        ParetoExplorer(x, obj, sign="parent")
+    for bad in (dict(perturbation=0.0), dict(tol=-1.0), dict(shift=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ParetoExplorer(x, obj, **bad)
+    with pytest.raises(TypeError, match="hessian_objectives"):
+        ParetoExplorer(x, obj, hessian_objectives=1.0)
     _, ex = _explorer(num_points=2, optimize=functools.partial(pareto_optimize, max_iter=0))
     ex.explore()
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):

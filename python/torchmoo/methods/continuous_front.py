@@ -127,7 +127,11 @@ class ContinuousFront:
         seg = []
         for u, v in zip(self.order[:-1].tolist(), self.order[1:].tolist()):
             mu = {e: p for e, p in members[u]}
-            seg.append(any(e in mu and abs(mu[e] - p) == 1 for e, p in members[v]))
+            adjacent = any(e in mu and abs(mu[e] - p) == 1 for e, p in members[v])
+            # two copies of one node (same parameters): no jump between them
+            copies = bool(sample_a[u] == sample_b[u]) and bool(sample_a[v] == sample_b[v]) and torch.equal(
+                node_params[int(sample_a[u])], node_params[int(sample_a[v])])
+            seg.append(adjacent or copies)
         self.segment = torch.tensor(seg, dtype=torch.bool)
         ordered = values[self.order]
         steps = (ordered[1:] - ordered[:-1]).norm(dim=1) if len(ordered) > 1 else ordered.new_zeros(0)
@@ -233,7 +237,7 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
         resolution: steps per segment (``>= 1``).
 
     Returns:
-        :class:`ContinuousFront`. The model's parameters are restored afterwards.
+        :class:`ContinuousFront`. The model's parameters (and the explorers' buffers) are restored afterwards.
     """
     explorers = list(explorers)
     if not explorers:
@@ -264,6 +268,9 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
     X = torch.stack(node_params)
 
     saved = [p.detach().clone() for p in params]
+    # buffers (batch-norm statistics in training mode) move at every evaluation: restored with the parameters
+    buffers = list({id(b): b for ex in explorers for b in getattr(ex, "buffers", [])}.values())
+    saved_buffers = [b.detach().clone() for b in buffers]
     evaluations = 0
 
     def evaluate(vec: Tensor) -> Tensor:
@@ -300,7 +307,20 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
         with torch.no_grad():
             for p, v in zip(params, saved):
                 p.copy_(v)
+            for b, v in zip(buffers, saved_buffers):
+                b.copy_(v)
     values = torch.stack(vals)
+    # Nodes with equal parameters (a seed shared by several explorers) are one point of the front: each
+    # copy carries the segments of all, so that the traversal goes on through it instead of jumping.
+    group = list(range(X.shape[0]))
+    for i in range(X.shape[0]):
+        for j in range(i):
+            if group[j] == j and torch.equal(values[i], values[j]) and torch.equal(X[i], X[j]):
+                group[i] = j
+                break
+    merged = [sorted({mem for k in range(X.shape[0]) if group[k] == group[i] for mem in members[k]})
+              for i in range(X.shape[0])]
+    members[:X.shape[0]] = merged
     if not bool(torch.isfinite(values).all()):
         raise ValueError("the objectives are not finite at some sample of the front.")
     return ContinuousFront(

@@ -303,7 +303,7 @@ def pareto_optimize(
         for _ in range(max_backtracks):
             prob.set(x0 - t * d)
             fn = prob.losses(grad=False).detach()
-            ok = float(w @ (fn - f0)) <= -armijo * t * dd
+            ok = float(w.to(fn.dtype) @ (fn - f0)) <= -armijo * t * dd  # J's dtype may differ from f's
             descending = slope > 0
             if ok and bool(descending.any()):
                 ok = bool((fn[descending] - f0[descending] <= -armijo * t * slope[descending]).all())
@@ -585,7 +585,7 @@ def pareto_expand(
         if correction:
             B = B - beta.sum(1, keepdim=True) * c
         if hessian_objectives is None:
-            weighted = alpha @ L
+            weighted = alpha.to(L.dtype) @ L  # the objectives' dtype may differ from the parameters'
         else:
             Lh = _stack_losses(_Problem(hessian_objectives, prob.params, prob.counter).losses())
             if Lh.shape[0] != m:
@@ -650,6 +650,21 @@ class ExploredPoint:
         return cls(**d)
 
 
+def _module_buffers(model: Any) -> List[Tensor]:
+    """The buffers of ``model`` when it is an ``nn.Module`` (none for tensors)."""
+    return list(model.buffers()) if isinstance(model, torch.nn.Module) else []
+
+
+def _save(buffers: List[Tensor]) -> List[Tensor]:
+    return [b.detach().clone() for b in buffers]
+
+
+@torch.no_grad()
+def _restore(buffers: List[Tensor], saved: List[Tensor]) -> None:
+    for b, v in zip(buffers, saved):
+        b.copy_(v)
+
+
 def _dominates(a: Tensor, b: Tensor) -> bool:
     """``a`` dominates ``b``: no worse in every objective and better in one."""
     return bool((a <= b).all()) and bool((a < b).any())
@@ -678,7 +693,8 @@ class ParetoExplorer:
         num_children: ``K``, directions per expanded point.
         num_points: ``N``, new points to collect.
         method: ``"tangent"`` or ``"gradient"`` (the WeightedSum expansion baseline).
-        rhs, correction, shift, tol, sign, perturbation, hessian_objectives: as in :func:`pareto_expand`.
+        rhs, correction, shift, tol, sign, perturbation, hessian_objectives: as in :func:`pareto_expand`
+            (``sign="parent"`` is refused: the seed has no parent; ``"auto"`` uses it for the other points).
         optimize: the ParetoOptimize, called as ``optimize(objectives, params, counter=counter)`` and
             returning an :class:`OptimizeResult`; default :func:`pareto_optimize` (MGDA with line search).
             ``functools.partial(pareto_optimize, max_iter=0)`` skips it (the expanded point is kept
@@ -690,6 +706,9 @@ class ParetoExplorer:
         points: the kept :class:`ExploredPoint` (index 0 is the seed).
         rejected: children pruned because a kept point dominates them (or whose direction vanished).
         counters: :class:`EvaluationCounter` per phase: ``"seed"``, ``"expand"``, ``"optimize"``.
+        buffers: the buffers of ``model`` when it is a module. They are not explored (every point
+            shares them) and :meth:`explore` and :meth:`front` restore them, e.g. batch-norm
+            statistics that the closure updates in training mode.
 
     Example:
         >>> x = torch.tensor([-2.6, 1.0, 1.4], dtype=torch.float64, requires_grad=True)
@@ -726,6 +745,9 @@ class ParetoExplorer:
         self.params = as_param_list(model, name="model")
         if not self.params:
             raise ValueError("model has no parameters to explore.")
+        # a module's buffers (e.g. batch-norm statistics in training mode) change at every evaluation of
+        # the closure; they are not explored, and explore() / front() put them back as they were
+        self.buffers: List[Tensor] = _module_buffers(model)
         self.objectives = objectives
         for name, value in (("k", k), ("num_children", num_children)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -738,8 +760,21 @@ class ParetoExplorer:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
         if sign not in SIGN_RULES:
             raise ValueError(f"sign must be one of {SIGN_RULES}, got {sign!r}.")
+        if sign == "parent":  # the seed's directions would have nothing to be oriented by
+            raise ValueError(
+                "sign='parent' cannot orient the seed's directions (the seed has no parent); use sign='auto', "
+                "which orients every other point's directions away from its parent."
+            )
         if rhs not in RHS_SAMPLERS:
             raise ValueError(f"rhs must be one of {RHS_SAMPLERS}, got {rhs!r}.")
+        # checked here rather than at the first expansion, after a possibly long ParetoOptimize of the seed
+        for name, value, lo in (("tol", tol, 0.0), ("shift", shift, -math.inf), ("perturbation", perturbation, 0.0)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+            if value < lo or (name == "perturbation" and value == 0):
+                raise ValueError(f"{name}={value} is out of range.")
+        if hessian_objectives is not None and not callable(hessian_objectives):
+            raise TypeError(f"hessian_objectives must be callable or None, got {type(hessian_objectives).__name__}.")
         if optimize is not None and not callable(optimize):
             raise TypeError(f"optimize must be callable or None, got {type(optimize).__name__}.")
         self.k, self.step, self.num_children, self.num_points = k, float(step), num_children, num_points
@@ -798,13 +833,15 @@ class ParetoExplorer:
                 e.g. to save :meth:`state_dict` so that an interrupted run resumes where it stopped.
 
         Returns:
-            :attr:`points`. The parameters of the model are left at the seed's values.
+            :attr:`points`. The parameters of the model are left at the seed's values, its buffers as
+            they were before the call.
         """
         if num_points is not None:
             if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 0:
                 raise ValueError(f"num_points must be an int >= 0, got {num_points!r}.")
             self.num_points = num_points
         self._front = None
+        saved_buffers = _save(self.buffers)
         if not self.points:
             if self.optimize_seed:
                 res = self._run_optimize(self.counters["seed"])
@@ -865,6 +902,7 @@ class ParetoExplorer:
                     callback(self)
         finally:
             self._set(self.points[0].params)
+            _restore(self.buffers, saved_buffers)
         return self.points
 
     # ---- checkpoints --------------------------------------------------------------------------
