@@ -348,6 +348,118 @@ def test_multi_model_closures_take_the_same_step_as_precomputed_losses():
         PNG(crit).backward([lambda: models[0].losses(x, y), lambda: models[1].losses(x, y)[:1]], models)
 
 
+def test_multi_model_input_forms_and_mix_ups():
+    """A generator of rows or of closures is a sequence like any other; the classic mix-ups (a closure
+    bound late in a loop, rows in the wrong order, one model's parameters given as a list of modules)
+    raise instead of silently leaving a model without gradient."""
+    x, y = _data(6)
+    crit = WeightedDistance([0.3, 0.5])
+
+    def fresh():
+        return [_TwoHead(50 + k) for k in range(3)]
+
+    models = fresh()
+    ref = PNG(crit).backward([m.losses(x, y) for m in models], models)
+    models = fresh()
+    torch.testing.assert_close(PNG(crit).backward((m.losses(x, y) for m in models), models), ref, rtol=0, atol=0)
+    models = fresh()
+    got = PNG(crit).backward((lambda m=m: m.losses(x, y) for m in models), [m.parameters() for m in models])
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+
+    models = fresh()
+    late = [lambda: models[k].losses(x, y) for k in range(3)]  # every closure sees k = 2
+    with pytest.raises(ValueError, match="reach none of its parameters"):
+        PNG(crit).backward(late, models)
+    assert all(p.grad is None for m in models for p in m.parameters())
+    with pytest.raises(ValueError, match="reach none of its parameters"):
+        PNG(crit).backward([models[1].losses(x, y), models[0].losses(x, y), models[2].losses(x, y)], models)
+    # one model whose parameters are in two modules, given as a list of modules: not 2 models of 1 loss
+    model = models[0]
+    with pytest.raises(ValueError, match="not a list of modules"):
+        PNG(LossCriterion(lambda l: l.sum())).backward(model.losses(x, y), [model.trunk, model.heads])
+    with pytest.raises(TypeError, match="closures are for N models"):
+        PNG(crit).backward([lambda: model.losses(x, y)], model)
+
+
+def test_single_model_criterion_gets_the_m_losses():
+    """For one model (PNG.backward, tm.backward, png(J, losses)) the criterion is a function of its
+    (m,) losses, as documented: a user criterion may index them."""
+    x, y = _data(5)
+    model = _TwoHead(5)
+    params = list(model.parameters())
+    shapes = []
+
+    def ratio(l):
+        shapes.append(tuple(l.shape))
+        return l[0] / (0.001 + l[1])
+
+    L = model.losses(x, y)
+    J = tm.autograd.jacobian(L, params, retain_graph=True)
+    Lv = torch.stack(L).detach()
+    u = torch.stack([1 / (0.001 + Lv[1]), -Lv[0] / (0.001 + Lv[1]) ** 2])  # dF/dl by hand
+    ref = png_direction(J, u @ J, alpha=0.5, threshold=0.0).direction
+    PNG(LossCriterion(ratio), alpha=0.5, threshold=0.0).backward(L, params)
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in params]), ref, rtol=1e-10, atol=1e-12)
+    model.zero_grad()
+    tm.backward(model.losses(x, y), params, PNG(LossCriterion(ratio), alpha=0.5, threshold=0.0))
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in params]), ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(PNG(LossCriterion(ratio), alpha=0.5, threshold=0.0)(J, Lv), ref, rtol=1e-10,
+                               atol=1e-12)
+    assert set(shapes) == {(2,)}
+    # a reference given as one row per model, for one model
+    w_row = PNG(WeightedDistance([[0.3, 0.5]]), threshold=0.0).gram_weights(J @ J.T, Lv)
+    w_vec = PNG(WeightedDistance([0.3, 0.5]), threshold=0.0).gram_weights(J @ J.T, Lv)
+    torch.testing.assert_close(w_row, w_vec, rtol=0, atol=0)
+
+
+def test_failed_step_leaves_the_state_unchanged():
+    x, y = _data(7)
+    model = _TwoHead(7)
+    png = PNG(WeightedDistance([0.3, 0.5]), alpha=lambda t: 0.5 if t == 0 else -1.0)
+    png.backward(model.losses(x, y), model.parameters())
+    state = png.state_dict()
+    with torch.no_grad():  # move the model: the next step would change e0
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    model.zero_grad()
+    with pytest.raises(ValueError, match=r"alpha\(1\)"):
+        png.backward(model.losses(x, y), model.parameters())
+    assert png.steps == 1 and torch.equal(png.e0, state["e0"])  # e0 not advanced by the failed step
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="shape \\(N,\\)"):
+        png.load_state_dict({"e0": 3.0, "steps": 1})
+    with pytest.raises(ValueError, match="integer >= 0"):
+        png.load_state_dict({"e0": None, "steps": -1})
+    assert png.steps == 1 and torch.equal(png.e0, state["e0"])
+    with pytest.raises(ValueError, match="at least one loss"):
+        PNG(None).gram_weights(torch.eye(1, dtype=F64), torch.ones(1, dtype=F64))  # a criterion row, no loss
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_multi_model_on_different_devices():
+    """N models on different devices take the same step as on one device (closures and rows)."""
+    x, y = _data(8)
+    crit = EnergyDistance()
+
+    def run(devices, use_closures):
+        models = [_TwoHead(60 + k).to(d) for k, d in enumerate(devices)]
+        cv = 0.01 * sum((p.to("cpu") ** 2).sum() for m in models for p in m.parameters())
+        if use_closures:
+            losses = [lambda m=m: m.losses(x.to(m.trunk[0].weight.device), y.to(m.trunk[0].weight.device))
+                      for m in models]
+        else:
+            losses = [m.losses(x.to(m.trunk[0].weight.device), y.to(m.trunk[0].weight.device)) for m in models]
+        W = PNG(crit).backward(losses, models, criterion_value=cv)
+        return W.cpu(), [tm.autograd.flatten([p.grad.cpu() for p in m.parameters()]) for m in models]
+
+    W0, g0 = run(["cpu"] * 3, False)
+    for use_closures in (False, True):
+        W1, g1 = run(["cuda", "cpu", "cuda"], use_closures)
+        torch.testing.assert_close(W1, W0, rtol=1e-9, atol=1e-12)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_e0_running_average_state_dict_and_resume():
     x, y = _data(3)
 

@@ -348,8 +348,13 @@ class PNG(Aggregator):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         e0 = state["e0"]
-        self.e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64).clone()
-        self.steps = int(state["steps"])
+        e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64).clone()
+        if e0 is not None and e0.dim() != 1:
+            raise ValueError(f"state['e0'] must be None or have shape (N,), got shape {tuple(e0.shape)}.")
+        steps = state["steps"]
+        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+            raise ValueError(f"state['steps'] must be an integer >= 0, got {steps!r}.")
+        self.e0, self.steps = e0, int(steps)
 
     def alpha_at(self, step: int) -> float:
         """:math:`\\alpha_t` at step ``t``."""
@@ -371,8 +376,12 @@ class PNG(Aggregator):
 
         Returns:
             ``(N, k)`` weights, in ``G``'s dtype: model ``k``'s direction is ``weights[k] @ J_k``.
-            Updates ``e0``, :attr:`steps` and :attr:`stats`.
+            Updates ``e0``, :attr:`steps` and :attr:`stats` (none of them when it raises).
         """
+        return self._step(G, losses, criterion_value=criterion_value, single=False)
+
+    def _step(self, G: Tensor, losses: Tensor, *, criterion_value: Optional[float], single: bool) -> Tensor:
+        """:meth:`batch_weights`; ``single``: one model (``N = 1``), whose criterion sees ``(m,)`` losses."""
         G = _as_tensor(G, "G")
         losses = _as_tensor(torch.as_tensor(losses), "losses")
         if G.dim() != 3 or G.shape[-1] != G.shape[-2]:
@@ -381,6 +390,9 @@ class PNG(Aggregator):
             raise ValueError(f"losses must have shape (N, m) with N = {G.shape[0]}, got {tuple(losses.shape)}.")
         N, k = G.shape[0], G.shape[-1]
         m = losses.shape[1]
+        if m == 0:
+            raise ValueError("PNG needs at least one loss per model, got losses of shape "
+                             f"{tuple(losses.shape)}.")
         if k not in (m, m + 1):
             raise ValueError(f"G is {k} x {k} but there are {m} losses: expected {m} (losses only) or {m + 1} "
                              "(losses and the gradient of the criterion).")
@@ -394,7 +406,11 @@ class PNG(Aggregator):
             raise ValueError("PNG: the Gram matrices or the losses have inf or NaN entries.")
         Gl = Gd[:, :m, :m]
         if self.criterion is not None:
-            F, u = self.criterion.value_and_grad(Ld)
+            if single:  # one model: the criterion is a function of its (m,) losses
+                F, u = self.criterion.value_and_grad(Ld[0])
+                u = u.unsqueeze(0)
+            else:
+                F, u = self.criterion.value_and_grad(Ld)
             F = float(F)
         else:
             F, u = 0.0, torch.zeros_like(Ld)
@@ -408,14 +424,15 @@ class PNG(Aggregator):
             b = b + Gd[:, :m, m]
             if criterion_value is not None:
                 F += float(criterion_value)
+        # the state (e0, steps, stats) is committed only once the step has succeeded
         if self.e0 is None:
-            self.e0 = s.clone()
+            e0 = s.clone()
         else:
             if self.e0.shape != s.shape:
                 raise ValueError(f"this PNG was stepped with {self.e0.shape[0]} model(s), now {N}; call reset() "
                                  "to start over.")
-            self.e0 = self.decay * self.e0.to(s.device) + (1.0 - self.decay) * s
-        e = torch.full_like(s, self.threshold) if self.threshold is not None else self.gamma * self.e0
+            e0 = self.decay * self.e0.to(s.device) + (1.0 - self.decay) * s
+        e = torch.full_like(s, self.threshold) if self.threshold is not None else self.gamma * e0
         g = gram_stationarity(Gl)
         alpha = self.alpha_at(self.steps)
         control = g > e
@@ -424,6 +441,7 @@ class PNG(Aggregator):
         w = u + lam
         if external:
             w = torch.cat([w, torch.ones_like(w[:, :1])], dim=1)
+        self.e0 = e0
         self.stats = PNGStats(F, Ld, g, e, control, phi, lam, w, alpha, self.steps)
         self.steps += 1
         return w.to(G.dtype)
@@ -439,9 +457,9 @@ class PNG(Aggregator):
         if losses.shape[0] != G.shape[0]:
             raise ValueError(f"losses has {losses.shape[0]} entries for a {G.shape[0]} x {G.shape[0]} Gram matrix.")
         if self.criterion is None:
-            w = self.batch_weights(G[None], losses[None, :-1], criterion_value=float(losses[-1]))
+            w = self._step(G[None], losses[None, :-1], criterion_value=float(losses[-1]), single=True)
         else:
-            w = self.batch_weights(G[None], losses[None])
+            w = self._step(G[None], losses[None], criterion_value=None, single=True)
         return w[0]
 
     # ---- backward ----------------------------------------------------------------------------------
@@ -464,8 +482,9 @@ class PNG(Aggregator):
                 (its activations are still in cache and its graph is freed early): the fastest form
                 for ``N`` models, same result.
             params: one model: a module, a tensor or an iterable of tensors; ``N`` models: a list (or
-                tuple) of ``N`` such groups. All the parameters of a model should be given (PNG's
-                :math:`\theta`), heads included.
+                tuple) of ``N`` modules or iterables of tensors (``[m.parameters() for m in models]``),
+                possibly on different devices. All the parameters of a model should be given (PNG's
+                :math:`\theta`), heads included; model ``k``'s losses must reach its parameters.
             criterion_value: optional scalar tensor: a part of ``F`` that depends on the parameters
                 directly (it is differentiated with respect to each model's parameters and enters
                 with weight 1); required when ``criterion`` is None.
@@ -479,8 +498,9 @@ class PNG(Aggregator):
 
             png.backward([lambda m=m: losses_of(m(x), y) for m in models], models)
         """
+        # N models: a list whose entries are groups (modules or iterables of tensors), not tensors
         multi = isinstance(params, (list, tuple)) and len(params) > 0 and all(
-            isinstance(p, (torch.nn.Module, list, tuple)) for p in params
+            isinstance(p, torch.nn.Module) or (not isinstance(p, Tensor) and hasattr(p, "__iter__")) for p in params
         )
         groups = [as_param_list(p, name=f"params[{i}]") for i, p in enumerate(params)] if multi else [as_param_list(params)]
         seen: set = set()
@@ -495,57 +515,68 @@ class PNG(Aggregator):
             if not isinstance(criterion_value, Tensor) or criterion_value.numel() != 1:
                 raise TypeError("criterion_value must be a scalar tensor.")
             criterion_value = criterion_value.reshape(())
+        if multi and not isinstance(losses, Tensor):
+            try:
+                losses = list(losses)  # a generator of rows or of closures
+            except TypeError:
+                raise TypeError("for N models, losses must be an (N, m) tensor, N sequences of m scalar losses or "
+                                f"N loss closures, got {type(losses).__name__}.") from None
         closures = multi and not isinstance(losses, Tensor) and len(losses) > 0 and all(callable(c) for c in losses)
         if closures:
             if len(losses) != len(groups):
                 raise ValueError(f"there are {len(losses)} loss closures but {len(groups)} parameter groups.")
-            order = range(len(groups))
             rows_of = lambda k: _closure_losses(losses[k], k)  # noqa: E731
         else:
-            L = _loss_matrix(losses, multi)
-            if L.shape[0] != len(groups):
-                raise ValueError(f"there are {L.shape[0]} rows of losses but {len(groups)} parameter groups.")
-            if not L.requires_grad and (criterion_value is None or not criterion_value.requires_grad):
+            L = _loss_rows(losses, multi)
+            if len(L) != len(groups):
+                raise ValueError(f"there are {len(L)} rows of losses but {len(groups)} parameter groups.")
+            if not any(r.requires_grad for r in L) and (criterion_value is None or not criterion_value.requires_grad):
                 raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
-            # newest model first: its activations are the most recently written, so still in cache
-            order = range(len(groups))
             rows_of = lambda k: L[k]  # noqa: E731
         N = len(groups)
         all_blocks: List[List[Optional[Tensor]]] = [[] for _ in range(N)]
         grams: List[Optional[Tensor]] = [None] * N
         loss_rows: List[Optional[Tensor]] = [None] * N
-        for position, k_model in enumerate(order):
+        for k_model in range(N):
             rows = rows_of(k_model)
-            if position > 0 and rows.shape[0] != loss_rows[order[0]].shape[0]:
+            if k_model > 0 and rows.shape[0] != loss_rows[0].shape[0]:
                 raise ValueError("every model must have the same number of losses.")
             loss_rows[k_model] = rows.detach()
             if criterion_value is not None:
-                rows = torch.cat([rows, criterion_value[None]])
+                rows = torch.cat([rows, criterion_value[None].to(rows.device)])
             if closures and not rows.requires_grad:
                 raise ValueError(f"none of the losses of model {k_model} requires grad: there is nothing to "
                                  "back-propagate.")
             # graphs may share nodes across models (a stacked (N, m) tensor, criterion_value): keep them
             # for every model but the last one
-            keep = retain_graph or position < N - 1
+            keep = retain_graph or k_model < N - 1
             blocks = jacobian_blocks(rows, groups[k_model], retain_graph=keep, batched=batched)
+            if multi and groups[k_model] and all(b is None for b in blocks):
+                raise ValueError(
+                    f"the losses of model {k_model} reach none of its parameters (params[{k_model}]): the losses "
+                    "and the parameter groups must be in the same order, and closure k must compute model k's "
+                    "losses (in a loop, bind the model: lambda m=m: ...)."
+                )
             k = rows.shape[0]
             flat = [None if b is None else b.reshape(k, -1) for b in blocks]
             G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
             for blk in flat:
                 if blk is not None:
-                    G += ops.gram(blk.detach()).to(torch.float64)
+                    G += ops.gram(blk.detach()).to(device=G.device, dtype=torch.float64)
             grams[k_model] = G
             all_blocks[k_model] = flat
             del rows, blocks
-        W = self.batch_weights(
-            torch.stack(grams), torch.stack(loss_rows),
-            criterion_value=None if criterion_value is None else float(criterion_value.detach()),
+        # the models may live on different devices: the m x m step runs on the first one's
+        device = grams[0].device
+        W = self._step(
+            torch.stack([G.to(device) for G in grams]), torch.stack([r.to(device) for r in loss_rows]),
+            criterion_value=None if criterion_value is None else float(criterion_value.detach()), single=not multi,
         )
         for plist, flat, w in zip(groups, all_blocks, W):
             for p, blk in zip(plist, flat):
                 if blk is None:
                     continue
-                d = (w.to(blk.dtype) @ blk).reshape(p.shape).to(p.dtype)
+                d = (w.to(device=blk.device, dtype=blk.dtype) @ blk).reshape(p.shape).to(p.dtype)
                 if p.grad is None:
                     p.grad = d
                 else:
@@ -571,20 +602,35 @@ def _closure_losses(closure: Callable[[], Any], k: int) -> Tensor:
                         f"tensor): {err}") from None
 
 
-def _loss_matrix(losses: Any, multi: bool) -> Tensor:
-    """Losses as an ``(N, m)`` tensor that keeps the graph (``N = 1`` for one model)."""
+def _loss_rows(losses: Any, multi: bool) -> List[Tensor]:
+    """Losses as ``N`` tensors of shape ``(m,)`` that keep the graph (``N = 1`` for one model); the rows
+    are not stacked, so that the models may live on different devices."""
     from torchmoo.autograd import _stack_losses
 
     if not multi:
-        return _stack_losses(losses)[None]
+        if not isinstance(losses, Tensor) and isinstance(losses, (list, tuple)) and any(callable(c) for c in losses):
+            raise TypeError("loss closures are for N models: pass params as a list of N modules or parameter "
+                            "lists (for one model, [model]).")
+        return [_stack_losses(losses)]
     if isinstance(losses, Tensor):
         if losses.dim() != 2:
             raise ValueError(f"for N models, losses must have shape (N, m), got {tuple(losses.shape)}.")
-        return losses
-    try:
-        rows = [_stack_losses(r) for r in losses]
-    except TypeError:
-        raise TypeError("for N models, losses must be an (N, m) tensor or N sequences of m scalar losses.") from None
+        return [losses[k] for k in range(losses.shape[0])]
+    rows = []
+    for k, r in enumerate(losses):
+        if isinstance(r, Tensor) and r.dim() == 0:
+            # a flat list of scalars with params given as a list of modules: one model split over several
+            # modules, not one loss per model
+            raise ValueError(
+                f"for N models, losses[{k}] must be a sequence of m scalar losses or an (m,) tensor, got a "
+                "scalar (for one loss per model: [[l_1], ..., [l_N]]). For one model whose parameters span "
+                "several modules, pass its parameters (e.g. itertools.chain(encoder.parameters(), "
+                "head.parameters())), not a list of modules."
+            )
+        try:
+            rows.append(_stack_losses(r))
+        except TypeError:
+            raise TypeError("for N models, losses must be an (N, m) tensor or N sequences of m scalar losses.") from None
     if not rows or len({r.shape[0] for r in rows}) != 1:
         raise ValueError("every model must have the same number of losses.")
-    return torch.stack(rows)
+    return rows

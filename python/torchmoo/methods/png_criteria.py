@@ -117,6 +117,8 @@ class _ReferenceCriterion(Criterion):
         r = self.reference.to(dtype=losses.dtype, device=losses.device)
         if r.shape[-1] != losses.shape[-1]:
             raise ValueError(f"reference has {r.shape[-1]} entries per model but there are {losses.shape[-1]} losses.")
+        if r.dim() == 2 and r.shape[0] == 1 and losses.dim() == 1:  # one row for one model's (m,) losses
+            return r[0]
         if r.dim() == 2 and (losses.dim() != 2 or r.shape[0] != losses.shape[0]):
             raise ValueError(
                 f"reference has shape {tuple(r.shape)} (one row per model): losses must have shape "
