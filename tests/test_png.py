@@ -435,7 +435,7 @@ def test_failed_step_leaves_the_state_unchanged():
         PNG(None).gram_weights(torch.eye(1, dtype=F64), torch.ones(1, dtype=F64))  # a criterion row, no loss
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_multi_model_on_different_devices():
     """N models on different devices take the same step as on one device (closures and rows)."""
     x, y = _data(8)
