@@ -148,6 +148,22 @@ def test_retain_graph_and_create_graph():
     torch.testing.assert_close(flatten(dJv), expected, rtol=1e-12, atol=1e-13)
 
 
+def test_create_graph_batched_equals_loop():
+    """With create_graph, the batched pass (m > 1) builds the same differentiable Jacobian as m passes:
+    d/dtheta sum(J * V) = sum_i H_i V_i, checked against per-objective Hessian-vector products."""
+    model, x, y = _setup(seed=9)
+    params = list(model.parameters())
+    V = torch.randn(3, num_params(model), dtype=F64)
+    out = []
+    for batched in (True, False):
+        J = jacobian(_losses(model, x, y), params, create_graph=True, batched=batched)
+        assert J.requires_grad
+        out.append(flatten(torch.autograd.grad((J * V).sum(), params)))
+    expected = sum(hvp(_losses(model, x, y)[i], params, V[i]) for i in range(3))
+    torch.testing.assert_close(out[0], expected, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(out[1], expected, rtol=1e-12, atol=1e-13)
+
+
 class _NoVmapSquare(torch.autograd.Function):
     """x**2 whose backward leaves torch (numpy), which cannot run under vmap (is_grads_batched)."""
 
@@ -201,6 +217,13 @@ def test_jacobian_errors():
         jacobian(L, [1.0])
     with pytest.raises(ValueError, match="empty"):
         jacobian([], model.parameters())
+    with pytest.raises(ValueError, match="empty"):  # an empty (0,) tensor, too
+        jacobian(L[:0], model.parameters())
+    with pytest.raises(ValueError, match="1-D"):
+        jacobian(L.reshape(3, 1), model.parameters())
+    elsewhere = torch.zeros(3, dtype=F64, device="meta", requires_grad=True)
+    with pytest.raises(ValueError, match="several devices"):
+        jacobian(L, [p, elsewhere])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,6 +265,23 @@ def test_batched_hvp_equals_single_hvps(batched):
     # the full Hessian, column by column, is symmetric
     Hfull = op(torch.eye(V.shape[1], dtype=F64))
     torch.testing.assert_close(Hfull, Hfull.T, rtol=1e-12, atol=1e-13)
+
+
+def test_hvp_operator_matches_functional_hessian():
+    """hvp_operator on the identity (k = n right-hand sides, shape (n, n)) is the Hessian of
+    torch.autograd.functional.hessian; hvp with (k, n) gives (k, n) rows of it."""
+    model, x, y = _setup(m=2, seed=10)
+    f = _losses_of_flat(model, x, y)
+    theta = flatten([p.detach() for p in model.parameters()])
+    expected = torch.autograd.functional.hessian(lambda t: f(t) @ torch.tensor([1.0, -0.5], dtype=F64), theta)
+    loss = _losses(model, x, y) @ torch.tensor([1.0, -0.5], dtype=F64)
+    n = theta.shape[0]
+    H = hvp_operator(loss, model.parameters())(torch.eye(n, dtype=F64))
+    assert H.shape == (n, n)
+    torch.testing.assert_close(H, expected, rtol=1e-12, atol=1e-13)
+    rows = hvp(loss, model.parameters(), torch.eye(n, dtype=F64)[:5], batched=False)
+    assert rows.shape == (5, n)
+    torch.testing.assert_close(rows, expected[:5], rtol=1e-12, atol=1e-13)
 
 
 def test_hvp_zero_blocks_and_graph_kept():
@@ -299,3 +339,23 @@ def test_flatten_unflatten_roundtrip():
 
 def test_public_names():
     assert tm.autograd.jacobian is jacobian and tm.autograd.hvp is hvp
+
+
+def test_module_gives_its_trainable_parameters_only():
+    """A module contributes the parameters that require grad (frozen layers are left alone, as by
+    loss.backward()), consistently for as_param_list, num_params, flatten/unflatten and jacobian."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    plist = tm.autograd.as_param_list(net)
+    assert [p.shape for p in plist] == [net[2].weight.shape, net[2].bias.shape]
+    assert tm.autograd.num_params(net) == 4 * 2 + 2
+    out = net(torch.randn(5, 3))
+    J = tm.autograd.jacobian(out.pow(2).mean(0), net, retain_graph=True)
+    assert J.shape == (2, 10)
+    ref = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(l, plist, retain_graph=True)])
+                       for l in out.pow(2).mean(0)])
+    torch.testing.assert_close(J, ref)
+    assert [t.shape for t in tm.autograd.unflatten(J[0], net)] == [p.shape for p in plist]
+    with pytest.raises(ValueError, match="does not require grad"):
+        tm.autograd.as_param_list([net[0].weight])  # an explicit frozen tensor is still an error

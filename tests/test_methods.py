@@ -515,3 +515,145 @@ def test_training_two_heads_with_mgda_reaches_pareto_stationarity():
     assert g < 1e-20 * g0, (g0, g)
     assert 0.05 < float(agg.weights[0]) < 0.95
     assert all(float(l.detach()) > 0.1 for l in _task_losses(model, x, ys)[1])
+
+
+def test_backward_half_precision_parameters():
+    """float16 shared parameters: the Gram matrix is formed in float32 (a float16 one overflows as soon
+    as ||g||^2 > 65504), and the weights are MGDA's for the float16 Jacobian."""
+    torch.manual_seed(7)
+    model = MultiHead(2).half()
+    x, ys = _data(2, seed=7)
+    x, ys = x.half(), [y.half() for y in ys]
+    _, losses = _task_losses(model, x, ys)
+    losses = [losses[0] * 1500, losses[1] * 800]  # trunk gradients of norm well above 256
+    J = jacobian(losses, model.trunk.parameters(), retain_graph=True)
+    assert J.dtype == torch.float16 and float(J.double().norm(dim=1).min()) > 256
+    w_ref = tm.ops.min_norm_simplex(J.double() @ J.double().T)
+    w = tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads))
+    assert w.dtype == torch.float16 and all(p.grad.dtype == torch.float16 for p in model.parameters())
+    torch.testing.assert_close(w.double(), w_ref, rtol=0, atol=2e-3)
+    d = tm.autograd.flatten([p.grad for p in model.trunk.parameters()]).double()
+    torch.testing.assert_close(d, w_ref @ J.double(), rtol=4e-3, atol=4e-3 * float(J.double().abs().max()))
+    # the aggregator itself, on a float16 Jacobian
+    agg = MGDA()
+    agg(J)
+    torch.testing.assert_close(agg.weights.double(), w_ref, rtol=0, atol=2e-3)
+
+
+def test_backward_representation_half_with_grad_scaler():
+    """MGDA-UB under AMP with a float16 representation: the Jacobian w.r.t. z is unscaled in float32,
+    not in float16, where its small entries would flush to zero (and the weights become uniform)."""
+    torch.manual_seed(8)
+    model = MultiHead(3)
+    x, ys = _data(3, seed=8)
+    x, ys = x.float(), [y.float() for y in ys]
+    heads = [h.half() for h in model.heads]
+    z = model.trunk(x).half()
+    # tiny losses (as in float16 training before scaling): dL/dz ~ 1e-9, below float16's subnormals
+    losses = [c * ((h(z).float().squeeze(1) - y) ** 2).mean() for c, h, y in zip((1e-7, 4e-7, 2e-6), heads, ys)]
+    scale = 2.0**16
+    Jz = jacobian([loss * scale for loss in losses], [z], retain_graph=True)  # scaled: representable in float16
+    assert Jz.dtype == torch.float16 and bool((Jz != 0).any())
+    assert float(((Jz / scale) == 0).double().mean()) > 0.9  # what unscaling in float16 would give
+    ref = MGDA()
+    ref(Jz.double())  # MGDA's weights do not change when J is scaled
+    assert float((ref.weights - 1 / 3).abs().max()) > 0.1  # far from uniform
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    w = tm.backward(losses, model.trunk, MGDA(), representation=z, task_params=heads, grad_scaler=scaler)
+    torch.testing.assert_close(w.double(), ref.weights, rtol=0, atol=1e-3)
+
+
+def test_backward_unreached_parameters_keep_grad_none():
+    """A shared parameter that no loss reaches gets no .grad, on the Gram path and on the J path alike
+    (an optimizer skips a None gradient but would apply weight decay and momentum to a zero one)."""
+    torch.manual_seed(9)
+    model = MultiHead(2).to(F64)
+    x, ys = _data(2, seed=9)
+    extra = torch.nn.Parameter(torch.randn(4, dtype=F64))
+    for agg in (MGDA(), _JacobianMGDA()):
+        model.zero_grad()
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, list(model.trunk.parameters()) + [extra], agg)
+        assert extra.grad is None
+        assert all(p.grad is not None for p in model.trunk.parameters())
+
+
+def test_backward_module_inputs_frozen_parameters_and_parameter_lists():
+    """A module gives its trainable parameters (frozen ones are left alone, as by loss.backward());
+    task_params may be an nn.ParameterList; an explicit frozen tensor is still an error."""
+    torch.manual_seed(10)
+    trunk = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).to(F64)
+    trunk[0].requires_grad_(False)  # e.g. a frozen pretrained layer
+    scales = torch.nn.ParameterList([torch.nn.Parameter(torch.tensor(1.0 + i, dtype=F64)) for i in range(2)])
+    x, ys = _data(2, seed=10)
+
+    def losses_fn():
+        z = trunk(x)
+        return [((s * z.sum(1) - y) ** 2).mean() for s, y in zip(scales, ys)]
+
+    trainable = [p for p in trunk.parameters() if p.requires_grad]
+    losses = losses_fn()
+    J = jacobian(losses, trainable, retain_graph=True)
+    s_grads = [torch.autograd.grad(losses[i], [scales[i]], retain_graph=True)[0] for i in range(2)]
+    agg = MGDA()
+    d = agg(J)
+    tm.backward(losses, trunk, MGDA(), task_params=scales)
+    assert trunk[0].weight.grad is None and trunk[0].bias.grad is None
+    torch.testing.assert_close(tm.autograd.flatten([p.grad for p in trainable]), d)
+    for s, g in zip(scales, s_grads):
+        torch.testing.assert_close(s.grad, g)
+    with pytest.raises(ValueError, match="does not require grad"):
+        tm.backward(losses_fn(), [trunk[0].weight, trunk[2].weight], MGDA())
+
+
+def test_backward_input_errors():
+    """Non-scalar or empty losses and shared parameters on several devices: clear errors, raised
+    before any backward pass (the graph is still usable afterwards)."""
+    torch.manual_seed(11)
+    model = MultiHead(2).to(F64)
+    x, ys = _data(2, seed=11)
+    z, losses = _task_losses(model, x, ys)
+    with pytest.raises(ValueError, match=r"losses\[1\] must be a scalar, got shape \(64,\)"):
+        tm.backward([losses[0], (z.sum(1) - ys[1]) ** 2], model.trunk, MGDA())
+    with pytest.raises(ValueError, match="1-D tensor"):
+        tm.backward(torch.stack(losses).reshape(2, 1), model.trunk, MGDA())
+    with pytest.raises(ValueError, match="empty"):
+        tm.backward(torch.stack(losses)[:0], model.trunk, MGDA())
+    elsewhere = torch.nn.Parameter(torch.zeros(3, dtype=F64, device="meta"))
+    with pytest.raises(ValueError, match="several devices"):
+        tm.backward(losses, list(model.trunk.parameters()) + [elsewhere], MGDA())
+    sum(losses).backward()  # nothing was freed
+
+
+def test_backward_gram_overflow_under_grad_scaler_skips_the_step():
+    """A finite scaled Jacobian whose Gram matrix overflows float32 (a scale grown large) is an
+    overflow like an infinite one: the step is skipped and the scale lowered, not an exception."""
+    torch.manual_seed(12)
+    model = MultiHead(2)
+    x, ys = _data(2, seed=12)
+    x, ys = x.float(), [y.float() for y in ys]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, losses = _task_losses(model, x, ys)
+    losses = [losses[0] * 1e18, losses[1]]
+    blocks = tm.autograd.jacobian_blocks([loss * 2.0**10 for loss in losses], model.trunk, retain_graph=True)
+    assert all(bool(torch.isfinite(b).all()) for b in blocks)  # finite, but ||g||^2 > 3.4e38
+    w = tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), grad_scaler=scaler)
+    assert bool(torch.isnan(w).all())
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert scaler.get_scale() < 2.0**10
+
+
+def test_backward_retain_graph():
+    """retain_graph=True keeps the graph through the Jacobian, head and representation passes."""
+    torch.manual_seed(13)
+    model = MultiHead(3).to(F64)
+    x, ys = _data(3, seed=13)
+    for use_z in (False, True):
+        z, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), retain_graph=True,
+                    representation=z if use_z else None)
+        sum(losses).backward()  # still possible

@@ -48,14 +48,15 @@ _BATCHING_ERRORS = (RuntimeError, NotImplementedError, ValueError)
 
 
 def as_param_list(params: Params, *, name: str = "params", require_grad: bool = True) -> List[Tensor]:
-    """``params`` as a list of distinct tensors (a module gives its ``parameters()``).
+    """``params`` as a list of distinct tensors. A module gives its trainable parameters (those that
+    require grad): frozen layers are left alone, as ``loss.backward()`` and the optimizers leave them.
 
     Raises:
         TypeError: an element that is not a tensor.
         ValueError: a tensor that does not require grad (when ``require_grad``) or that appears twice.
     """
     if isinstance(params, torch.nn.Module):
-        out = list(params.parameters())
+        out = [p for p in params.parameters() if p.requires_grad]
     elif isinstance(params, Tensor):
         out = [params]
     else:
@@ -122,6 +123,8 @@ def _stack_losses(losses: Losses) -> Tensor:
     if isinstance(losses, Tensor):
         if losses.dim() > 1:
             raise ValueError(f"losses must be a sequence of scalars or a 1-D tensor, got shape {tuple(losses.shape)}.")
+        if losses.numel() == 0:
+            raise ValueError("losses is empty: at least one objective is needed.")
         return losses.reshape(-1)
     try:
         items = list(losses)
@@ -177,6 +180,7 @@ def jacobian(
         get zeros in its row; an objective that does not require grad gets a zero row.
 
     Raises:
+        ValueError: the parameters are on several devices (:func:`jacobian_blocks` allows that).
         RuntimeError: the batched pass failed after freeing the graph (possible only with
             ``retain_graph=False``), so no fallback was possible: the message says to pass
             ``batched=False``.
@@ -188,6 +192,12 @@ def jacobian(
     """
     plist = as_param_list(params)
     L = _stack_losses(losses)
+    devices = sorted({str(p.device) for p in plist})
+    if len(devices) > 1:  # checked before the backward pass, which would free the graph
+        raise ValueError(
+            f"params are on several devices ({', '.join(devices)}) but the (m, n) Jacobian lies on one: move "
+            "them to one device, or use jacobian_blocks for one block per parameter."
+        )
     blocks = jacobian_blocks(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched)
     if not plist:
         return L.new_zeros(L.shape[0], 0).detach()

@@ -29,9 +29,19 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import Losses, Params, _stack_losses, as_param_list, jacobian, jacobian_blocks, unflatten
-from torchmoo.methods.aggregator import Aggregator
+from torchmoo.methods.aggregator import Aggregator, check_losses
 
 __all__ = ["backward"]
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _gram64(block: Tensor) -> Tensor:
+    """``block @ block.T`` (m, m) in float64; half blocks go through float32 (a float16 Gram overflows
+    at ``||g||^2 > 65504`` and has 3 significant digits)."""
+    b = block.detach()
+    return ops.gram(b.float() if b.dtype in _HALF else b).to(torch.float64)
 
 
 def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
@@ -61,16 +71,20 @@ def backward(
 
     Args:
         losses: ``m`` scalar losses (a sequence, or an ``(m,)`` tensor) from one forward pass.
-        params: the shared parameters (tensor, iterable of tensors or module). They receive
+        params: the shared parameters (tensor, iterable of tensors or module; of a module, the
+            parameters that require grad: frozen ones are left alone). They receive
             ``d = aggregator(J, losses)`` where ``J`` (m, n) is the Jacobian of the losses with respect
             to them (one batched backward pass, :func:`torchmoo.autograd.jacobian_blocks`). For the
             aggregators that need only ``J J^T`` (all of torchmoo's) ``J`` is never assembled: the
-            Gram matrices of the per-parameter blocks are summed and each block is combined in place.
+            Gram matrices of the per-parameter blocks are summed (in float64; float32 for float16 /
+            bfloat16 blocks) and each block is combined in place. They must lie on one device. A
+            parameter that no loss reaches keeps ``.grad`` as it was (``None`` stays ``None``).
         aggregator: a :class:`torchmoo.methods.Aggregator` (MGDA, PCGrad, CAGrad, ...). Aggregators
             with fixed weights (``LinearScalarization``) skip the Jacobian: one backward pass of
             ``weights @ losses``.
-        task_params: optional, ``m`` entries (parameters or ``None``): ``task_params[i]`` receives the
-            gradient of ``losses[i]`` alone. Must not overlap ``params`` or each other.
+        task_params: optional, ``m`` entries (parameters or ``None``; a sequence, ``nn.ModuleList`` or
+            ``nn.ParameterList``): ``task_params[i]`` receives the gradient of ``losses[i]`` alone.
+            Must not overlap ``params`` or each other.
         representation: MGDA-UB (Sener & Koltun, Sec. 3.3). A tensor ``z`` computed from the shared
             parameters that all the task heads read (e.g. the encoder output). The weights are
             computed from the Jacobian with respect to ``z`` (cheap: only the heads are
@@ -81,14 +95,20 @@ def backward(
             aggregator sees the unscaled Jacobian ``J / scale`` (normalizations and CAGrad's radius
             are not scale-invariant), and ``.grad`` receives ``scale * d``, which
             ``grad_scaler.step(optimizer)`` unscales as usual. If the scaled Jacobian has an inf or
-            NaN, the aggregator is skipped and the non-finite sum of its rows is written, so that
-            ``grad_scaler.step`` skips the step and ``grad_scaler.update`` lowers the scale; the
-            returned weights are then NaN.
+            NaN, or its Gram matrix overflows, the aggregator is skipped and NaN is written into the
+            shared ``.grad``, so that ``grad_scaler.step`` skips the step and ``grad_scaler.update``
+            lowers the scale; the returned weights are then NaN.
         retain_graph: keep the graph for another backward pass afterwards.
         batched: passed to :func:`torchmoo.autograd.jacobian`.
 
     Returns:
         The ``(m,)`` weights of the combination (detached), also in ``aggregator.weights``.
+
+    Raises:
+        ValueError: no loss requires grad; a loss is not a scalar; groups of parameters overlap; the
+            shared parameters lie on several devices (Jacobian aggregators); the Jacobian is not
+            finite without a ``grad_scaler``.
+        TypeError: ``aggregator`` is not an :class:`~torchmoo.methods.Aggregator`.
 
     Example:
         >>> losses = [criterion(head(z), y) for head, y in zip(model.heads, targets)]
@@ -133,10 +153,16 @@ def backward(
             if bool(torch.isnan(w).any()):  # AMP overflow: poison the step so that the scaler skips it
                 _accumulate(shared, [torch.full_like(p, float("nan")) for p in shared])
             else:
-                total = (L * w.to(L.dtype)).sum()
+                total = (L * w.to(dtype=L.dtype, device=L.device)).sum()
                 _accumulate(shared, torch.autograd.grad(total, shared, retain_graph=keep(), allow_unused=True))
         passes_done += 1
     else:
+        devices = sorted({str(p.device) for p in shared})
+        if len(devices) > 1:
+            raise ValueError(
+                f"The shared parameters are on several devices ({', '.join(devices)}); the Jacobian blocks are "
+                "combined on one device: move them to one device (task_params may lie anywhere)."
+            )
         blocks = jacobian_blocks(L, shared, retain_graph=keep(), batched=batched)
         passes_done += 1
         if shared:
@@ -174,11 +200,11 @@ def _aggregate_blocks(
             if b is None:
                 continue
             try:
-                G += ops.gram(b.detach()).to(torch.float64)
-            except ValueError:  # ops.gram rejects inf / NaN; anything else is re-raised
-                if bool(torch.isfinite(b).all()):
+                G += _gram64(b)
+            except ValueError:  # ops.gram rejects inf / NaN and overflow; anything else is re-raised
+                if not amp and bool(torch.isfinite(b).all()):
                     raise
-                finite = False
+                finite = False  # under AMP an overflowing Gram is an overflow too: skip the step
                 break
         finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
     else:
@@ -187,18 +213,25 @@ def _aggregate_blocks(
     if not finite:
         if not amp:
             raise ValueError("The Jacobian has inf or NaN entries: a loss or a gradient overflowed.")
-        # AMP overflow: write the non-finite sum of the rows, so that GradScaler.step skips the step
-        _accumulate(shared, [None if b is None else b.sum(0) for b in blocks])
+        # AMP overflow: write NaN, so that GradScaler.step skips the step (the sum of the rows is finite
+        # when only the Gram matrix overflowed)
+        _accumulate(shared, [None if b is None else torch.full_like(p, float("nan")) for b, p in zip(blocks, shared)])
         return torch.full((m,), float("nan"), dtype=dtype, device=device)
     if aggregator.gram_based:
-        w = aggregator.gram_weights(G / (scale * scale), loss_values).to(dtype)
+        G = G / (scale * scale)
+        # the losses in G's dtype and device, as Aggregator.__call__ passes them to compute_weights
+        w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales
         _accumulate(shared, [None if b is None else ops.combine(b, w.to(b.dtype)) for b in flat])
     else:
+        if J.dtype in _HALF:  # unscaling in half precision would flush small entries to zero
+            J = J.float()
         d = aggregator(J / scale if scale != 1.0 else J, loss_values)
         w = aggregator.weights
-        _accumulate(shared, unflatten(d * scale if scale != 1.0 else d, shared))
+        pieces = unflatten(d * scale if scale != 1.0 else d, shared)
+        # a parameter no loss reaches keeps .grad None, as with Tensor.backward (and the Gram path)
+        _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
     return w
 
 
@@ -208,6 +241,8 @@ def _aggregate_weights(aggregator: Aggregator, J: Tensor, loss_values: Tensor, s
         if not amp:
             raise ValueError("The Jacobian with respect to the representation has inf or NaN entries.")
         return torch.full((J.shape[0],), float("nan"), dtype=J.dtype, device=J.device)
+    if J.dtype in _HALF:  # e.g. z under float16 autocast: J / scale would flush small entries to zero
+        J = J.float()
     aggregator(J / scale if scale != 1.0 else J, loss_values)
     return aggregator.weights
 
@@ -218,7 +253,9 @@ def _task_param_lists(
     """One list of tensors per objective, checked to be disjoint from ``shared`` and from each other."""
     if task_params is None:
         return [[] for _ in range(m)]
-    if isinstance(task_params, (Tensor, torch.nn.Module)) and not isinstance(task_params, torch.nn.ModuleList):
+    if isinstance(task_params, (Tensor, torch.nn.Module)) and not isinstance(
+        task_params, (torch.nn.ModuleList, torch.nn.ParameterList)
+    ):
         raise TypeError("task_params must be a sequence with one entry (parameters or None) per objective.")
     entries = list(task_params)
     if len(entries) != m:

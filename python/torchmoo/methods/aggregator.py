@@ -57,8 +57,10 @@ def check_losses(losses: Optional[Tensor], m: int, ref: Tensor) -> Optional[Tens
 
 def gram_matrix(J: Tensor) -> Tensor:
     """``G = J J^T`` (m, m) of a Jacobian by :func:`torchmoo.ops.gram` (one pass over ``J``, exactly
-    symmetric), from a detached ``J``: the weights are not differentiated."""
-    return ops.gram(J.detach())
+    symmetric), from a detached ``J``: the weights are not differentiated. Float32 for a float16 /
+    bfloat16 ``J`` (a float16 Gram overflows as soon as ``||g_i||^2 > 65504``), else ``J``'s dtype."""
+    J = J.detach()
+    return ops.gram(J.float() if J.dtype in (torch.float16, torch.bfloat16) else J)
 
 
 class Aggregator:
