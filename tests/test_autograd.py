@@ -359,3 +359,36 @@ def test_module_gives_its_trainable_parameters_only():
     assert [t.shape for t in tm.autograd.unflatten(J[0], net)] == [p.shape for p in plist]
     with pytest.raises(ValueError, match="does not require grad"):
         tm.autograd.as_param_list([net[0].weight])  # an explicit frozen tensor is still an error
+
+
+def test_jacobian_loop_rows_in_one_tensor_match_the_batched_pass():
+    """The m backward passes write one (m, n) Jacobian (blocks are views of it): same numbers as the
+    vmapped pass, in flatten's order for a channels_last weight, zeros (and a None block) where no loss
+    reaches, and per-parameter blocks when the parameters have several dtypes."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(2, 3, 3).to(memory_format=torch.channels_last)
+    head = torch.nn.Linear(3 * 4 * 4, 2)
+    unused = torch.nn.Parameter(torch.randn(4))
+    params = [conv.weight, conv.bias, unused, head.weight, head.bias]
+    x = torch.randn(5, 2, 6, 6).to(memory_format=torch.channels_last)
+    out = head(torch.tanh(conv(x)).flatten(1))
+    losses = torch.stack([out[:, 0].pow(2).mean(), out[:, 1].sin().mean(), out.sum() * 0.1])
+    J_loop = tm.autograd.jacobian(losses, params, retain_graph=True, batched=False)
+    J_vmap = tm.autograd.jacobian(losses, params, retain_graph=True, batched=True)
+    torch.testing.assert_close(J_loop, J_vmap, rtol=1e-5, atol=1e-6)
+    ref = torch.stack([tm.autograd.flatten([g if g is not None else torch.zeros_like(p) for g, p in zip(
+        torch.autograd.grad(l, params, retain_graph=True, allow_unused=True), params)]) for l in losses])
+    torch.testing.assert_close(J_loop, ref, rtol=0, atol=0)
+    blocks = tm.autograd.jacobian_blocks(losses, params, retain_graph=True, batched=False)
+    start = conv.weight.numel() + conv.bias.numel()
+    assert blocks[2] is None and bool((J_loop[:, start:start + 4] == 0).all())
+    for b, p, got in zip(blocks, params, tm.autograd.unflatten(J_loop, params)):
+        if b is not None:
+            assert b.shape == (3, *p.shape)
+            torch.testing.assert_close(b, got, rtol=0, atol=0)
+    # parameters of two dtypes: one block each, the Jacobian in the promoted concatenation
+    lin = torch.nn.Linear(3, 2).double()
+    y = lin(torch.randn(4, 3, dtype=torch.float64)).float() * unused[:2]
+    mixed = [lin.weight, unused]
+    bl = tm.autograd.jacobian_blocks(y.mean(0), mixed, retain_graph=True, batched=False)
+    assert bl[0].dtype == torch.float64 and bl[1].dtype == torch.float32

@@ -20,7 +20,7 @@ Conventions shared by the functions below:
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -198,9 +198,11 @@ def jacobian(
             f"params are on several devices ({', '.join(devices)}) but the (m, n) Jacobian lies on one: move "
             "them to one device, or use jacobian_blocks for one block per parameter."
         )
-    blocks = jacobian_blocks(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched)
+    blocks, flat = _jacobian(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched)
     if not plist:
         return L.new_zeros(L.shape[0], 0).detach()
+    if flat is not None:  # the blocks are views of it: no concatenation
+        return flat
     return _rows(blocks, plist, (L.shape[0],))
 
 
@@ -219,12 +221,19 @@ def jacobian_blocks(
     ``block.reshape(m, -1)``. A parameter that no objective reaches gets ``None`` instead of a block
     of zeros. :func:`torchmoo.backward` works on the blocks directly.
     """
-    plist = as_param_list(params)
-    L = _stack_losses(losses)
+    return _jacobian(_stack_losses(losses), as_param_list(params), create_graph=create_graph,
+                     retain_graph=retain_graph, batched=batched)[0]
+
+
+def _jacobian(
+    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain_graph: Optional[bool], batched: Optional[bool]
+) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
+    """The blocks of :func:`jacobian_blocks`, and the ``(m, n)`` Jacobian when the blocks are views of
+    one such tensor (the ``m`` backward passes write their rows into it), else ``None``."""
     m = L.shape[0]
     retain = create_graph if retain_graph is None else bool(retain_graph)
     if not plist or not L.requires_grad:  # no objective depends on anything: the Jacobian is zero
-        return [None] * len(plist)
+        return [None] * len(plist), None
     if m == 1 or (batched is None and L.device.type == "cpu" and _has_convolution(L)):
         batched = False
     if batched is None or batched:
@@ -233,7 +242,7 @@ def jacobian_blocks(
             return list(torch.autograd.grad(
                 L, plist, grad_outputs=eye, retain_graph=retain, create_graph=create_graph,
                 allow_unused=True, is_grads_batched=True,
-            ))
+            )), None
         except _BATCHING_ERRORS as batch_error:
             if batched:
                 raise
@@ -265,8 +274,14 @@ def _has_convolution(L: Tensor) -> bool:
     return False
 
 
-def _jacobian_loop(L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool) -> List[Optional[Tensor]]:
-    """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``."""
+def _jacobian_loop(
+    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool
+) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
+    """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``.
+
+    When the parameters share a dtype and a device (and no graph of the Jacobian is built), each
+    row is written into one ``(m, n)`` tensor and the blocks are views of it: one copy of ``J`` in
+    all, which :func:`jacobian` returns as it is."""
     m = L.shape[0]
     rows: List[Sequence[Optional[Tensor]]] = []
     for i in range(m):
@@ -276,14 +291,25 @@ def _jacobian_loop(L: Tensor, plist: List[Tensor], *, create_graph: bool, retain
             ))
         else:
             rows.append([None] * len(plist))
-    blocks: List[Optional[Tensor]] = []
+    reached = [any(row[k] is not None for row in rows) for k in range(len(plist))]
+    if create_graph or len({(p.dtype, p.device) for p in plist}) > 1:
+        blocks: List[Optional[Tensor]] = []
+        for k, p in enumerate(plist):
+            column = [row[k] for row in rows]
+            blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column])
+                          if reached[k] else None)
+        return blocks, None
+    ref = plist[0]
+    flat = torch.empty(m, sum(p.numel() for p in plist), dtype=ref.dtype, device=ref.device)
+    for i, row in enumerate(rows):
+        # one concatenation per row, in flatten's order (a channels_last gradient is read logically)
+        torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel()) for g, p in zip(row, plist)],
+                  out=flat[i])
+    blocks, offset = [], 0
     for k, p in enumerate(plist):
-        column = [row[k] for row in rows]
-        if all(g is None for g in column):
-            blocks.append(None)
-        else:
-            blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column]))
-    return blocks
+        blocks.append(flat[:, offset:offset + p.numel()].view(m, *p.shape) if reached[k] else None)
+        offset += p.numel()
+    return blocks, flat
 
 
 def _check_vectors(v: Tensor, n: int, ref: Tensor) -> Tensor:

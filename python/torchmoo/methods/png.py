@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import as_param_list, jacobian_blocks
+from torchmoo.autograd import _jacobian, as_param_list, unflatten
 from torchmoo.methods.aggregator import Aggregator, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
@@ -536,6 +536,7 @@ class PNG(Aggregator):
         N = len(groups)
         all_blocks: List[List[Optional[Tensor]]] = [[] for _ in range(N)]
         grams: List[Optional[Tensor]] = [None] * N
+        jacobians: List[Optional[Tensor]] = [None] * N  # (k, n) when the blocks are views of one tensor
         loss_rows: List[Optional[Tensor]] = [None] * N
         for k_model in range(N):
             rows = rows_of(k_model)
@@ -550,7 +551,7 @@ class PNG(Aggregator):
             # graphs may share nodes across models (a stacked (N, m) tensor, criterion_value): keep them
             # for every model but the last one
             keep = retain_graph or k_model < N - 1
-            blocks = jacobian_blocks(rows, groups[k_model], retain_graph=keep, batched=batched)
+            blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched)
             if multi and groups[k_model] and all(b is None for b in blocks):
                 raise ValueError(
                     f"the losses of model {k_model} reach none of its parameters (params[{k_model}]): the losses "
@@ -558,29 +559,39 @@ class PNG(Aggregator):
                     "losses (in a loop, bind the model: lambda m=m: ...)."
                 )
             k = rows.shape[0]
-            flat = [None if b is None else b.reshape(k, -1) for b in blocks]
-            G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
-            for blk in flat:
-                if blk is not None:
-                    G += ops.gram(blk.detach()).to(device=G.device, dtype=torch.float64)
+            if J is not None:  # the m backward passes wrote one (k, n) Jacobian: one Gram, one combination
+                G = ops.gram(J).to(torch.float64)
+                jacobians[k_model] = J
+            else:  # one block per parameter (the vmapped pass, or parameters of several dtypes)
+                flat = [None if b is None else b.reshape(k, -1) for b in blocks]
+                G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
+                for blk in flat:
+                    if blk is not None:
+                        G += ops.gram(blk.detach()).to(device=G.device, dtype=torch.float64)
+                blocks = flat
             grams[k_model] = G
-            all_blocks[k_model] = flat
-            del rows, blocks
+            all_blocks[k_model] = blocks
+            del rows
         # the models may live on different devices: the m x m step runs on the first one's
         device = grams[0].device
         W = self._step(
             torch.stack([G.to(device) for G in grams]), torch.stack([r.to(device) for r in loss_rows]),
             criterion_value=None if criterion_value is None else float(criterion_value.detach()), single=not multi,
         )
-        for plist, flat, w in zip(groups, all_blocks, W):
-            for p, blk in zip(plist, flat):
-                if blk is None:
+        for plist, blocks, J, w in zip(groups, all_blocks, jacobians, W):
+            if J is not None:
+                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype))
+                pieces = unflatten(d, plist)  # views of d
+            else:
+                pieces = [None if b is None else (w.to(device=b.device, dtype=b.dtype) @ b) for b in blocks]
+            for p, blk, piece in zip(plist, blocks, pieces):
+                if blk is None:  # no loss reaches p: its .grad is left as it was
                     continue
-                d = (w.to(device=blk.device, dtype=blk.dtype) @ blk).reshape(p.shape).to(p.dtype)
+                piece = piece.reshape(p.shape).to(p.dtype)
                 if p.grad is None:
-                    p.grad = d
+                    p.grad = piece
                 else:
-                    p.grad.add_(d)
+                    p.grad.add_(piece)
         self.weights = W[0].detach() if not multi else None
         return W[0] if not multi else W
 
