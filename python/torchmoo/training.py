@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import Losses, Params, _stack_losses, as_param_list, jacobian, jacobian_blocks, unflatten
+from torchmoo.autograd import Losses, Params, _jacobian, _stack_losses, as_param_list, jacobian, unflatten
 from torchmoo.methods.aggregator import Aggregator, check_losses
 
 __all__ = ["backward"]
@@ -163,10 +163,10 @@ def backward(
                 f"The shared parameters are on several devices ({', '.join(devices)}); the Jacobian blocks are "
                 "combined on one device: move them to one device (task_params may lie anywhere)."
             )
-        blocks = jacobian_blocks(L, shared, retain_graph=keep(), batched=batched)
+        blocks, J_flat = _jacobian(L, shared, create_graph=False, retain_graph=keep(), batched=batched)
         passes_done += 1
         if shared:
-            w = _aggregate_blocks(aggregator, blocks, shared, loss_values, scale, amp=amp)
+            w = _aggregate_blocks(aggregator, blocks, shared, loss_values, scale, amp=amp, J_flat=J_flat)
         else:
             aggregator(L.new_zeros(m, 0).detach(), loss_values)  # no shared parameter: only the weights
             w = aggregator.weights
@@ -183,16 +183,21 @@ def backward(
 
 def _aggregate_blocks(
     aggregator: Aggregator, blocks: List[Optional[Tensor]], shared: List[Tensor], loss_values: Tensor,
-    scale: float, *, amp: bool,
+    scale: float, *, amp: bool, J_flat: Optional[Tensor] = None,
 ) -> Tensor:
     """Weights from the Jacobian blocks (which hold ``scale * J``), then ``.grad += w @ block`` per parameter.
 
     For a Gram-based aggregator ``J`` is never assembled: ``G = sum_k J_k J_k^T`` (float64) and each
-    block is combined where it lies. Otherwise the blocks are concatenated into ``J`` first.
+    block is combined where it lies. Otherwise the blocks are concatenated into ``J`` first. When the
+    blocks are views of one ``(m, n)`` tensor ``J_flat`` (the backward passes wrote it), it is used as
+    one block: one Gram matrix and one combination.
     """
     m = loss_values.shape[0]
     dtype, device = shared[0].dtype, shared[0].device
-    flat = [None if b is None else b.reshape(m, -1) for b in blocks]
+    if J_flat is not None:
+        flat = [J_flat]
+    else:
+        flat = [None if b is None else b.reshape(m, -1) for b in blocks]
     if aggregator.gram_based:
         G = torch.zeros(m, m, dtype=torch.float64, device=device)
         finite = True
@@ -208,7 +213,8 @@ def _aggregate_blocks(
                 break
         finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
     else:
-        J = torch.cat([b if b is not None else p.new_zeros(m, p.numel()) for b, p in zip(flat, shared)], dim=1)
+        J = J_flat if J_flat is not None else torch.cat(
+            [b if b is not None else p.new_zeros(m, p.numel()) for b, p in zip(flat, shared)], dim=1)
         finite = bool(torch.isfinite(J).all())
     if not finite:
         if not amp:
@@ -223,7 +229,11 @@ def _aggregate_blocks(
         w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales
-        _accumulate(shared, [None if b is None else ops.combine(b, w.to(b.dtype)) for b in flat])
+        if J_flat is not None:
+            pieces = unflatten(ops.combine(J_flat, w.to(J_flat.dtype)), shared)
+            _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
+        else:
+            _accumulate(shared, [None if b is None else ops.combine(b, w.to(b.dtype)) for b in flat])
     else:
         if J.dtype in _HALF:  # unscaling in half precision would flush small entries to zero
             J = J.float()
