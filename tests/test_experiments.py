@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import pytest
 import torch
 
 import torchmoo as tm
 from torchmoo.cli import main as cli_main
-from torchmoo.experiments import mgda_multidigits, storage
-from torchmoo.experiments.runner import markdown_table
+from torchmoo.experiments import mgda_multidigits, runner, storage
+from torchmoo.experiments.runner import Experiment, RunContext, configure, markdown_table, register
+from torchmoo.zoo.data import DataNotFoundError
 
 
 def tiny_config(**kw) -> mgda_multidigits.Config:
@@ -168,3 +173,252 @@ def test_killed_run_resumes_to_the_same_results(finished_run, tmp_path):
     for unit, result in uninterrupted["units"].items():
         assert resumed["units"][unit]["test_loss"] == result["test_loss"], unit
         assert resumed["units"][unit]["history"] == result["history"], unit
+
+
+
+# --------------------------------------------------------------------------------------------------
+# the runner's guarantees, on a toy experiment that takes milliseconds
+# --------------------------------------------------------------------------------------------------
+
+TOY = "toy-units"
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    units: List[str] = dataclasses.field(default_factory=lambda: ["first unit", "second/unit"])
+    epochs: int = 3
+    data: Optional[str] = None  # stands for a data path: a folder that must exist when given
+
+
+_toy_hook = {"fn": None}  # called as fn(ctx, unit, epoch) after each epoch's checkpoint
+
+
+def _toy_run(cfg: ToyConfig, ctx: RunContext):
+    if cfg.data is not None and not Path(cfg.data).is_dir():
+        raise DataNotFoundError(f"toy data {cfg.data!r} does not exist.")
+    results = {}
+    for i, unit in enumerate(cfg.units):
+        if ctx.done(unit):
+            results[unit] = ctx.result(unit)
+            continue
+        state = ctx.load_state(unit)
+        if state is None:
+            x = torch.randn(4, generator=torch.Generator().manual_seed(ctx.seed * 100 + i), dtype=torch.float64)
+            start, trace = 0, []
+        else:
+            x, start, trace = state["x"], state["epoch"], state["trace"]
+        for epoch in range(start, cfg.epochs):
+            g = torch.Generator().manual_seed(ctx.seed * 10_000 + i * 100 + epoch)
+            x = 0.5 * x + torch.rand(4, generator=g, dtype=torch.float64)
+            trace.append(float(x.sum()))
+            ctx.save_state(unit, {"x": x, "epoch": epoch + 1, "trace": trace})
+            if _toy_hook["fn"] is not None:
+                _toy_hook["fn"](ctx, unit, epoch)
+        results[unit] = {"x": x.tolist(), "trace": trace}
+        ctx.record(unit, results[unit], seconds=0.0, evaluations=cfg.epochs)
+    return {"table": [{"unit": u, "sum": sum(r["x"])} for u, r in results.items()]}
+
+
+@pytest.fixture
+def toy():
+    runner._REGISTRY.pop(TOY, None)
+    register(Experiment(TOY, "a toy for the runner's tests", ToyConfig, lambda: ToyConfig(epochs=5), _toy_run))
+    _toy_hook["fn"] = None
+    yield
+    _toy_hook["fn"] = None
+    runner._REGISTRY.pop(TOY, None)
+
+
+def _interrupt_at(unit_name: str, at_epoch: int):
+    def hook(ctx, unit, epoch):
+        if unit == unit_name and epoch == at_epoch:
+            raise KeyboardInterrupt
+    return hook
+
+
+def test_interrupted_run_resumes_exactly_in_a_unicode_path(tmp_path, toy, capsys):
+    reference = tm.experiments.run_experiment(TOY, out=str(tmp_path / "ref"), progress=False)
+    out = tmp_path / "résultats ü" / "run 1"
+    _toy_hook["fn"] = _interrupt_at("second/unit", 1)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    partial = storage.read_json(out / "results.json")
+    assert list(partial["units"]) == ["first unit"] and not partial["complete"]
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 1  # the second unit after 2 of its 3 epochs
+    calls = []
+    _toy_hook["fn"] = lambda ctx, unit, epoch: calls.append((unit, epoch))
+    resumed = tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    assert calls == [("second/unit", 2)]  # the finished unit is not rerun, the other continues
+    assert resumed["units"] == reference["units"] and resumed["summary"] == reference["summary"]
+    assert resumed["complete"] and resumed["resumed"] == 1 and not any((out / "checkpoints").iterdir())
+    assert cli_main(["report", str(tmp_path / "résultats ü")]) == 0
+    assert f"## {TOY}" in capsys.readouterr().out
+
+
+def test_ctrl_c_on_the_command_line(tmp_path, toy, capsys):
+    out = tmp_path / "cli run"
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    assert cli_main(["run", TOY, "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"{out}/results.json" in err and "rerun the same command" in err
+    _toy_hook["fn"] = None
+    assert cli_main(["run", TOY, "--out", str(out), "--no-progress"]) == 0
+    assert storage.read_json(out / "results.json")["complete"]
+
+
+def test_a_folder_takes_one_run_at_a_time(tmp_path, toy):
+    out = tmp_path / "busy"
+    seen = []
+
+    def second_run(ctx, unit, epoch):
+        if not seen:
+            try:
+                tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+                seen.append(None)
+            except ValueError as err:
+                seen.append(err)
+
+    _toy_hook["fn"] = second_run
+    first = tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    assert isinstance(seen[0], ValueError), "a second run wrote into the folder of a run in progress"
+    assert f"in use by another torchmoo run (process {os.getpid()})" in str(seen[0])
+    assert first["complete"] and set(first["units"]) == {"first unit", "second/unit"}
+    _toy_hook["fn"] = None
+    assert tm.experiments.run_experiment(TOY, out=str(out), progress=False)["resumed"] == 1  # released
+
+
+def test_units_recorded_from_two_threads_are_both_kept(tmp_path, monkeypatch):
+    results = {"units": {}, "timings": {}, "evaluations": {}}
+    ctx = RunContext(tmp_path, 0, torch.device("cpu"), False, results)
+
+    class Slow:  # serialised through the JSON fallback, in the middle of writing results.json
+        pass
+
+    other = threading.Thread(target=ctx.record, args=("b", {"v": 2}, 0.0))
+    plain_default = storage._json_default
+
+    def default(obj):
+        if isinstance(obj, Slow):
+            if threading.current_thread() is not other and not other.is_alive() and other.ident is None:
+                other.start()
+                other.join(timeout=0.5)  # with the lock, "b" waits for this write to end
+            return "slow"
+        return plain_default(obj)
+
+    monkeypatch.setattr(storage, "_json_default", default)
+    ctx.record("a", {"v": Slow()}, 0.0)
+    other.join()
+    on_disk = storage.read_json(tmp_path / "results.json")
+    assert on_disk["units"] == {"a": {"v": "slow"}, "b": {"v": 2}} and set(on_disk["timings"]) == {"a", "b"}
+
+
+def test_a_folder_left_by_a_failed_start_is_reused(tmp_path, toy):
+    out = tmp_path / "r"
+    with pytest.raises(DataNotFoundError):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False, config=ToyConfig(data=str(tmp_path / "no")))
+    # nothing was computed: the corrected command runs there instead of being refused
+    res = tm.experiments.run_experiment(TOY, out=str(out), progress=False, config=ToyConfig())
+    assert res["complete"] and res["config"]["data"] is None
+    # a folder with a checkpoint of another config's unit is refused, as one with finished units
+    other = tmp_path / "s"
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(other), progress=False)
+    _toy_hook["fn"] = None
+    with pytest.raises(ValueError, match="holds results of another run"):
+        tm.experiments.run_experiment(TOY, out=str(other), progress=False, config=ToyConfig(epochs=4))
+    with pytest.raises(ValueError, match="holds results of another run"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False, config=ToyConfig(epochs=4))
+
+
+def test_checkpoint_names_never_collide(tmp_path):
+    ctx = RunContext(tmp_path, 0, torch.device("cpu"), False, {"units": {}, "timings": {}, "evaluations": {}})
+    units = ["w=0.5", "w 0.5", "w_0.5", "a" * 300, "a" * 300 + "b", "région/1"]
+    paths = [ctx.checkpoint_path(u) for u in units]
+    assert len(set(paths)) == len(units)
+    assert paths[2].name == "w_0.5.pt"  # a name that is already a file name stays as it is
+    assert all(len(p.name) < 128 and p.parent == tmp_path / "checkpoints" for p in paths)
+
+
+def test_results_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_json(tmp_path / "r.json", {"v": 1})
+        storage.save_checkpoint(tmp_path / "c.pt", {"v": torch.ones(1)})
+        os.umask(0o077)
+        storage.write_json(tmp_path / "private.json", {"v": 1})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"r.json": 0o644, "c.pt": 0o644, "private.json": 0o600}
+
+
+def test_command_line_errors_are_messages(tmp_path, toy, capsys, monkeypatch):
+    monkeypatch.delenv("TORCHMOO_SARCOS_DIR", raising=False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    listing = tmp_path / "list" / "results.json"
+    listing.parent.mkdir()
+    listing.write_text("[1, 2]")
+    out = str(tmp_path / "o")
+    cases = [
+        (["run", TOY, "--out", str(a_file)], "is a file, not a folder"),
+        (["run", TOY, "--out", out, "--device", "gpu"], "--device gpu: not a torch device"),
+        (["run", TOY, "--out", out, "--seed", "-1"], "--seed must be a non-negative integer"),
+        (["run", TOY, "--out", out, "--set", "epochs=two"], "--set epochs=two: expected an integer, got 'two'"),
+        (["run", TOY, "--out", out, "--set", "epoch=2"], "has no setting 'epoch'; its settings are units, epochs, data"),
+        (["run", TOY, "--out", out, "--set", "epochs"], "expected KEY=VALUE"),
+        (["run", TOY, "--out", out, "--set", f"data={tmp_path / 'nowhere'}"], "nowhere' does not exist"),
+        (["run", "mtsgd-sarcos", "--out", out + "s", "--set", f"data={tmp_path / 'no sarcos'}"], "TORCHMOO_SARCOS_DIR"),
+        (["report", str(listing.parent)], "not a torchmoo results file"),
+    ]
+    for argv, message in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"torchmoo {argv[0]}: ") and message in err, (argv, err)
+    # --set reaches the config that is run and recorded
+    assert cli_main(["run", TOY, "--out", out, "--no-progress", "--set", "epochs=1", "--set", "units=one,two"]) == 0
+    assert storage.read_json(Path(out) / "results.json")["config"] == {"units": ["one", "two"], "epochs": 1, "data": None}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_a_gpu(tmp_path, capsys):
+    assert cli_main(["run", "mgda-multidigits", "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert cli_main(["demo", "--ops", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a folder its user cannot write to")
+def test_read_only_results_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert cli_main(["run", "mgda-multidigits", "--out", str(ro / "x")]) == 2
+        assert "cannot write the results folder" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
+def test_set_reads_each_field_type():
+    cfg = configure(
+        "pareto-multidigits",
+        assignments=["seed_weights=0.2,0.8", "ws_weights=[[1, 0], [0.5, 0.5]]", "mgda_seed=true", "k=1e2",
+                     "step=1", "data=multimnist", "correction=False"],
+    )
+    assert cfg.seed_weights == [0.2, 0.8] and cfg.ws_weights == [[1.0, 0.0], [0.5, 0.5]]
+    assert isinstance(cfg.ws_weights[0][0], float) and isinstance(cfg.step, float) and cfg.step == 1.0
+    assert cfg.mgda_seed is True and cfg.correction is False and cfg.k == 100 and cfg.data == "multimnist"
+    cfg = configure("mtsgd-multidigits", assignments=["train_images=none", "test_images=64", "mnist_root=/d/my mnist",
+                                                      "methods=mgda", "threads=null"])
+    assert cfg.train_images is None and cfg.test_images == 64 and cfg.mnist_root == "/d/my mnist"
+    assert cfg.methods == ["mgda"] and cfg.threads is None
+    assert configure("mtsgd-zdt3", assignments=["bandwidths=[None, 0.5]"]).bandwidths == [None, 0.5]
+    full = configure("mgda-multidigits", full=True, assignments=["epochs=1"])
+    assert full.epochs == 1 and full.weights == mgda_multidigits.full().weights
+    for setting, message in [("mgda_seed=maybe", "expected true or false"), ("k=2.5", "expected an integer, got 2.5"),
+                             ("seed_weights=[0.2, x]", "expected a number, got 'x'")]:
+        with pytest.raises(ValueError, match=f"--set {setting.split('=')[0]}=.*{message}"):
+            configure("pareto-multidigits", assignments=[setting])

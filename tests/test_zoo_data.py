@@ -582,3 +582,84 @@ def test_episode_sampler_errors():
         D.EpisodeSampler(labels, 2, 0)
     with pytest.raises(ValueError, match="has 12 examples"):
         D.split_episode(torch.zeros(10), 2, 2, 4)
+
+
+# ------------------------------------------------------------------------- robustness of the readers
+def test_idx_huge_declared_shape_is_truncated_not_malformed(tmp_path):
+    # (2^32 - 1)^2 bytes declared, none present: the byte count must not wrap around in 64-bit arithmetic
+    path = _bytes_file(tmp_path, "huge-idx2-ubyte", b"\x00\x00\x08\x02" + struct.pack(">2I", 2**32 - 1, 2**32 - 1))
+    with pytest.raises(D.IDXError, match=r"truncated: .*\(18446744065119617025 bytes of data\) but only 0 bytes"):
+        D.read_idx(path)
+
+
+def test_corrupt_gzip_csv_is_a_format_error(tmp_path):
+    rows = [[repr(float(i + j)) for j in range(28)] for i in range(300)]
+    packed = bytearray(gzip.compress(("\n".join(",".join(r) for r in rows) + "\n").encode()))
+    for i in range(20, 60):  # damage the deflate stream, not the gzip header
+        packed[i] ^= 0x55
+    (tmp_path / "sarcos_inv.csv").write_bytes(bytes(packed))
+    with pytest.raises(D.CSVFormatError, match="sarcos_inv.csv: gzip-compressed data is truncated or corrupt"):
+        D.Sarcos(tmp_path)
+
+
+def test_sarcos_with_pandas_positional_header(tmp_path):
+    # pandas.DataFrame(array).to_csv(index=False) heads the columns 0..27: a header, not a row of data
+    data = np.random.default_rng(1).normal(size=(6, 28))
+    p = write_csv(tmp_path / "s.csv", [[repr(float(v)) for v in row] for row in data], [str(i) for i in range(28)], sep=",")
+    ds = D.Sarcos(p, standardize=False)
+    assert len(ds) == 6
+    torch.testing.assert_close(ds.inputs, torch.from_numpy(data[:, :21]).float())
+    torch.testing.assert_close(ds.targets, torch.from_numpy(data[:, 21:]).float())
+    # a header-less file still keeps its first row
+    q = write_csv(tmp_path / "t.csv", [[repr(float(v)) for v in row] for row in data], sep=",")
+    assert len(D.Sarcos(q)) == 6
+
+
+def test_load_image_folder_modes_sizes_and_stray_files(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (5, 5), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (5, 5), dtype=np.uint16)
+    wide = rng.integers(0, 256, (3, 8, 3), dtype=np.uint8)  # 8 wide, 3 high: resized without keeping the ratio
+    (tmp_path / "b_rgb").mkdir()
+    (tmp_path / "a_gray").mkdir()
+    (tmp_path / ".hidden_class").mkdir()
+    Image.fromarray(gray, mode="L").save(tmp_path / "a_gray" / "1.png")
+    Image.fromarray(deep).save(tmp_path / "a_gray" / "2.png")  # 16-bit grayscale PNG
+    Image.fromarray(rgb).save(tmp_path / "b_rgb" / "x.bmp")
+    Image.fromarray(wide).save(tmp_path / "b_rgb" / "y.png")
+    (tmp_path / "a_gray" / "notes.txt").write_text("not an image")  # ignored: not an image suffix
+    (tmp_path / "a_gray" / "._1.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: ignored
+    x, y, names = D.load_image_folder(tmp_path, 5)
+    assert names == ["a_gray", "b_rgb"] and y.tolist() == [0, 0, 1, 1]
+    assert x.shape == (4, 3, 5, 5) and x.dtype == torch.float32
+    # grayscale in all three channels; 16-bit scaled to [0, 1] (Pillow alone clips it to white)
+    torch.testing.assert_close(x[0], torch.from_numpy(gray).float().div(255).expand(3, 5, 5))
+    torch.testing.assert_close(x[1], torch.from_numpy(deep / 65535.0).float().expand(3, 5, 5), atol=0.5 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(x[2], torch.from_numpy(rgb).permute(2, 0, 1).float().div(255))
+    expected = np.asarray(Image.fromarray(wide).resize((5, 5), Image.BILINEAR))
+    torch.testing.assert_close(x[3], torch.from_numpy(expected.copy()).permute(2, 0, 1).float().div(255))
+    # errors: an empty class, an unreadable image
+    (tmp_path / "c_empty").mkdir()
+    with pytest.raises(ValueError, match="c_empty.*has no image file"):
+        D.load_image_folder(tmp_path, 5)
+    (tmp_path / "c_empty" / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"bad.jpg: cannot be read as an image"):
+        D.load_image_folder(tmp_path, 5)
+    with pytest.raises(D.DataNotFoundError, match="does not exist"):
+        D.load_image_folder(tmp_path / "nowhere", 5)
+
+
+def test_episode_sampler_counts_and_seeds():
+    labels = torch.arange(6).repeat_interleave(9)[torch.randperm(54, generator=torch.Generator().manual_seed(0))]
+    a = D.EpisodeSampler(labels, n_way=4, k_shot=2, n_query=3, num_episodes=5, seed=7)
+    b = D.EpisodeSampler(labels, n_way=4, k_shot=2, n_query=3, num_episodes=5, seed=7)
+    c = D.EpisodeSampler(labels, n_way=4, k_shot=2, n_query=3, num_episodes=5, seed=8)
+    assert list(a) == list(b) and list(a) != list(c)
+    for ep in a:
+        support, query = labels[ep[:8]], labels[ep[8:]]
+        assert not set(ep[:8]) & set(ep[8:])
+        # class by class: k_shot support then n_query query examples of the same four classes
+        assert support.view(4, 2).unique(dim=1).shape == (4, 1) and query.view(4, 3).unique(dim=1).shape == (4, 1)
+        assert torch.equal(support.view(4, 2)[:, 0], query.view(4, 3)[:, 0]) and len(set(support.tolist())) == 4

@@ -2,7 +2,7 @@
 
     torchmoo demo [--ops]          Pareto exploration of a two-task LeNet (a few minutes); --ops: a tour of the operators
     torchmoo list                  the experiments that reproduce the papers
-    torchmoo run NAME [--full] [--seed S] [--out DIR] [--device D]
+    torchmoo run NAME [--full] [--seed S] [--out DIR] [--device D] [--set KEY=VALUE ...]
                                    run (or resume) one experiment; results in DIR/results.json
     torchmoo report DIR [DIR ...]  markdown table of the results found under the folders
 """
@@ -19,19 +19,22 @@ import torch
 import torchmoo as tm
 
 
+DEMO_OUT = "runs/pareto-multidigits-seed0"
+
+
 def demo(device: str = "cpu", ops: bool = False) -> None:
     """The small ``pareto-multidigits`` experiment (seeds, Pareto expansion with MINRES, the continuous
     front), then where its figure is; with ``ops``, the tour of the operators instead."""
+    from torchmoo.experiments.runner import check_device
+
+    check_device(device)
     if ops:
         return operator_tour(device)
     from torchmoo import experiments
 
-    out = "runs/pareto-multidigits-seed0"
+    out = DEMO_OUT
     print(f"torchmoo {tm.__version__}: Pareto exploration of a two-task LeNet on MultiDigits (results in {out}/)")
-    try:
-        res = experiments.run_experiment("pareto-multidigits", out=out, device=device)
-    except ValueError as err:
-        raise SystemExit(f"torchmoo demo: {err}") from None
+    res = experiments.run_experiment("pareto-multidigits", out=out, device=device)
     print(experiments.runner.markdown_table(res["summary"]["table"]))
     print(experiments.runner.markdown_table(res["summary"]["necessity"]))
     print(f"\nfigure: {res['summary']['figure']}\nresults: {out}/results.json")
@@ -88,36 +91,64 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_run.add_argument("--out", default=None, help="result folder (default runs/NAME-seedS[-full]); resumed if it exists")
     p_run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one field of the config (repeatable), e.g. --set epochs=2 --set weights=0.2,0.8 "
+        "--set data=/data/sarcos",
+    )
     p_report = sub.add_parser("report", help="markdown table of results")
     p_report.add_argument("paths", nargs="+", help="result folders (searched recursively) or results.json files")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(args.device, ops=args.ops)
-        return 0
-    from torchmoo import experiments
-
     try:
-        if args.command == "list":
-            for name in experiments.experiment_names():
-                print(f"{name:28s} {experiments.get_experiment(name).description}")
-        elif args.command == "run":
-            res = experiments.run_experiment(
-                args.name,
-                full=args.full,
-                seed=args.seed,
-                out=args.out,
-                device=args.device,
-                progress=not args.no_progress,
-            )
-            out = args.out or f"runs/{args.name}-seed{args.seed}{'-full' if args.full else ''}"
-            print(experiments.runner.markdown_table(res["summary"].get("table", [])))
-            print(f"\nresults: {out}/results.json")
-        elif args.command == "report":
-            print(experiments.report(args.paths), end="")
-    except ValueError as err:
+        _command(args)
+    except (ValueError, OSError) as err:  # bad arguments, a missing data path, an unwritable folder
         print(f"torchmoo {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = {"run": getattr(args, "out", None), "demo": None if getattr(args, "ops", True) else DEMO_OUT}.get(args.command)
+        if args.command == "run" and out is None:
+            from torchmoo.experiments.runner import default_out
+
+            out = default_out(args.name, args.seed, args.full)
+        hint = (
+            f" The finished units are kept in {out}/results.json and the unit in progress resumes from its last "
+            "checkpoint: rerun the same command to continue."
+            if out is not None
+            else ""
+        )
+        print(f"\ntorchmoo {args.command}: interrupted.{hint}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _command(args: argparse.Namespace) -> None:
+    if args.command == "demo":
+        demo(args.device, ops=args.ops)
+        return
+    from torchmoo import experiments
+
+    if args.command == "list":
+        for name in experiments.experiment_names():
+            print(f"{name:28s} {experiments.get_experiment(name).description}")
+    elif args.command == "run":
+        config = experiments.runner.configure(args.name, full=args.full, assignments=args.set)
+        res = experiments.run_experiment(
+            args.name,
+            full=args.full,
+            seed=args.seed,
+            out=args.out,
+            device=args.device,
+            progress=not args.no_progress,
+            config=config,
+        )
+        out = args.out or experiments.runner.default_out(args.name, args.seed, args.full)
+        print(experiments.runner.markdown_table(res["summary"].get("table", [])))
+        print(f"\nresults: {out}/results.json")
+    elif args.command == "report":
+        print(experiments.report(args.paths), end="")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ so an interrupted run loses nothing and ends with the same numbers as an uninter
 
 from __future__ import annotations
 
+import ast
+import collections.abc
 import dataclasses
+import hashlib
 import platform
+import threading
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -64,6 +69,147 @@ def get_experiment(name: str) -> Experiment:
     return _REGISTRY[name]
 
 
+def default_out(name: str, seed: int, full: bool = False) -> Path:
+    """The result folder of a run when none is given: ``runs/<name>-seed<seed>[-full]``."""
+    return Path("runs") / f"{name}-seed{seed}{'-full' if full else ''}"
+
+
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` with a readable message when it is not a device
+    string or names an accelerator this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1).") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available in this torch build or on this machine.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine.")
+    return dev
+
+
+# ---- config settings from the command line (--set KEY=VALUE) --------------------------------------
+
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS = ("true", "yes", "on")
+_FALSE_WORDS = ("false", "no", "off")
+
+
+def _literal(text: str) -> Any:
+    """A Python literal (number, list, quoted string, True, None), else the text itself."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` (command-line text, or a value parsed from it) as the config field type ``hint``:
+    int, float, bool, str, Optional[...], List[...] / Tuple[..., ...] (``[1, 2]`` or ``1,2``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)):
+            return None
+        error: Optional[ValueError] = None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option)
+            except ValueError as err:
+                error = error or err
+        raise error if error is not None else ValueError(f"expected none, got {value!r}.")
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = args[0] if args else Any
+        if isinstance(value, str):
+            parsed = _literal(value)
+            if isinstance(parsed, (list, tuple)):
+                items = list(parsed)
+            else:  # a,b,c without brackets, or a single item
+                inner = value.strip()
+                if inner[:1] in "[(" and inner[-1:] in "])":
+                    inner = inner[1:-1]
+                items = [v.strip() for v in inner.split(",")] if inner.strip() else []
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]
+        out = [_coerce(v, item) for v in items]
+        return tuple(out) if origin is tuple else out
+    if hint is str:
+        if isinstance(value, str):
+            text = value.strip()
+            quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+            return _literal(text) if quoted else value
+        raise ValueError(f"expected text, got {value!r}.")
+    if hint not in (bool, int, float):
+        return _literal(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        parsed = _literal(value)
+        if isinstance(parsed, str):
+            word = parsed.strip().lower()
+            if hint is bool and word in _TRUE_WORDS + _FALSE_WORDS:
+                parsed = word in _TRUE_WORDS
+            elif hint is float:
+                try:
+                    parsed = float(word)  # inf, nan
+                except ValueError:
+                    pass
+        value = parsed
+    if hint is bool:
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise ValueError(f"expected true or false, got {value!r}.")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"expected a number, got {value!r}.")
+
+
+def configure(name: str, *, full: bool = False, assignments: Sequence[str] = ()) -> Any:
+    """The config of experiment ``name`` (its small default, or ``full()``) with ``KEY=VALUE``
+    assignments applied, as ``torchmoo run NAME --set KEY=VALUE`` does.
+
+    Values are read as the field's type: ``epochs=3``, ``lr=1e-3``, ``correction=true``,
+    ``mnist_root=/data/mnist``, ``weights=0.2,0.8`` or ``weights=[0.2, 0.8]``, ``ws_weights=[[1, 0], [0, 1]]``,
+    ``image_folder=none`` for an optional one.
+
+    Raises:
+        ValueError: unknown experiment, an assignment without ``=``, a key that is not a field of the
+            config (the message lists them), or a value that does not fit the field's type.
+    """
+    exp = get_experiment(name)
+    config = exp.full() if full else exp.config()
+    if not assignments:
+        return config
+    fields = [f.name for f in dataclasses.fields(config)]
+    try:
+        hints = typing.get_type_hints(type(config))
+    except Exception:  # annotations that cannot be resolved: fall back on the current values' types
+        hints = {}
+    changes: Dict[str, Any] = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set epochs=2.")
+        if key not in fields:
+            raise ValueError(f"--set {key}: {name} has no setting {key!r}; its settings are {', '.join(fields)}.")
+        current = getattr(config, key)
+        hint = hints.get(key, Any if current is None else type(current))
+        try:
+            changes[key] = _coerce(value, hint)
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from None
+    return dataclasses.replace(config, **changes)
+
+
 def versions() -> Dict[str, str]:
     import torchmoo
 
@@ -91,6 +237,7 @@ class RunContext:
         self.device = device
         self.show_progress = progress
         self.results = results
+        self._lock = threading.RLock()  # units recorded from several threads
 
     # ---- units -------------------------------------------------------------------------------
     def done(self, unit: str) -> bool:
@@ -102,15 +249,20 @@ class RunContext:
 
     def record(self, unit: str, result: Dict[str, Any], seconds: float, evaluations: int = 0) -> None:
         """Stores a finished unit's result in ``results.json`` (atomically) and drops its checkpoint."""
-        self.results["units"][unit] = result
-        self.results["timings"][unit] = seconds
-        self.results["evaluations"][unit] = evaluations
-        self._write()
+        with self._lock:
+            self.results["units"][unit] = result
+            self.results["timings"][unit] = seconds
+            self.results["evaluations"][unit] = evaluations
+            self._write()
         self.checkpoint_path(unit).unlink(missing_ok=True)
 
     # ---- checkpoints of the unit in progress --------------------------------------------------
     def checkpoint_path(self, unit: str) -> Path:
+        """``checkpoints/<unit>.pt``; a name that had to be changed to be a file name (or shortened) gets
+        a hash of the unit, so that two units ("w=0.5" and "w 0.5") never share a checkpoint."""
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in unit)
+        if safe != unit or len(safe) > 100:
+            safe = f"{safe[:100]}-{hashlib.sha256(unit.encode()).hexdigest()[:10]}"
         return self.out / "checkpoints" / f"{safe}.pt"
 
     def save_state(self, unit: str, state: Dict[str, Any]) -> None:
@@ -137,14 +289,16 @@ class RunContext:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
         plt.close(fig)
         tmp.replace(path)
-        self.results.setdefault("figures", [])
-        if path.name not in self.results["figures"]:
-            self.results["figures"].append(path.name)
-            self._write()
+        with self._lock:
+            self.results.setdefault("figures", [])
+            if path.name not in self.results["figures"]:
+                self.results["figures"].append(path.name)
+                self._write()
         return path
 
     def _write(self) -> None:
-        storage.write_json(self.out / RESULTS_FILE, self.results)
+        with self._lock:
+            storage.write_json(self.out / RESULTS_FILE, self.results)
 
 
 def run_experiment(
@@ -164,33 +318,67 @@ def run_experiment(
         full: use the paper's setting instead of the small default.
         seed: seed of every random stream of the run.
         out: result folder; default ``runs/<name>-seed<seed>[-full]``. A folder that already holds
-            results of the same experiment, config and seed is resumed.
+            results of the same experiment, config and seed is resumed; one that holds another run's
+            is refused, unless that run stopped before it finished a unit or wrote a checkpoint.
         device: torch device string.
         progress: show progress bars.
         config: an explicit config object (overrides ``full``), e.g. for tests.
+
+    Raises:
+        ValueError: unknown experiment, a negative seed, an unavailable device, a folder that cannot be
+            written, holds another run or is in use by a run in progress.
     """
     exp = get_experiment(name)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}.")
     if config is None:
         config = exp.full() if full else exp.config()
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available in this torch build or on this machine.")
-    out_dir = Path(out) if out is not None else Path("runs") / f"{name}-seed{seed}{'-full' if full else ''}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = check_device(device)
+    out_dir = Path(out) if out is not None else default_out(name, seed, full)
     config_dict = _plain(dataclasses.asdict(config))
+    lock = storage.FolderLock(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:  # read-only place, a file in the way, ...
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"{out_dir} is a file, not a folder; pass another --out.") from None
+        raise ValueError(f"cannot write the results folder {out_dir}: {err.strerror or err}; pass another --out.") from None
+    try:
+        return _run_locked(exp, config, config_dict, seed, dev, out_dir, progress)
+    finally:
+        lock.release()
+
+
+def _holds_work(out_dir: Path, results: Dict[str, Any]) -> bool:
+    """True when a folder holds finished units or a unit's checkpoint, i.e. something a rerun could lose."""
+    ckpts = out_dir / "checkpoints"
+    return bool(results.get("units")) or (ckpts.is_dir() and any(ckpts.iterdir()))
+
+
+def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: torch.device, out_dir: Path,
+                progress: bool) -> Dict[str, Any]:
+    name = exp.name
     results_path = out_dir / RESULTS_FILE
-    if results_path.exists():
-        results = storage.read_json(results_path)
+    results = storage.read_json(results_path) if results_path.exists() else None
+    if results is not None:
+        if not isinstance(results, dict):
+            raise ValueError(f"{results_path} is not a torchmoo results file; pass another --out or delete it.")
         same = (
-            results.get("experiment") == name and results.get("config") == config_dict and results.get("seed") == seed
+            results.get("experiment") == name
+            and results.get("config") == config_dict
+            and results.get("seed") == seed
         )
-        if not same:
+        if same:
+            results["resumed"] = results.get("resumed", 0) + 1
+        elif _holds_work(out_dir, results):
             raise ValueError(
                 f"{out_dir} holds results of another run ({results.get('experiment')}, seed {results.get('seed')}, "
                 "or a different config); pass another --out or delete that folder."
             )
-        results["resumed"] = results.get("resumed", 0) + 1
-    else:
+        else:  # a run that stopped before any unit (bad data path, say): nothing to keep
+            results = None
+    if results is None:
         results = {
             "experiment": name,
             "config": config_dict,
@@ -204,7 +392,10 @@ def run_experiment(
             "complete": False,
         }
     ctx = RunContext(out_dir, seed, dev, progress, results)
-    ctx._write()
+    try:
+        ctx._write()
+    except OSError as err:
+        raise ValueError(f"cannot write the results folder {out_dir}: {err.strerror or err}; pass another --out.") from None
     summary = exp.run(config, ctx)
     results["summary"] = _plain(summary)
     results["complete"] = True
@@ -273,6 +464,8 @@ def report(paths: Sequence[str]) -> str:
     parts = []
     for path in find_results(paths):
         res = storage.read_json(path)
+        if not isinstance(res, dict):
+            raise ValueError(f"{path} is not a torchmoo results file (it holds a JSON {type(res).__name__}).")
         status = "complete" if res.get("complete") else f"incomplete ({len(res.get('units', {}))} units done)"
         total = sum(res.get("timings", {}).values())
         head = (

@@ -2,26 +2,46 @@
 
 Every file is written to a temporary name in the same folder and renamed over the target, so a crash
 mid-write leaves either the old file or the new one, never half of one. Checkpoints are loaded with
-``torch.load(..., weights_only=True)``: a foreign file cannot execute code.
+``torch.load(..., weights_only=True)``: a foreign file cannot execute code. :class:`FolderLock` keeps
+two processes from writing into one run folder at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not a POSIX system
+    fcntl = None
+
 PathLike = Union[str, os.PathLike]
+
+LOCK_FILE = ".lock"
+
+
+def _create_temporary(path: Path) -> Tuple[int, Path]:
+    """A new file beside ``path``, opened for writing. Made with ``os.open(..., 0o666)`` so the umask
+    sets its permissions, as for any file the user writes (``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit name collision
+            continue
 
 
 def _atomic_write(path: PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -63,6 +83,57 @@ def load_checkpoint(path: PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which one
         raise ValueError(f"{path} is not a readable torchmoo checkpoint ({type(err).__name__}: {err}).") from None
+
+
+class FolderLock:
+    """An exclusive lock on a run folder, held while a run writes into it.
+
+    Two runs writing one ``results.json`` would each rewrite it from their own copy and drop the
+    other's units. The lock is ``fcntl.flock`` on ``<folder>/.lock`` (which holds the owner's process
+    id): the system releases it when the process ends, even when it is killed, so it never goes stale.
+    Where file locks are unavailable (no ``fcntl``, or a file system without them) it locks nothing.
+
+    Raises:
+        ValueError: on :meth:`acquire`, another process (or another lock in this one) holds the folder.
+    """
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = Path(folder)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        if fcntl is None or self._fd is not None:
+            return self
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"process {owner}" if owner.isdigit() else "another process"
+            raise ValueError(
+                f"{self.folder} is in use by another torchmoo run ({who}); wait for it to finish or pass another --out."
+            ) from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return self  # the file system has no locks
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _json_default(obj: Any) -> Any:

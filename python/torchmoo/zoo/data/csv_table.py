@@ -7,6 +7,7 @@ import gzip
 import io
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -119,7 +120,7 @@ def read_csv_table(
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (EOFError, OSError) as e:
+        except (EOFError, OSError, zlib.error) as e:
             raise CSVFormatError(f"{path}: gzip-compressed data is truncated or corrupt ({e}).") from None
     try:
         text = raw.decode("utf-8-sig")

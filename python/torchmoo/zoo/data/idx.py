@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -78,7 +79,7 @@ def read_idx(path: Union[str, "os.PathLike[str]"]) -> Tensor:
         )
     shape = struct.unpack(f">{ndim}I", data[4:header])
     np_dtype, torch_dtype = _CODES[code]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: a corrupt header's huge dimensions must not wrap around
     expected = count * np_dtype.itemsize
     found = len(data) - header
     if found < expected:

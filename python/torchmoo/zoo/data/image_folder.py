@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import List, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,9 +32,10 @@ def load_image_folder(
 
     Classes are the sub-folders of ``root`` (hidden ones, starting with ``.``, are skipped) in sorted
     order; class ``j`` gets label ``j``. Each image file of a class folder (suffix in
-    :data:`IMAGE_EXTENSIONS`, sorted by name; sub-folders are not searched) is converted to RGB and
-    resized with Pillow's bilinear filter (with its anti-aliasing when shrinking), without keeping the
-    aspect ratio (as MiniImageNet's 84 x 84 exports do).
+    :data:`IMAGE_EXTENSIONS`, sorted by name; hidden files such as macOS's ``._name.png`` and
+    sub-folders are skipped) is converted to RGB (16-bit grayscale scaled to 8 bits) and resized with
+    Pillow's bilinear filter (with its anti-aliasing when shrinking), without keeping the aspect ratio
+    (as MiniImageNet's 84 x 84 exports do).
 
     Args:
         root: the folder that holds one sub-folder per class.
@@ -70,7 +72,9 @@ def load_image_folder(
     images: List[Tensor] = []
     labels: List[int] = []
     for label, d in enumerate(class_dirs):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+        )
         if not files:
             raise ValueError(
                 f"class folder {str(d)!r} has no image file (suffixes {', '.join(IMAGE_EXTENSIONS)})."
@@ -78,7 +82,7 @@ def load_image_folder(
         for f in files:
             try:
                 with Image.open(f) as im:
-                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    im = _to_rgb(im).resize((image_size, image_size), Image.BILINEAR)
                     data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
             except (OSError, ValueError) as err:
                 raise ValueError(f"{f}: cannot be read as an image ({err}).") from None
@@ -86,6 +90,18 @@ def load_image_folder(
             labels.append(label)
     x = torch.stack(images).to(torch.float32).div_(255.0)
     return x, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs]
+
+
+def _to_rgb(im):
+    """An RGB copy of a Pillow image. Pillow's own conversion clips 16-bit grayscale (modes ``I;16*``,
+    and ``I`` as PNG and PGM files open) to 255, which turns such images white: they are scaled to
+    8 bits first."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM")):
+        pixels = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(pixels * (255.0 / 65535.0)), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
 
 
 def resize_square(x: Tensor, size: int) -> Tensor:

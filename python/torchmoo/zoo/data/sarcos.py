@@ -35,7 +35,11 @@ def _positional(fields: int) -> Optional[Sequence[str]]:
 
 
 def _header(first: List[str]) -> bool:
-    return not all(_is_number(c) for c in first)
+    if not all(_is_number(c) for c in first):
+        return True
+    # positional names 0..n-1 (what pandas writes for an unnamed array) or 1..n are a header too
+    n = len(first)
+    return first in ([str(i) for i in range(n)], [str(i + 1) for i in range(n)])
 
 
 class Sarcos(Dataset):
