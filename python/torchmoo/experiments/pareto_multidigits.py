@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 import torchmoo as tm
 from torchmoo.experiments import storage
-from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.experiments.runner import Experiment, RunContext, file_name, register
 from torchmoo.methods import ParetoExplorer, pareto_optimize, stitch
 
 CHANCE_LOSS = math.log(10.0)
@@ -151,8 +151,7 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[
 
 
 def _model_path(ctx: RunContext, name: str):
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return ctx.out / "models" / f"{safe}.pt"
+    return ctx.out / "models" / f"{file_name(name)}.pt"
 
 
 def _seed_names(cfg: Config) -> List[str]:

@@ -120,7 +120,7 @@ import torch
 
 import torchmoo as tm
 from torchmoo.experiments import storage
-from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.experiments.runner import Experiment, RunContext, file_name, register
 from torchmoo.zoo.data.image_folder import resize_square
 from torchmoo.methods import psst as P
 
@@ -271,8 +271,7 @@ def _evaluate(model, cfg: Config, data: FewShotData, seed: int) -> Dict[str, Any
 
 
 def _model_path(ctx: RunContext, unit: str):
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in unit)
-    return ctx.out / "models" / f"{safe}.pt"
+    return ctx.out / "models" / f"{file_name(unit)}.pt"
 
 
 def train_unit(unit: str, cfg: Config, ctx: RunContext, data: FewShotData, seed: int, *, aux: Tuple[str, ...],

@@ -221,6 +221,15 @@ def versions() -> Dict[str, str]:
     }
 
 
+def file_name(unit: str) -> str:
+    """A unit's name as a file name: other characters become ``_``, and a name that had to be changed
+    (or shortened) gets a hash of the unit, so that two units ("w=0.5" and "w 0.5") never share a file."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in unit)
+    if safe != unit or len(safe) > 100:
+        safe = f"{safe[:100]}-{hashlib.sha256(unit.encode()).hexdigest()[:10]}"
+    return safe
+
+
 class RunContext:
     """What an experiment's ``run`` uses to record results, checkpoint and report progress.
 
@@ -258,12 +267,8 @@ class RunContext:
 
     # ---- checkpoints of the unit in progress --------------------------------------------------
     def checkpoint_path(self, unit: str) -> Path:
-        """``checkpoints/<unit>.pt``; a name that had to be changed to be a file name (or shortened) gets
-        a hash of the unit, so that two units ("w=0.5" and "w 0.5") never share a checkpoint."""
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in unit)
-        if safe != unit or len(safe) > 100:
-            safe = f"{safe[:100]}-{hashlib.sha256(unit.encode()).hexdigest()[:10]}"
-        return self.out / "checkpoints" / f"{safe}.pt"
+        """``checkpoints/<unit>.pt`` (the unit's name made a file name by :func:`file_name`)."""
+        return self.out / "checkpoints" / f"{file_name(unit)}.pt"
 
     def save_state(self, unit: str, state: Dict[str, Any]) -> None:
         storage.save_checkpoint(self.checkpoint_path(unit), state)
