@@ -94,6 +94,29 @@ def test_preference_vector_errors():
         P.task_losses(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.int64), "rotation")
     with pytest.raises(ValueError, match="one per row"):
         P.fewshot_accuracy(torch.randn(10, 3), torch.arange(12))
+    with pytest.raises(ValueError, match="n_way"):  # one way: accuracy 1 for any features
+        P.fewshot_accuracy(torch.randn(20, 3), torch.arange(2).repeat_interleave(10), n_way=1, n_query=2, episodes=3)
+
+
+def test_empty_sector_raises_and_zero_width_pairs_keep_the_epsilon_check():
+    # L_0 / L_m ~ 1e-17 is L_0 = 0 in float64: pi_0 rounds to pi/2 and every region would have zero width
+    for best in ([1e-17, 1.0], [1e-300, 1.0], [1e-17, 1.0, 1e-17]):
+        with pytest.raises(ValueError, match="sector"):
+            P.angular_regions(best, 3)
+    assert float(P.initial_angles([1e-15, 1.0])[0]) < math.pi / 2  # a thin sector is still a sector
+    # a region with a zero-width pair: epsilon >= half of the other pair's width is refused as for any region
+    mixed = P.AngularRegion([0.5, 0.4], [0.5, 0.6])
+    assert float(mixed.widths()[0]) == 0.0 and float(mixed.widths()[1]) > 0.09
+    with pytest.raises(ValueError, match="half the region"):
+        P.PSST(mixed, epsilon=0.05)
+    with pytest.raises(ValueError, match="half the region"):
+        P.psst_weights(torch.eye(3, dtype=torch.float64), [1.0, 0.5, 0.5], mixed, epsilon=0.05)
+    # near the zero-width pair's ray any epsilon > 0 makes both of its bounds active: their gradients cancel
+    with pytest.raises(ValueError, match="half the region"):
+        P.PSST(mixed, epsilon=1e-6)
+    L = torch.tensor([1.0, math.tan(0.5) + 1e-4, math.tan(0.5)], dtype=torch.float64)
+    step = P.psst_weights(torch.eye(3, dtype=torch.float64), L, mixed, epsilon=0.0, feasibility=False)
+    assert int(step.active.sum()) == 1  # epsilon = 0: only the violated bound of the ray is active
 
 
 @pytest.mark.parametrize("M", [2, 3, 4, 5])

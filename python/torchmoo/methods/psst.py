@@ -164,7 +164,17 @@ def initial_angles(best_losses: Union[Tensor, Sequence[float]]) -> Tensor:
             "best_losses[0] (the main task's loss) is 0: then pi_0 = pi/2 and the sector [pi_0, pi/2] that the "
             "preference vectors divide is empty."
         )
-    return torch.arccos(_pair_cosines(L).clamp(-1.0, 1.0))
+    pi0 = torch.arccos(_pair_cosines(L).clamp(-1.0, 1.0))
+    empty = pi0 >= math.pi / 2
+    if bool(empty.any()):
+        # L_0 / L_m below about 1e-16: cos(pi_0) rounds to 0, the sector [pi_0, pi/2] to a single ray and
+        # every region to zero width, the same degenerate case as L_0 = 0
+        m = int(torch.nonzero(empty)[0]) + 1
+        raise ValueError(
+            f"best_losses[0] = {float(L[0]):.3g} is negligible next to best_losses[{m}] = {float(L[m]):.3g}: "
+            "pi_0 rounds to pi/2 and the sector [pi_0, pi/2] that the preference vectors divide is empty."
+        )
+    return pi0
 
 
 def preference_vectors(best_losses: Union[Tensor, Sequence[float]], num_regions: int) -> PreferenceVectors:
@@ -447,9 +457,10 @@ class PSSTDirection(NamedTuple):
 def _check_epsilon(epsilon: object, region: Optional[PreferenceRegion] = None) -> float:
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}.")
-    if isinstance(region, AngularRegion) and bool((region.widths() > 0).all()):
+    if isinstance(region, AngularRegion):
+        # every pair counts, a zero-width one too (there any epsilon > 0 makes both bounds active near the ray)
         width = float(region.widths().min())
-        if epsilon >= width / 2:  # both bounds of a pair epsilon-active: opposite gradients, a zero direction
+        if epsilon > 0 and epsilon >= width / 2:  # both bounds of a pair epsilon-active: opposite gradients, d = 0
             raise ValueError(
                 f"epsilon={epsilon:g} must be below half the region's smallest cosine width {width:.4g} "
                 f"(AngularRegion.widths()): else, inside the region, both bounds are active and the direction is 0."
@@ -1161,6 +1172,9 @@ def fewshot_accuracy(
         raise ValueError(f"labels must be ({features.shape[0]},), one per row of features, got {label_shape}.")
     if isinstance(n_query, bool) or not isinstance(n_query, int) or n_query < 1:
         raise ValueError(f"n_query must be an int >= 1 (the accuracy is measured on the queries), got {n_query!r}.")
+    if isinstance(n_way, bool) or not isinstance(n_way, int) or n_way < 2:
+        # a 1-way episode has nothing to tell apart: its accuracy would be 1 whatever the features
+        raise ValueError(f"n_way must be an int >= 2, got {n_way!r}.")
     sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
     idx = torch.tensor([sampler.episode(e) for e in range(episodes)], device=features.device)  # (E, n(k+q))
     z = F.normalize(features.double(), dim=-1)[idx]  # (E, n(k+q), d)
