@@ -142,15 +142,18 @@ inline KernelTerms kernel_terms(const std::vector<double>& D2, int64_t M, int64_
 
 // U (K, K) in `dtype` on `device` from G (upper triangle of a K x K row-major float64 matrix), c (K) and
 // const: U_ij = (G_ij + c_i + c_j + const) / M^2, both triangles written from one value (exactly symmetric).
+// U is returned in float64 whatever the inputs' dtype: every entry holds the same constant (the trace term,
+// of order d / h), which does not move the simplex QP's minimizer but dwarfs the differences between the
+// entries that decide it; rounding U to float32 would erase them.
 inline at::Tensor assemble_u(const std::vector<double>& G, const std::vector<double>& c, double cnst, int64_t K,
-                             int64_t M, at::ScalarType dtype, const at::Device& device) {
+                             int64_t M, const at::Device& device) {
   at::Tensor U = at::empty({K, K}, at::TensorOptions().dtype(at::kDouble));
   double* u = U.mutable_data_ptr<double>();
   const double inv = 1.0 / (static_cast<double>(M) * static_cast<double>(M));
   for (int64_t i = 0; i < K; ++i) {
     for (int64_t j = i; j < K; ++j) u[i * K + j] = u[j * K + i] = (G[i * K + j] + (c[i] + c[j]) + cnst) * inv;
   }
-  return U.to(device, dtype);
+  return U.to(device);
 }
 
 // Raises for a non-finite result of `op`: names the input that is not finite, else reports an overflow.

@@ -219,3 +219,6 @@ class TestCuda:
         Jg = J.double().requires_grad_()
         wg = w.double().requires_grad_()
         assert torch.autograd.gradcheck(tm.ops.combine, (Jg, wg))
+        # the operator itself (not only the wrapper) checks devices before taking a CUDA guard
+        with pytest.raises(ValueError, match="device"):
+            torch.ops.torchmoo.combine(J.cpu(), w)

@@ -102,6 +102,69 @@ def test_lemma1_common_direction():
         assert float(w @ Uw) <= float(U.diagonal().min()) + 1e-12
 
 
+def test_float32_far_from_origin_matches_float64():
+    """Distances, the median bandwidth, the repulsion and the Stein directions do not change under a common
+    shift; in float32 they must stay accurate for particles far from the origin relative to their spread
+    (e.g. networks fine-tuned from one initialization)."""
+    g = torch.Generator().manual_seed(0)
+    base = 1e-3 * torch.randn(6, 20000, generator=g, dtype=DT)
+    S = torch.randn(3, 6, 20000, generator=g, dtype=DT)
+    X32 = (base + 10.0).float()
+    X64 = X32.double()  # the same particles, so only the arithmetic differs
+    h = mt.median_bandwidth(X64)
+    assert mt.median_bandwidth(X32) == pytest.approx(h, rel=1e-4)
+    torch.testing.assert_close(mt.rbf_kernel(X32, h).double(), mt.rbf_kernel(X64, h), rtol=0, atol=1e-4)
+    ref = mt.stein_directions(X64, S, h)
+    err = (mt.stein_directions(X32, S.float(), h).double() - ref).norm() / ref.norm()
+    assert float(err) < 1e-4, float(err)
+    # MOO-SVGD's repulsion: with zero scores its direction is the repulsion alone
+    dirs = []
+    for X in (X32, X64):
+        P = X.clone().requires_grad_()
+        dirs.append(mt.MOOSVGD(P, lambda Z: 0.0 * Z[:, :2], bandwidth=h).compute().direction.double())
+    assert float((dirs[0] - dirs[1]).norm() / dirs[1].norm()) < 1e-3
+
+
+def test_mtsgd_float32_weights_in_many_dimensions():
+    """Linear log-densities ``log p_i = <A_i, x>`` give every particle the scores ``A_i``; then ``c = 0`` and
+    ``U = (sum_ab k_ab) A'A / M^2 + const``, so ``w*`` is the min-norm point of ``A'A`` (MGDA). With
+    d = 20000 the trace constant exceeds the rest of ``U`` about 3e6 times: float32 particles must still get
+    the float64 weights."""
+    g = torch.Generator().manual_seed(0)
+    M, d = 5, 20000
+    X0 = 0.05 * torch.randn(M, d, generator=g, dtype=DT)
+    a = torch.randn(d, generator=g, dtype=DT)
+    A = 3e-5 * torch.stack([a, -3.0 * a + 0.5 * torch.randn(d, generator=g, dtype=DT)], 1)  # (d, K), conflicting
+    w_ref = tm.ops.min_norm_simplex(A.T @ A)
+    assert 0.6 < float(w_ref[0]) < 0.9  # an interior point, not a vertex
+    for dtype in (torch.float64, torch.float32):
+        X = X0.to(dtype).clone().requires_grad_()
+        Ad = A.to(dtype)
+        step = mt.MTSGD(X, lambda Z: Z @ Ad).backward()
+        assert step.weights.dtype == dtype and step.U.dtype == DT
+        torch.testing.assert_close(step.weights.double(), w_ref, rtol=0, atol=1e-6)
+        # and the float64 U of the QP is the paper's U (supplement Eq. 3) up to float32 inputs
+        S = Ad.double().T[:, None, :].expand(2, M, d).contiguous()  # the scores the method saw
+        U_ref = mt.stein_task_matrix(X.detach().double(), S, step.bandwidth)
+        spread = U_ref - U_ref[0, 0]
+        torch.testing.assert_close(step.U - step.U[0, 0], spread, rtol=0, atol=1e-4 * float(spread.abs().max()))
+
+
+@pytest.mark.parametrize("cls", [mt.MTSGD, mt.MOOSVGD])
+def test_half_precision_particles_with_large_scores(cls):
+    """float16 particles whose scores are fine in float16 but whose squared norms overflow it (> 65504):
+    the QPs run in a wider dtype, and the step agrees with the float32 one."""
+    def log_p(X):
+        return torch.stack([-50.0 * ((X - 1) ** 2).sum(1), -50.0 * ((X + 1) ** 2).sum(1)], 1)
+
+    X16 = (3.0 * torch.randn(5, 20, generator=torch.Generator().manual_seed(0))).half()
+    steps = [cls(X.clone().requires_grad_(), log_p, bandwidth=50.0).backward() for X in (X16, X16.float())]
+    assert steps[0].direction.dtype == torch.float16 and bool(torch.isfinite(steps[0].direction).all())
+    torch.testing.assert_close(steps[0].weights.float(), steps[1].weights, rtol=0, atol=5e-3)
+    rel = (steps[0].direction.float() - steps[1].direction).norm() / steps[1].direction.norm()
+    assert float(rel) < 1e-2
+
+
 def test_errors():
     X, S = _problem(2, 3, 2, 0)
     with pytest.raises(ValueError, match="shape"):

@@ -79,7 +79,7 @@ def phi_scale(X: torch.Tensor, S: torch.Tensor, w: torch.Tensor, h: float) -> to
 def check_u(X, S, h, bar=None) -> torch.Tensor:
     U = tm.ops.stein_task_matrix(X, S, h)
     K = S.shape[0]
-    assert U.shape == (K, K) and U.dtype == X.dtype and U.device == X.device
+    assert U.shape == (K, K) and U.dtype == F64 and U.device == X.device  # float64 for float32 inputs too
     assert torch.equal(U, U.T), "U is not exactly symmetric"
     R = stein_task_matrix_reference(X, S, h)
     err = float(((U.cpu().double() - R).abs() / u_scale(X, S, h)).max())
@@ -273,10 +273,10 @@ def test_method_wrappers_use_the_operators():
     w = torch.tensor([0.2, 0.3, 0.5], dtype=F64)
     assert torch.equal(mt.stein_task_matrix(X, S, h), tm.ops.stein_task_matrix(X, S, h))
     assert torch.equal(mt.stein_update(X, S, h, w), tm.ops.stein_update(X, S, w, h))
-    # half types are computed in float32 and returned in their dtype
+    # half types are computed in float32; U is float64 for every input dtype
     U16 = mt.stein_task_matrix(X.half(), S.half(), h)
-    assert U16.dtype == torch.float16
-    torch.testing.assert_close(U16.float(), tm.ops.stein_task_matrix(X.half().float(), S.half().float(), h).half().float())
+    assert U16.dtype == F64
+    assert torch.equal(U16, tm.ops.stein_task_matrix(X.half().float(), S.half().float(), h))
     # inputs that require grad are read as constants
     Xg = X.clone().requires_grad_()
     assert not tm.ops.stein_task_matrix(Xg, S, h).requires_grad
@@ -380,7 +380,7 @@ class TestCuda:
         w = torch.rand(K, generator=torch.Generator().manual_seed(d), dtype=F64).to(dtype)
         Xc, Sc, wc = X.cuda(), S.cuda(), w.cuda()
         U, Uc = tm.ops.stein_task_matrix(X, S, h), tm.ops.stein_task_matrix(Xc, Sc, h)
-        assert Uc.device.type == "cuda" and Uc.dtype == dtype and torch.equal(Uc, Uc.T)
+        assert Uc.device.type == "cuda" and Uc.dtype == F64 and torch.equal(Uc, Uc.T)
         bar = U_BAR[dtype] * 10
         scale = u_scale(X, S, h) if M * M * K * K * d <= 5e7 else float(U.abs().max()) * torch.ones(K, K, dtype=F64)
         assert float(((Uc.cpu().double() - U.double()).abs() / scale).max()) <= bar
@@ -403,3 +403,20 @@ class TestCuda:
             tm.ops.stein_task_matrix(X.cuda(), Sb.cuda(), 1.0)
         with pytest.raises(ValueError, match="same device"):
             tm.ops.stein_task_matrix(X, S.cuda(), 1.0)
+        # the operators themselves (not only the wrappers) check devices before taking a CUDA guard
+        with pytest.raises(ValueError, match="device"):
+            torch.ops.torchmoo.stein_task_matrix(X, S.cuda(), 1.0)
+        with pytest.raises(ValueError, match="is on"):
+            torch.ops.torchmoo.stein_update(X, S, torch.ones(2, dtype=X.dtype).cuda(), 1.0)
+
+    def test_low_rank_kernel_matrix_memory_is_bounded(self):
+        """Coinciding particles (kernel matrix of rank 1): the work buffers stay bounded (the segment
+        width is divided by max(K r, M), not K r)."""
+        X = torch.zeros(64, 2**22).cuda()
+        S = torch.randn(1, 64, 2**22, generator=torch.Generator().manual_seed(3)).cuda()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        tm.ops.stein_task_matrix(X, S, 1.0)
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base < 512 * 2**20

@@ -153,7 +153,7 @@ at::Tensor task_matrix(const SteinProblem& p, const stein_simd::Fns<T>& f) {
     }
   }
   for (double& v : cvec) v *= 2.0 / p.h;
-  at::Tensor U = stein_host::assemble_u(G, cvec, t.cnst, K, M, p.X.scalar_type(), p.X.device());
+  at::Tensor U = stein_host::assemble_u(G, cvec, t.cnst, K, M, p.X.device());
   if (!U.isfinite().all().item<bool>()) stein_host::raise_non_finite(op, p, "U");
   return U;
 }

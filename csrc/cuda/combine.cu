@@ -39,8 +39,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 at::Tensor combine_cuda(const at::Tensor& J, const at::Tensor& w) {
-  const c10::cuda::CUDAGuard guard(J.device());
+  // prepare first: it raises the ValueError for J and w on different devices (J may be the CPU one).
   const combine_host::CombineProblem p = combine_host::prepare(J, w);
+  const c10::cuda::CUDAGuard guard(J.device());
   at::Tensor d3;
   if (p.m == 0) {
     d3 = at::zeros({p.B, p.n}, J.options().dtype(p.compute));

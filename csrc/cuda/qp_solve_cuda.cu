@@ -43,9 +43,11 @@ __global__ void qp_batch_kernel(const scalar_t* __restrict__ G, int64_t gb, int6
 
 QPOutputs solve_qp_cuda(const at::Tensor& G, const c10::optional<at::Tensor>& c, bool simplex,
                         c10::string_view method, int64_t max_iter, double tol, double radius, const char* op) {
-  const c10::cuda::CUDAGuard guard(G.device());
+  // Validate before the guard: with G on the CPU and c on a GPU the dispatcher still picks this kernel,
+  // and a guard on a CPU device would throw a RuntimeError instead of prepare_qp's ValueError.
   const QPProblem p = prepare_qp(G, c, op);
   const QPOptions opt = make_qp_options(simplex, method, max_iter, tol, radius, p, op);
+  const c10::cuda::CUDAGuard guard(G.device());
   const int64_t B = p.B, m = p.m;
   const auto dev = G.options();
   at::Tensor x = at::empty({B, m}, dev);

@@ -3,8 +3,8 @@
 // The same algorithm as the CPU kernels (csrc/cpu/stein.cpp), with the kernel matrix, its pivoted
 // Cholesky factor and the Laplacian computed on the host from the squared distances (stein_host.h, so
 // both devices use the same factor). stein_task_matrix walks the columns in segments of at most
-// kSegmentElems elements of T = L' S: per segment, T and R = Lap (X - x_0) are formed in device buffers,
-// c_i = <S_i, R> is reduced, and G is the Gram product of the rows T_i (gram_kernels.cuh, float64 across
+// kSegmentElems elements of T = L' S and of R = Lap (X - x_0): per segment, T and R are formed in device
+// buffers, c_i = <S_i, R> is reduced, and G is the Gram product of the rows T_i (gram_kernels.cuh, float64 across
 // tiles; torch.matmul in float64 above gram_cuda::kMaxM targets). The segments' G and c are added on the
 // host in order. Extra device memory: the segment buffers (bounded), never (M, M, d) or (K, M, d).
 // stein_update forms S_w = sum_i w_i S_i (M x d) and then phi.
@@ -31,7 +31,7 @@ using stein_host::KernelTerms;
 using stein_host::SteinProblem;
 using stein_cuda::kThreads;
 
-// Elements of T = L' S per column segment (64 MiB of float32).
+// Elements of T = L' S, and of R, per column segment (64 MiB of float32 each).
 constexpr int64_t kSegmentElems = int64_t{1} << 24;
 // Columns per block of the pairwise distances, and the cap on their chunk partials.
 constexpr int64_t kDistChunk = 16 * kThreads;
@@ -108,7 +108,8 @@ at::Tensor task_matrix(const SteinProblem& p, cudaStream_t stream) {
   const at::Tensor lower = to_device(t.lower, acc_type, device);
   const at::Tensor lap = to_device(t.lap, acc_type, device);
   const at::Tensor order = to_device(t.order, at::kLong, device);
-  const int64_t seg = std::max<int64_t>(1, std::min(d, kSegmentElems / (K * r)));
+  // Both buffers within kSegmentElems elements: T has K r rows, R has M (more when r is small).
+  const int64_t seg = std::max<int64_t>(1, std::min(d, kSegmentElems / std::max(K * r, M)));
   at::Tensor tbuf = at::empty({K * r * seg}, p.X.options());
   at::Tensor rbuf = at::empty({M * seg}, p.X.options().dtype(acc_type));
   const int sms = [] {
@@ -167,7 +168,7 @@ at::Tensor task_matrix(const SteinProblem& p, cudaStream_t stream) {
     }
   }
   for (double& v : c) v *= 2.0 / p.h;
-  at::Tensor U = stein_host::assemble_u(G, c, t.cnst, K, M, p.X.scalar_type(), device);
+  at::Tensor U = stein_host::assemble_u(G, c, t.cnst, K, M, device);
   if (!U.isfinite().all().item<bool>()) stein_host::raise_non_finite(op, p, "U");
   return U;
 }
@@ -200,16 +201,17 @@ at::Tensor update(const SteinProblem& p, const std::vector<double>& w, cudaStrea
 }
 
 at::Tensor stein_task_matrix_cuda(const at::Tensor& X, const at::Tensor& S, double h) {
-  const c10::cuda::CUDAGuard guard(X.device());
+  // Checks first: they raise the ValueError for inputs on different devices (X may be the CPU one).
   const SteinProblem p = stein_host::prepare("stein_task_matrix", X, S, h);
+  const c10::cuda::CUDAGuard guard(X.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   return p.X.scalar_type() == at::kDouble ? task_matrix<double>(p, stream) : task_matrix<float>(p, stream);
 }
 
 at::Tensor stein_update_cuda(const at::Tensor& X, const at::Tensor& S, const at::Tensor& w, double h) {
-  const c10::cuda::CUDAGuard guard(X.device());
   const SteinProblem p = stein_host::prepare("stein_update", X, S, h);
   const std::vector<double> wv = stein_host::check_weights("stein_update", w, p);
+  const c10::cuda::CUDAGuard guard(X.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   return p.X.scalar_type() == at::kDouble ? update<double>(p, wv, stream) : update<float>(p, wv, stream);
 }

@@ -88,8 +88,16 @@ def _check_bandwidth(h: object) -> float:
     return float(h)
 
 
-def _sq_dists(X: Tensor) -> Tensor:
+def _center(X: Tensor) -> Tensor:
+    """``X`` minus its mean particle. Distances and the repulsion do not change under a common shift;
+    on centered particles their rounding is relative to the particles' spread, not to their distance
+    from the origin (float32 particles at 10 with a spread of 1e-3 otherwise give garbage distances)."""
+    return X - X.mean(0, keepdim=True)
+
+
+def _sq_dists(X: Tensor, centered: bool = False) -> Tensor:
     """``(M, M)`` squared distances, exactly zero on the diagonal and never negative."""
+    X = X if centered else _center(X)
     sq = (X * X).sum(1)
     D2 = (sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)).clamp_min(0.0)
     D2 = 0.5 * (D2 + D2.T)  # exact symmetry, so U is exactly symmetric too
@@ -122,9 +130,10 @@ def rbf_kernel(X: Tensor, h: float) -> Tensor:
 def _kernel_terms(X: Tensor, h: float) -> Tuple[Tensor, Tensor, Tensor]:
     """Kernel matrix ``(M, M)``, squared distances ``(M, M)`` and the repulsion ``R (M, d)`` with
     ``R[a] = sum_b grad_{x_b} k(x_b, x_a) = (2/h) sum_b k_ab (x_a - x_b)``."""
-    D2 = _sq_dists(X)
+    Xc = _center(X)  # R is translation invariant: sum_b k_ab (x_a - x_b)
+    D2 = _sq_dists(Xc, centered=True)
     Kmat = torch.exp(-D2 / h)
-    R = (2.0 / h) * (Kmat.sum(1, keepdim=True) * X - Kmat @ X)
+    R = (2.0 / h) * (Kmat.sum(1, keepdim=True) * Xc - Kmat @ Xc)
     return Kmat, D2, R
 
 
@@ -134,9 +143,9 @@ def _op_dtype(X: Tensor) -> torch.dtype:
 
 
 def _task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
-    """``U`` by :func:`torchmoo.ops.stein_task_matrix` for validated (detached) inputs, in ``X``'s dtype."""
+    """``U`` by :func:`torchmoo.ops.stein_task_matrix` for validated (detached) inputs, float64."""
     dt = _op_dtype(X)
-    return ops.stein_task_matrix(X.to(dt), S.to(dt), h).to(X.dtype)
+    return ops.stein_task_matrix(X.to(dt), S.to(dt), h)
 
 
 def _update(X: Tensor, S: Tensor, h: float, w: Tensor) -> Tensor:
@@ -180,7 +189,10 @@ def stein_task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
         h: RBF bandwidth (positive).
 
     Returns:
-        ``U`` ``(K, K)`` in the dtype of ``X``, exactly symmetric and positive semi-definite up to rounding.
+        ``U`` ``(K, K)``, float64 whatever the dtype of ``X``, exactly symmetric and positive semi-definite
+        up to rounding. Every entry holds the same trace constant, of order ``d / h``; for particles of many
+        dimensions it dwarfs the differences between the entries, which alone decide the simplex QP, and
+        rounding ``U`` to float32 would erase them.
 
     Raises:
         TypeError: non-tensor or non-floating input, dtype mismatch, non-number ``h``.
@@ -218,7 +230,7 @@ class SteinStep:
         weights: MT-SGD ``(K,)`` (one simplex point); MOO-SVGD ``(M, K)`` (one per particle).
         bandwidth: the kernel bandwidth ``h`` used.
         log_probs: ``(K, M)`` ``log p_i(x_a)`` (up to constants; ``-loss_i`` for ensembles), detached.
-        U: MT-SGD's ``(K, K)`` matrix (``None`` for MOO-SVGD).
+        U: MT-SGD's ``(K, K)`` matrix of the QP, float64 (``None`` for MOO-SVGD).
     """
 
     direction: Tensor
@@ -338,8 +350,9 @@ class _ParticleMethod:
 class MTSGD(_ParticleMethod):
     r"""Multiple-target sampling gradient descent (Phan et al., NeurIPS 2022, Algorithm 1).
 
-    Each step computes the scores ``S`` ``(K, M, d)``, ``U = stein_task_matrix(X, S, h)``, the one simplex
-    QP ``w* = argmin w'Uw`` (Lemma 1) and ``phi* = stein_update(X, S, h, w*)``.
+    Each step computes the scores ``S`` ``(K, M, d)``, ``U = stein_task_matrix(X, S, h)`` (in float64 whatever
+    the particles' dtype, see :func:`stein_task_matrix`), the one simplex QP ``w* = argmin w'Uw`` (Lemma 1)
+    and ``phi* = stein_update(X, S, h, w*)``.
 
     Args:
         particles: a leaf tensor ``(M, d)`` with ``requires_grad=True`` (sampling), or ``M`` modules of
@@ -360,9 +373,9 @@ class MTSGD(_ParticleMethod):
     def compute(self) -> SteinStep:
         X, S, lp = self.scores()
         h = self._h(X)
-        U = _task_matrix(X, S, h)  # X, S are detached and checked by scores()
+        U = _task_matrix(X, S, h)  # X, S are detached and checked by scores(); float64
         w = ops.min_norm_simplex(U)
-        return SteinStep(direction=_update(X, S, h, w), weights=w, bandwidth=h, log_probs=lp, U=U)
+        return SteinStep(direction=_update(X, S, h, w), weights=w.to(X.dtype), bandwidth=h, log_probs=lp, U=U)
 
 
 class MOOSVGD(_ParticleMethod):
@@ -389,11 +402,14 @@ class MOOSVGD(_ParticleMethod):
     def compute(self) -> SteinStep:
         X, S, lp = self.scores()
         h = self._h(X)
-        G = ops.gram(S.transpose(0, 1).contiguous())  # (M, K, K), one Gram matrix per particle
+        # (M, K, K), one Gram matrix per particle; gram reads the strided view in place. Half-precision
+        # scores get a float32 Gram: |S|^2 overflows float16 long before S does.
+        G = ops.gram(S.transpose(0, 1).to(_op_dtype(X)))
         if self.batched_qp:
             W = ops.min_norm_simplex(G)  # (M, K), M QPs in one call
         else:
             W = torch.stack([ops.min_norm_simplex(G[a]) for a in range(G.shape[0])])
+        W = W.to(X.dtype)
         g = torch.einsum("ak,kad->ad", W, S)
         Kmat, _, R = _kernel_terms(X, h)
         direction = (Kmat @ g + self.alpha * R) / X.shape[0]
