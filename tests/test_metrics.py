@@ -199,6 +199,23 @@ def test_ece_bins_are_right_closed_and_perfect_calibration_is_zero():
     assert float(metrics.expected_calibration_error(torch.eye(5), torch.arange(5))) == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_ece_bin_edges_in_the_input_dtype(dtype):
+    # ten-member vote averages k/10: a confidence written as 0.3 / 0.6 / 0.8 belongs to the bin that
+    # ends there, whatever the dtype (float32(0.8) = 0.80000001 is not "above 0.8" for the user)
+    conf = torch.arange(5, 11, dtype=dtype) / 10  # 0.5 .. 1.0
+    p = torch.stack([conf, 1 - conf], dim=-1)
+    y = torch.tensor([0, 1, 0, 0, 1, 0])
+    bins = metrics.calibration_bins(p, y)
+    conf64 = torch.arange(5, 11, dtype=F64) / 10
+    ref = metrics.calibration_bins(torch.stack([conf64, 1 - conf64], dim=-1), y)
+    assert bins.count.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert bins.count.tolist() == ref.count.tolist()
+    torch.testing.assert_close(bins.accuracy, ref.accuracy)
+    # with 2 bins the edge 0.5 is exact in every dtype: conf 0.5 is in (0, 0.5]
+    assert metrics.calibration_bins(p, y, n_bins=2).count.tolist() == [1, 5]
+
+
 def test_ece_dtype():
     p = torch.tensor([[0.85, 0.15], [0.25, 0.75]], dtype=torch.float32)
     out = metrics.expected_calibration_error(p, torch.tensor([0, 0]))
@@ -240,6 +257,9 @@ def test_objective_metric_argument_errors():
         metrics.igd_plus([[0.0, 0.0]], np.zeros((0, 2)))
     with pytest.raises(ValueError, match="maximize"):
         metrics.nondominated([[0.0, 0.0]], maximize=[True])
+    for bad in (1, None, 0.5):  # neither a bool nor a sequence of bools
+        with pytest.raises(ValueError, match="maximize"):
+            metrics.hypervolume([[0.0, 0.0]], [1.0, 1.0], maximize=bad)
 
 
 def test_prediction_metric_errors():

@@ -462,6 +462,43 @@ def test_frank_wolfe_tolerance_changes_the_answer():
 
 
 # --------------------------------------------------------------------------------------------------
+# Autograd, meta tensors and torch.compile
+# --------------------------------------------------------------------------------------------------
+
+
+def test_inputs_that_require_grad_give_constant_weights():
+    # MGDA: G = J J^T is built from a Jacobian in the graph; w is a constant weight, so the gradient
+    # of a loss of d = J^T w is that of J alone (no warning from torch's autograd fallback).
+    import warnings
+
+    gen = torch.Generator().manual_seed(3)
+    J = torch.randn(3, 20, generator=gen, dtype=F64, requires_grad=True)
+    c = torch.randn(3, generator=gen, dtype=F64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w, info = solve(J @ J.T, c)
+        assert not w.requires_grad and w.grad_fn is None
+        ((J.T @ w) ** 2).sum().backward()
+    torch.testing.assert_close(w, tm.ops.min_norm_simplex((J @ J.T).detach(), c.detach()), rtol=0, atol=0)
+    torch.testing.assert_close(J.grad, 2 * torch.outer(w, J.detach().T @ w), rtol=1e-14, atol=1e-14)
+
+
+def test_meta_tensors_and_compile():
+    G, c = random_batch(6, 4, seed=31)
+    G, c = G.reshape(2, 3, 4, 4), c.reshape(2, 3, 4)
+    w, info = tm.ops.min_norm_simplex(G.to("meta"), c.to("meta"), return_info=True)
+    assert w.shape == (2, 3, 4) and w.dtype == F64 and w.device.type == "meta"
+    assert [(t.shape, t.dtype) for t in info] == [((2, 3), torch.int64), ((2, 3), F64), ((2, 3), torch.bool)]
+    assert tm.ops.min_norm_simplex(torch.empty(5, 2, 2, dtype=torch.float16, device="meta")).dtype == torch.float16
+    f = torch.compile(lambda G, c: tm.ops.min_norm_simplex(G, c, return_info=True), backend="eager", fullgraph=True)
+    w, info = f(G, c)
+    w_ref, info_ref = solve(G, c)
+    assert torch.equal(w, w_ref) and torch.equal(info.iterations, info_ref.iterations)
+    torch.library.opcheck(torch.ops.torchmoo.min_norm_simplex.default, (G, c))
+    torch.library.opcheck(torch.ops.torchmoo.min_norm_simplex.default, (G[:0], None, "frank_wolfe", 10, 1e-6))
+
+
+# --------------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 # --------------------------------------------------------------------------------------------------
 

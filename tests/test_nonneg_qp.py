@@ -436,6 +436,41 @@ def test_max_iter_is_respected():
 
 
 # --------------------------------------------------------------------------------------------------
+# Autograd, meta tensors and torch.compile
+# --------------------------------------------------------------------------------------------------
+
+
+def test_inputs_that_require_grad_give_constant_multipliers():
+    # PNG: G and c come from Jacobians in the graph; lambda is a constant (no warning from torch's
+    # autograd fallback, no grad_fn).
+    import warnings
+
+    gen = torch.Generator().manual_seed(4)
+    J = torch.randn(3, 20, generator=gen, dtype=F64, requires_grad=True)
+    grad_F = torch.randn(20, generator=gen, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam, info = solve(J @ J.T, J @ grad_F - 0.5)
+        assert not lam.requires_grad and lam.grad_fn is None
+        (grad_F + J.T @ lam).sum().backward()
+    torch.testing.assert_close(J.grad, lam[:, None].expand(3, 20), rtol=0, atol=0)
+
+
+def test_meta_tensors_and_compile():
+    G, c = random_batch(6, 4, seed=32, c_kind="bounded")
+    G, c = G.reshape(3, 2, 4, 4), c.reshape(3, 2, 4)
+    lam, info = tm.ops.nonneg_qp(G.to("meta"), c.to("meta"), return_info=True)
+    assert lam.shape == (3, 2, 4) and lam.dtype == F64 and lam.device.type == "meta"
+    assert [(t.shape, t.dtype) for t in info] == [((3, 2), torch.int64), ((3, 2), F64), ((3, 2), torch.bool)]
+    f = torch.compile(lambda G, c: tm.ops.nonneg_qp(G, c, return_info=True), backend="eager", fullgraph=True)
+    lam, info = f(G, c)
+    lam_ref, info_ref = solve(G, c)
+    assert torch.equal(lam, lam_ref) and torch.equal(info.iterations, info_ref.iterations)
+    torch.library.opcheck(torch.ops.torchmoo.nonneg_qp.default, (G, c))
+    torch.library.opcheck(torch.ops.torchmoo.nonneg_qp.default, (G, c, "frank_wolfe", 20, 1e-6, 10.0))
+
+
+# --------------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 # --------------------------------------------------------------------------------------------------
 

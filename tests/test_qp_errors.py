@@ -214,6 +214,52 @@ def test_unknown_method_raises_value_error(op, method):
 
 
 @OPS
+@pytest.mark.parametrize("tol", [float("nan"), float("inf"), 0.0, -1.0, -1e-3])
+def test_bad_tol_raises_value_error(op, tol):
+    # the kernels read a non-positive or NaN tol as "use the default": it must not pass silently
+    G, c = good()
+    with pytest.raises(ValueError, match="tol"):
+        op(G, c, tol=tol)
+
+
+@OPS
+@pytest.mark.parametrize("max_iter,error", [(-1, ValueError), (-5, ValueError), (2.5, TypeError), (True, TypeError),
+                                            ("10", TypeError)])
+def test_bad_max_iter_raises(op, max_iter, error):
+    # -1 is the kernels' "default" code: a user's -1 must not silently mean "50 + 10 m"
+    G, c = good()
+    with pytest.raises(error, match="max_iter"):
+        op(G, c, max_iter=max_iter)
+
+
+@OPS
+def test_bad_option_types_raise_type_error(op):
+    G, c = good()
+    with pytest.raises(TypeError, match="method"):
+        op(G, c, method=None)
+    with pytest.raises(TypeError, match="tol"):
+        op(G, c, tol="1e-8")
+
+
+@OPS
+def test_numpy_scalars_are_accepted_as_options(op):
+    import numpy as np
+
+    G, c = good()
+    ref = op(G, c)
+    torch.testing.assert_close(op(G, c, max_iter=np.int64(100), tol=np.float64(1e-12)), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("radius", [float("nan"), float("inf"), 0.0, -3.0])
+@pytest.mark.parametrize("method", ["frank_wolfe", "active_set"])
+def test_bad_radius_raises_value_error(radius, method):
+    # radius <= 0 / NaN used to fall back to the certified bound and radius = inf returned NaN
+    G, c = good()
+    with pytest.raises(ValueError, match="radius"):
+        tm.ops.nonneg_qp(G, c, method=method, radius=radius)
+
+
+@OPS
 def test_non_tensor_input_raises_type_error(op):
     with pytest.raises(TypeError, match="Tensor"):
         op([[1.0, 0.0], [0.0, 1.0]], torch.zeros(2, dtype=F64))

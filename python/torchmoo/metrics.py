@@ -83,7 +83,10 @@ def _points(name: str, value: object, *, allow_empty: bool = False) -> np.ndarra
 def _maximize(maximize: Maximize, n_obj: int) -> Union[bool, np.ndarray]:
     if isinstance(maximize, (bool, np.bool_)):
         return bool(maximize)
-    flags = list(maximize)
+    try:
+        flags = list(maximize)
+    except TypeError:
+        raise ValueError(f"maximize must be a bool or {n_obj} bools (one per objective), got {maximize!r}.") from None
     if len(flags) != n_obj or not all(isinstance(f, (bool, np.bool_)) for f in flags):
         raise ValueError(f"maximize must be a bool or {n_obj} bools (one per objective), got {maximize!r}.")
     return np.asarray(flags, dtype=bool)
@@ -284,6 +287,9 @@ def calibration_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> C
     """Accuracy, mean confidence and size of each confidence bin ``B_m = ((m-1)/M, m/M]``.
 
     The confidence of a sample is its largest predicted probability and its prediction the arg max.
+    The bin edges ``m/M`` are rounded to the dtype of ``probs`` before the comparison, so that a
+    confidence written as ``0.3`` in float32 (``0.30000001...``, the float32 nearest to 0.3) falls in
+    ``(0.2, 0.3]`` as it does in float64.
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}.")
@@ -291,7 +297,9 @@ def calibration_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> C
     p64 = p.detach().to(torch.float64).reshape(-1, p.shape[-1])
     conf, pred = p64.max(dim=-1)
     correct = (pred == y.reshape(-1)).to(torch.float64)
-    inner = torch.arange(1, n_bins, dtype=torch.float64, device=p.device) / n_bins
+    # edges in the input's precision (widened back exactly): comparing a float32 confidence with the
+    # float64 edge 0.3 would put float32(0.3) > 0.3 into the next bin
+    inner = (torch.arange(1, n_bins, dtype=torch.float64, device=p.device) / n_bins).to(p.dtype).to(torch.float64)
     # bucketize with right=False: inner[i-1] < conf <= inner[i], i.e. right-closed bins
     idx = torch.bucketize(conf.clamp(0.0, 1.0), inner, right=False)
     count = torch.zeros(n_bins, dtype=torch.float64, device=p.device).index_add_(0, idx, torch.ones_like(conf))

@@ -3,13 +3,15 @@
 Every operator runs on CPU (parallel over the batch) and, when torchmoo was built against a CUDA torch,
 on CUDA; the device of the input picks the kernel through torch's dispatcher. Inputs are validated in
 the kernels: bad shapes, dtypes, devices, non-finite or asymmetric input raise ``ValueError`` /
-``TypeError`` with a sentence that says what is wrong. The results are not differentiable (the QP
-solutions are used as weights, as in MGDA).
+``TypeError`` with a sentence that says what is wrong. :func:`gram` and :func:`combine` are
+differentiable; the other results are not (the QP solutions are used as weights, as in MGDA).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -43,6 +45,42 @@ def _check_tensor(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
 
 
+def _qp_options(
+    op: str, method: object, max_iter: object, tol: object, radius: object = None
+) -> Tuple[str, int, float, float]:
+    """The QP options as the kernels take them (``-1`` = default), or a clear error.
+
+    The kernels read ``max_iter = -1`` and any ``tol`` or ``radius`` that is not positive (0, negative,
+    NaN) as "use the default", and an infinite ``radius`` makes Frank-Wolfe return NaN: such values are
+    rejected here rather than silently replaced.
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"{op}: method must be a str ('active_set' or 'frank_wolfe'), got {type(method).__name__}.")
+    if max_iter is None:
+        max_iter_i = -1
+    else:
+        if isinstance(max_iter, (bool, float)):
+            raise TypeError(f"{op}: max_iter must be an int, got {type(max_iter).__name__}.")
+        try:
+            max_iter_i = operator.index(max_iter)
+        except TypeError:
+            raise TypeError(f"{op}: max_iter must be an int, got {type(max_iter).__name__}.") from None
+        if max_iter_i < 0:
+            raise ValueError(f"{op}: max_iter must be >= 0, got {max_iter_i}.")
+    out = []
+    for name, value in (("tol", tol), ("radius", radius)):
+        if value is None:
+            out.append(-1.0)
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}.")
+        v = float(value)
+        if not (math.isfinite(v) and v > 0.0):
+            raise ValueError(f"{op}: {name} must be a finite number > 0, got {v}.")
+        out.append(v)
+    return method, max_iter_i, out[0], out[1]
+
+
 def min_norm_simplex(
     G: Tensor,
     c: Optional[Tensor] = None,
@@ -65,15 +103,16 @@ def min_norm_simplex(
         method: ``"active_set"`` (default): exact primal active-set method, KKT conditions to about
             1e-12 relative to the scale of ``G``; ``"frank_wolfe"``: plain Frank-Wolfe with exact line
             search (what other libraries use), for comparison.
-        max_iter: iteration cap; default ``50 + 10 m`` (active set) or 1000 (Frank-Wolfe).
-        tol: optimality tolerance of the problem scaled to ``max(|G|, |c|) = 1``; default 1e-13
-            (active set) or 1e-6 (Frank-Wolfe gap).
+        max_iter: iteration cap, an int ``>= 0``; default ``50 + 10 m`` (active set) or 1000 (Frank-Wolfe).
+        tol: optimality tolerance of the problem scaled to ``max(|G|, |c|) = 1``, finite and ``> 0``;
+            default 1e-13 (active set; 1e-8 for float32 input) or 1e-6 (Frank-Wolfe gap).
         return_info: also return a :class:`QPInfo`.
 
     Returns:
         ``w`` of shape ``(..., m)``, on the simplex, in the dtype and device of ``G``; and the
         :class:`QPInfo` when ``return_info`` is True. If ``G`` and ``c`` are both zero every point is
-        optimal and ``w`` is uniform.
+        optimal and ``w`` is uniform. Not differentiable: ``G`` and ``c`` are read as constants (``w``
+        does not require grad). Works on meta tensors and under ``torch.compile``.
 
     Example:
         >>> J = torch.randn(3, 100, dtype=torch.float64)   # 3 task gradients
@@ -83,8 +122,11 @@ def min_norm_simplex(
     _check_tensor("G", G)
     if c is not None:
         _check_tensor("c", c)
+    method, max_iter, tol, _ = _qp_options("min_norm_simplex", method, max_iter, tol)
+    # Not differentiable: detached inputs keep torch's autograd fallback (which warns and drops the
+    # gradient) out of the graph, and w does not pretend to require grad.
     w, iterations, residual, converged = _ops.min_norm_simplex.default(
-        G, c, method, -1 if max_iter is None else int(max_iter), -1.0 if tol is None else float(tol)
+        G.detach(), None if c is None else c.detach(), method, max_iter, tol
     )
     if return_info:
         return w, QPInfo(iterations, residual, converged)
@@ -111,34 +153,63 @@ def nonneg_qp(
         c: ``(..., m)``, same dtype and device as ``G``.
         method: ``"active_set"`` (default, exact) or ``"frank_wolfe"``: away-step Frank-Wolfe on
             ``{lambda >= 0, sum(lambda) <= R}``.
-        max_iter: iteration cap; default ``50 + 10 m`` (active set) or 1000 (Frank-Wolfe).
-        tol: optimality tolerance of the problem scaled to ``max(|G|, |c|) = 1``; default 1e-13
-            (active set) or 1e-6 (Frank-Wolfe gap).
-        radius: Frank-Wolfe only: the bound ``R`` on ``sum(lambda)``. By default the certified bound
+        max_iter: iteration cap, an int ``>= 0``; default ``50 + 10 m`` (active set) or 1000 (Frank-Wolfe).
+        tol: optimality tolerance of the problem scaled to ``max(|G|, |c|) = 1``, finite and ``> 0``;
+            default 1e-13 (active set) or 1e-6 (Frank-Wolfe gap).
+        radius: Frank-Wolfe only (a finite number ``> 0``): the bound ``R`` on ``sum(lambda)``. By default the certified bound
             ``max_i(-c_i)_+ / min_{w in simplex} w'Gw`` (from the KKT conditions, as in the paper's
             Lemma 2), which needs ``G`` positive definite on the simplex.
         return_info: also return a :class:`QPInfo`.
 
     Returns:
-        ``lambda`` of shape ``(..., m)`` (and a :class:`QPInfo` when ``return_info`` is True).
+        ``lambda`` of shape ``(..., m)`` (and a :class:`QPInfo` when ``return_info`` is True). Not
+        differentiable, like :func:`min_norm_simplex`.
 
     Raises:
         ValueError: if a problem is unbounded below (``G`` singular and ``c`` negative along a
             non-negative null direction), besides the input errors shared by all operators.
+        TypeError / ValueError: a ``method`` that is not a str, a ``max_iter`` that is not an int
+            ``>= 0``, a ``tol`` or ``radius`` that is not a finite positive number (as for
+            :func:`min_norm_simplex`).
     """
     _check_tensor("G", G)
     _check_tensor("c", c)
+    method, max_iter, tol, radius = _qp_options("nonneg_qp", method, max_iter, tol, radius)
     lam, iterations, residual, converged = _ops.nonneg_qp.default(
-        G,
-        c,
-        method,
-        -1 if max_iter is None else int(max_iter),
-        -1.0 if tol is None else float(tol),
-        -1.0 if radius is None else float(radius),
+        G.detach(), c.detach(), method, max_iter, tol, radius
     )
     if return_info:
         return lam, QPInfo(iterations, residual, converged)
     return lam
+
+
+def _qp_fake_outputs(G: Tensor, c: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # Shape propagation for meta tensors and torch.compile; the value checks run in the kernels.
+    if G.dim() < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
+        raise ValueError(f"G must have shape (..., m, m) with m >= 1, got shape {tuple(G.shape)}.")
+    if c is not None and tuple(c.shape) != tuple(G.shape[:-1]):
+        raise ValueError(f"c must have shape (..., m) = {tuple(G.shape[:-1])} to match G, got {tuple(c.shape)}.")
+    batch = G.shape[:-2]
+    return (
+        G.new_empty(G.shape[:-1]),
+        G.new_empty(batch, dtype=torch.int64),
+        G.new_empty(batch, dtype=torch.float64),
+        G.new_empty(batch, dtype=torch.bool),
+    )
+
+
+def _min_norm_simplex_fake(G: Tensor, c: Optional[Tensor] = None, method: str = "active_set", max_iter: int = -1,
+                           tol: float = -1.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _qp_fake_outputs(G, c)
+
+
+def _nonneg_qp_fake(G: Tensor, c: Tensor, method: str = "active_set", max_iter: int = -1, tol: float = -1.0,
+                    radius: float = -1.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _qp_fake_outputs(G, c)
+
+
+torch.library.register_fake("torchmoo::min_norm_simplex")(_min_norm_simplex_fake)
+torch.library.register_fake("torchmoo::nonneg_qp")(_nonneg_qp_fake)
 
 
 def gram(J: Tensor) -> Tensor:
