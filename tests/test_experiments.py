@@ -175,6 +175,28 @@ def test_killed_run_resumes_to_the_same_results(finished_run, tmp_path):
         assert resumed["units"][unit]["history"] == result["history"], unit
 
 
+def test_run_stopped_after_the_last_epoch_resumes_to_the_same_result(finished_run, tmp_path, monkeypatch):
+    # Stopped between the last epoch's checkpoint and the record: the rerun takes no training step, yet
+    # must report what the uninterrupted unit did, MGDA's weights of the last step included.
+    _, uninterrupted = finished_run
+    out = tmp_path / "stopped"
+    original = RunContext.record
+
+    def stop_before_recording_mgda(self, unit, result, seconds, evaluations=0):
+        if unit == "mgda":
+            raise KeyboardInterrupt
+        original(self, unit, result, seconds, evaluations)
+
+    monkeypatch.setattr(RunContext, "record", stop_before_recording_mgda)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("mgda-multidigits", out=str(out), progress=False, config=tiny_config())
+    monkeypatch.setattr(RunContext, "record", original)
+    assert storage.load_checkpoint(out / "checkpoints" / "mgda.pt")["epoch"] == 3
+    resumed = tm.experiments.run_experiment("mgda-multidigits", out=str(out), progress=False, config=tiny_config())
+    assert resumed["units"]["mgda"] == uninterrupted["units"]["mgda"]
+    assert resumed["summary"]["table"][-1]["loss task 1"] == uninterrupted["summary"]["table"][-1]["loss task 1"]
+
+
 
 # --------------------------------------------------------------------------------------------------
 # the runner's guarantees, on a toy experiment that takes milliseconds

@@ -601,3 +601,27 @@ def test_pareto_multidigits_experiment_tiny(tmp_path):
     assert s["t of the seeds on the front"][0] is None or -1 <= s["t of the seeds on the front"][0] <= 1
     again = tm.experiments.run_experiment("pareto-multidigits", out=str(out), progress=False, config=cfg)
     assert again["units"] == res["units"] and again["resumed"] == 1
+
+
+def test_pareto_multidigits_budget_counts_each_pass_once(tmp_path):
+    # One unit for both sides of the necessity test: a forward + backward pass over b images counts b,
+    # whether it is an SGD step or a Jacobian of ParetoExpand (the paper counts no f for ParetoExpand).
+    from torchmoo.experiments import pareto_multidigits
+
+    n, h, bs = 100, 16, 64  # 100 images: every epoch of batches of 64 ends with a batch of 36
+    cfg = pareto_multidigits.Config(train_images=n, test_images=16, seed_weights=[0.5], seed_epochs=1,
+                                    batch_size=bs, k=3, num_points=2, hessian_images=h, ws_weights=[[0.0, 1.0]],
+                                    ws_snapshots=1, front_resolution=2)
+    res = tm.experiments.run_experiment("pareto-multidigits", out=str(tmp_path / "md"), progress=False, config=cfg)
+    exp = res["units"]["expand linear w=0.5"]
+    ev = exp["evaluations"]
+    expansions = ev["expand"]["f"] // 2  # the objectives and the Hessian's sub-batch, once each
+    children = ev["optimize"]["f"]  # optimize_steps=0: one evaluation of the objectives per child
+    assert ev["expand"]["grad"] == 2 * expansions and ev["optimize"]["grad"] == 0 and children >= 2
+    # per expansion a Jacobian on the n images and the weighted gradient on h, plus the HVPs on h
+    # and one plain evaluation of the n images per child
+    assert exp["image_evaluations"] == (expansions + children) * n + (expansions + ev["expand"]["hvp"]) * h
+    ws = res["units"]["weighted-sum w=(0, 1) lr=0.01"]
+    seen = sum(min(bs, n - (s % 2) * bs) for s in range(ws["steps"]))  # batches 64, 36, 64, 36, ...
+    assert ws["image_evaluations"] == seen
+    assert 0 <= seen - exp["image_evaluations"] < min(bs, n - ((ws["steps"] - 1) % 2) * bs)  # the fewest steps

@@ -74,11 +74,13 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
     shared = model.shared_parameters()
     heads = [model.task_parameters(i) for i in range(2)]
     state = ctx.load_state(unit)
-    start_epoch, history, steps, seconds = 0, [], 0, 0.0
+    start_epoch, history, steps, seconds, last_weights = 0, [], 0, 0.0, None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history, steps, seconds = state["epoch"], state["history"], state["steps"], state["seconds"]
+        # the aggregator's weights of the last step: a run stopped after its last epoch takes no step
+        last_weights = state.get("weights_last_step")
     n = x_train.shape[0]
     epochs = ctx.progress(range(start_epoch, cfg.epochs), desc=unit, total=cfg.epochs, initial=start_epoch)
     for epoch in epochs:
@@ -94,11 +96,12 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
             steps += 1
         ev = _evaluate(model, x_test, y_test)
         history.append({"epoch": epoch + 1, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"]})
+        last_weights = [float(v) for v in aggregator.weights.tolist()]
         seconds += time.perf_counter() - t0
         ctx.save_state(
             unit,
             {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
-             "steps": steps, "seconds": seconds},
+             "steps": steps, "seconds": seconds, "weights_last_step": last_weights},
         )
     final = _evaluate(model, x_test, y_test)
     train_final = _evaluate(model, x_train, y_train)
@@ -109,7 +112,7 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
         "train_loss": train_final["loss"],
         "history": history,
         "steps": steps,
-        "weights_last_step": [float(v) for v in aggregator.weights.tolist()],
+        "weights_last_step": last_weights,
     }
     ctx.record(unit, result, seconds=seconds, evaluations=steps * 2)  # two task gradients per step
     return result
