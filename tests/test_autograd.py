@@ -392,3 +392,19 @@ def test_jacobian_loop_rows_in_one_tensor_match_the_batched_pass():
     mixed = [lin.weight, unused]
     bl = tm.autograd.jacobian_blocks(y.mean(0), mixed, retain_graph=True, batched=False)
     assert bl[0].dtype == torch.float64 and bl[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("batched", [None, False])
+def test_jacobian_blocks_sparse_gradient(batched):
+    """An nn.Embedding(sparse=True) gets a sparse block (the m passes stack it; no (m, n) tensor)."""
+    torch.manual_seed(4)
+    emb = torch.nn.Embedding(10, 3, sparse=True).double()
+    lin = torch.nn.Linear(3, 2).double()
+    out = lin(emb(torch.tensor([1, 2, 2, 7]))).pow(2).mean(0)  # (2,)
+    params = [emb.weight, lin.weight, lin.bias]
+    blocks = tm.autograd.jacobian_blocks(out, params, retain_graph=True, batched=batched)
+    assert blocks[0].layout == torch.sparse_coo and blocks[0].shape == (2, 10, 3)
+    for i in range(2):
+        ref = torch.autograd.grad(out[i], params, retain_graph=True)
+        for b, g in zip(blocks, ref):
+            torch.testing.assert_close(b[i].to_dense(), g.to_dense(), rtol=1e-12, atol=1e-14)

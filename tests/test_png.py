@@ -710,3 +710,36 @@ def test_png_ablation_experiment(tmp_path):
     with pytest.raises(ValueError, match="methods"):
         run_experiment("png-ablation-multidigits", seed=0, out=str(tmp_path / "x"), progress=False,
                        config=png_diverse.AblationConfig(methods=["linear"]))
+
+
+@pytest.mark.parametrize("batched", [None, False])
+def test_backward_half_precision_model_gram_in_float32(batched):
+    """float16 parameters whose gradient norms exceed 256: the Gram matrix is formed in float32 (as by
+    tm.backward and Aggregator), not in float16 where ||g||^2 > 65504 overflows; the step matches the
+    float64 one of the same model, for one model and for the N-model form."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 2)
+    x = torch.randn(16, 8)
+
+    def losses(model):
+        out = model(x.to(model.weight.dtype))
+        return torch.stack([(20 * out[:, 0]).pow(2).mean(), (8 * out[:, 1]).pow(2).mean()])
+
+    def step(dtype, multi):
+        model = torch.nn.Linear(8, 2).to(dtype)
+        model.load_state_dict(base.state_dict())
+        png = PNG(LossCriterion(lambda l: (l[..., 1] - 0.01 * l[..., 0]).sum()), alpha=1.0, threshold=0.0)
+        if multi:
+            w = png.backward([lambda: losses(model)], [model], batched=batched)[0]
+        else:
+            w = png.backward(losses(model), list(model.parameters()), batched=batched)
+        return w, tm.autograd.flatten([p.grad for p in model.parameters()]).double(), png.stats
+
+    w64, d64, s64 = step(torch.float64, False)
+    assert float(s64.lam[0, 0]) > 0.005  # the QP is active: the weights depend on G
+    J = tm.autograd.jacobian(losses(base), base)
+    assert float(J.norm(dim=1).max()) > 256  # ||g||^2 overflows float16
+    for multi in (False, True):
+        w16, d16, _ = step(torch.float16, multi)
+        torch.testing.assert_close(w16.double(), w64, rtol=0, atol=2e-3)
+        torch.testing.assert_close(d16, d64, rtol=0, atol=2e-3 * float(d64.abs().max()))

@@ -10,8 +10,9 @@ The flat layout is the concatenation of ``p.reshape(-1)`` over the parameters, i
 
 Conventions shared by the functions below:
 
-* ``params`` is a tensor, an iterable of tensors, or an :class:`torch.nn.Module` (its
-  ``parameters()``); every tensor must require grad, and none may appear twice.
+* ``params`` is a tensor, an iterable of tensors, or an :class:`torch.nn.Module` (its parameters
+  that require grad: frozen ones are skipped); every tensor given explicitly must require grad, and
+  none may appear twice.
 * A parameter that an objective does not reach gets a zero gradient (and a zero Hessian block),
   not an error.
 * ``retain_graph`` defaults to ``create_graph``, as in :func:`torch.autograd.grad`: pass
@@ -279,9 +280,10 @@ def _jacobian_loop(
 ) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
     """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``.
 
-    When the parameters share a dtype and a device (and no graph of the Jacobian is built), each
-    row is written into one ``(m, n)`` tensor and the blocks are views of it: one copy of ``J`` in
-    all, which :func:`jacobian` returns as it is."""
+    When the parameters share a dtype and a device (and no graph of the Jacobian is built, and every
+    gradient is dense), each row is written into one ``(m, n)`` tensor and the blocks are views of it:
+    one copy of ``J`` in all, which :func:`jacobian` returns as it is. Otherwise the blocks are stacked
+    per parameter (a sparse gradient, e.g. of ``nn.Embedding(sparse=True)``, gives a sparse block)."""
     m = L.shape[0]
     rows: List[Sequence[Optional[Tensor]]] = []
     for i in range(m):
@@ -292,7 +294,8 @@ def _jacobian_loop(
         else:
             rows.append([None] * len(plist))
     reached = [any(row[k] is not None for row in rows) for k in range(len(plist))]
-    if create_graph or len({(p.dtype, p.device) for p in plist}) > 1:
+    sparse = any(g is not None and g.layout != torch.strided for row in rows for g in row)
+    if create_graph or sparse or len({(p.dtype, p.device) for p in plist}) > 1:
         blocks: List[Optional[Tensor]] = []
         for k, p in enumerate(plist):
             column = [row[k] for row in rows]

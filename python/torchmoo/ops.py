@@ -155,7 +155,7 @@ def nonneg_qp(
             ``{lambda >= 0, sum(lambda) <= R}``.
         max_iter: iteration cap, an int ``>= 0``; default ``50 + 10 m`` (active set) or 1000 (Frank-Wolfe).
         tol: optimality tolerance of the problem scaled to ``max(|G|, |c|) = 1``, finite and ``> 0``;
-            default 1e-13 (active set) or 1e-6 (Frank-Wolfe gap).
+            default 1e-13 (active set; 1e-8 for float32 input) or 1e-6 (Frank-Wolfe gap).
         radius: Frank-Wolfe only (a finite number ``> 0``): the bound ``R`` on ``sum(lambda)``. By default the certified bound
             ``max_i(-c_i)_+ / min_{w in simplex} w'Gw`` (from the KKT conditions, as in the paper's
             Lemma 2), which needs ``G`` positive definite on the simplex.

@@ -74,11 +74,13 @@ def backward(
         params: the shared parameters (tensor, iterable of tensors or module; of a module, the
             parameters that require grad: frozen ones are left alone). They receive
             ``d = aggregator(J, losses)`` where ``J`` (m, n) is the Jacobian of the losses with respect
-            to them (one batched backward pass, :func:`torchmoo.autograd.jacobian_blocks`). For the
-            aggregators that need only ``J J^T`` (all of torchmoo's) ``J`` is never assembled: the
-            Gram matrices of the per-parameter blocks are summed (in float64; float32 for float16 /
-            bfloat16 blocks) and each block is combined in place. They must lie on one device. A
-            parameter that no loss reaches keeps ``.grad`` as it was (``None`` stays ``None``).
+            to them (computed as by :func:`torchmoo.autograd.jacobian_blocks`, with its ``batched``
+            rule). For the aggregators that need only ``J J^T`` (all of torchmoo's) no copy of ``J`` is
+            made: the Gram matrices of the per-parameter blocks are summed (in float64; float32 for
+            float16 / bfloat16 blocks) and each block is combined in place; when the ``m`` backward
+            passes wrote one ``(m, n)`` tensor (the blocks are views of it), that tensor is one block.
+            They must lie on one device. A parameter that no loss reaches keeps ``.grad`` as it was
+            (``None`` stays ``None``).
         aggregator: a :class:`torchmoo.methods.Aggregator` (MGDA, PCGrad, CAGrad, ...). Aggregators
             with fixed weights (``LinearScalarization``) skip the Jacobian: one backward pass of
             ``weights @ losses``.
