@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -59,7 +60,12 @@ QPOptions make_qp_options(bool simplex, c10::string_view method, int64_t max_ite
     TORCH_CHECK_VALUE(false, op, ": method must be 'active_set' or 'frank_wolfe', got '", std::string(method), "'.");
   }
   TORCH_CHECK_VALUE(max_iter == -1 || max_iter >= 0, op, ": max_iter must be non-negative, got ", max_iter, ".");
-  TORCH_CHECK_VALUE(!(tol < 0.0) || tol == -1.0, op, ": tol must be positive, got ", tol, ".");
+  // -1 is the schema's "use the default"; the kernels would read any other non-positive or NaN tol
+  // or radius the same way, and an infinite one disables the stopping test or yields NaN.
+  TORCH_CHECK_VALUE(tol == -1.0 || (std::isfinite(tol) && tol > 0.0), op,
+                    ": tol must be a finite number > 0 (or -1 for the default), got ", tol, ".");
+  TORCH_CHECK_VALUE(radius == -1.0 || (std::isfinite(radius) && radius > 0.0), op,
+                    ": radius must be a finite number > 0 (or -1 for the certified bound), got ", radius, ".");
   if (max_iter < 0) {
     max_iter = o.method == kActiveSet ? 50 + 10 * problem.m : 1000;
   }
@@ -122,7 +128,8 @@ QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at:
                           "null space, so the objective decreases without limit.");
       case kQPNeedsRadius:
         TORCH_CHECK_VALUE(false, op, ": method='frank_wolfe' needs a bound on sum(lambda), and none can be certified",
-                          where, " because G is singular on the simplex. Pass radius=R or use method='active_set'.");
+                          where, " because G is singular on the simplex (or the solve for the bound hit its ",
+                          "iteration cap). Pass radius=R or use method='active_set'.");
       default:
         TORCH_CHECK(false, op, ": internal error, unknown status ", code, where, ".");
     }

@@ -453,6 +453,44 @@ def test_max_iter_is_respected():
     assert bool((w >= 0).all()) and abs(float(w.sum()) - 1.0) <= 1e-12
 
 
+def budget_problem(m: int, rank: int, seed: int, with_c: bool):
+    """G = J J^T with J (m, rank) random, optionally a random c; rank < m makes the active set take ray steps."""
+    gen = torch.Generator().manual_seed(seed)
+    G = gram(torch.randn(m, rank, generator=gen, dtype=F64))
+    c = torch.randn(m, generator=gen, dtype=F64) if with_c else None
+    return G, c
+
+
+@pytest.mark.parametrize(
+    "m,rank,seed,with_c",
+    [(3, 10, 0, False), (5, 10, 0, True), (5, 10, 1, True), (8, 3, 4, True), (9, 20, 0, False),
+     (12, 20, 0, False), (9, 3, 6, True), (12, 4, 1, True)],
+    ids=["fast-path", "fast-path-drop-one", "m5-fallback", "m8-singular", "m9-drops", "m12-drops", "m9-rays",
+         "m12-rays"],
+)
+def test_active_set_max_iter_bounds_the_work(m, rank, seed, with_c):
+    # With a budget of k iterations the solver follows the unlimited run's path and stops when it
+    # would need a (k+1)-th: at most k are reported, and converged holds exactly when k covers the
+    # unlimited run (a stopped run used to report converged with a KKT residual of 1e-2, and
+    # iterations above the cap: 2 for m = 9 and max_iter = 0).
+    G, c = budget_problem(m, rank, seed, with_c)
+    w_full, info_full = solve(G, c)
+    check_solution(G, c, w_full, info_full)
+    n = int(info_full.iterations)
+    assert n >= 1
+    for k in range(n + 2):
+        w, info = solve(G, c, max_iter=k)
+        assert int(info.iterations) == min(k, n), f"max_iter={k}: {int(info.iterations)} iterations, full run {n}"
+        assert bool(info.converged) == (k >= n), f"max_iter={k}, full run {n}"
+        # feasible even when stopped, and the residual reported is the one of the point returned
+        assert bool((w >= 0).all()) and abs(float(w.sum()) - 1.0) <= 1e-12
+        torch.testing.assert_close(info.kkt_residual, simplex_kkt_residual(G, c, w), rtol=1e-6, atol=1e-15)
+        if k >= n:
+            assert torch.equal(w, w_full)
+        else:
+            assert float(info.kkt_residual) > BAR[F64]
+
+
 def test_frank_wolfe_tolerance_changes_the_answer():
     G, _ = interior_problem()
     w_loose, i_loose = solve(G, method="frank_wolfe", tol=1e-2)

@@ -426,6 +426,32 @@ def test_frank_wolfe_radius():
     torch.testing.assert_close(lam, torch.tensor([1.0, 0.0], dtype=F64), rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "m,rank,seed", [(4, 10, 0), (6, 3, 0), (9, 20, 0), (9, 3, 0), (12, 4, 0)],
+    ids=["fast-path-drop-one", "m6-singular", "m9", "m9-rays", "m12-rays"],
+)
+def test_active_set_max_iter_bounds_the_work(m, rank, seed):
+    # As for min_norm_simplex: a budget of k iterations stops the unlimited run's path after k, and
+    # converged holds exactly when k covers it. c = -G x + p (x, p >= 0) keeps a singular G bounded.
+    gen = torch.Generator().manual_seed(seed)
+    G = gram(torch.randn(m, rank, generator=gen, dtype=F64))
+    c = -G @ torch.rand(m, generator=gen, dtype=F64) + 0.1 * torch.rand(m, generator=gen, dtype=F64)
+    lam_full, info_full = solve(G, c)
+    check_solution(G, c, lam_full, info_full)
+    n = int(info_full.iterations)
+    assert n >= 1
+    for k in range(n + 2):
+        lam, info = solve(G, c, max_iter=k)
+        assert int(info.iterations) == min(k, n), f"max_iter={k}: {int(info.iterations)} iterations, full run {n}"
+        assert bool(info.converged) == (k >= n), f"max_iter={k}, full run {n}"
+        assert bool((lam >= 0).all())
+        torch.testing.assert_close(info.kkt_residual, nonneg_kkt_residual(G, c, lam), rtol=1e-6, atol=1e-15)
+        if k >= n:
+            assert torch.equal(lam, lam_full)
+        else:
+            assert float(info.kkt_residual) > BAR[F64]
+
+
 def test_max_iter_is_respected():
     G, c, x = interior_problem()
     lam, info = solve(G, c, method="frank_wolfe", max_iter=2)

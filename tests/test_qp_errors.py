@@ -250,6 +250,31 @@ def test_numpy_scalars_are_accepted_as_options(op):
     torch.testing.assert_close(op(G, c, max_iter=np.int64(100), tol=np.float64(1e-12)), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, -2.0, -1e-3])
+@pytest.mark.parametrize("method", ["active_set", "frank_wolfe"])
+def test_raw_operators_reject_bad_tol_and_radius(value, method):
+    # Calls through torch.ops bypass the Python checks; the kernels would read these values as
+    # "use the default" (or return NaN for radius = inf), so the operators themselves must refuse them.
+    G, c = good()
+    with pytest.raises(ValueError, match=r"tol must be a finite number > 0"):
+        torch.ops.torchmoo.min_norm_simplex(G, c, method, -1, value)
+    with pytest.raises(ValueError, match=r"tol must be a finite number > 0"):
+        torch.ops.torchmoo.nonneg_qp(G, c, method, -1, value, -1.0)
+    with pytest.raises(ValueError, match=r"radius must be a finite number > 0"):
+        torch.ops.torchmoo.nonneg_qp(G, c, method, -1, -1.0, value)
+
+
+@pytest.mark.parametrize("method", ["active_set", "frank_wolfe"])
+def test_raw_operators_take_minus_one_as_the_default(method):
+    # -1 is what the Python wrappers pass for tol=None / radius=None: same answer as the wrappers.
+    G, c = good()
+    w = torch.ops.torchmoo.min_norm_simplex(G, c, method, -1, -1.0)[0]
+    torch.testing.assert_close(w, tm.ops.min_norm_simplex(G, c, method=method), rtol=0, atol=0)
+    lam = torch.ops.torchmoo.nonneg_qp(G, c, method, -1, -1.0, -1.0)[0]
+    torch.testing.assert_close(lam, tm.ops.nonneg_qp(G, c, method=method), rtol=0, atol=0)
+    assert bool(torch.isfinite(lam).all())
+
+
 @pytest.mark.parametrize("radius", [float("nan"), float("inf"), 0.0, -3.0])
 @pytest.mark.parametrize("method", ["frank_wolfe", "active_set"])
 def test_bad_radius_raises_value_error(radius, method):

@@ -206,7 +206,10 @@ class ActiveSetQP {
   C10_HOST_DEVICE ActiveSetQP(const QPWorkspace<kC>& ws, int64_t m, bool simplex, QPTolerances tol)
       : ws_(ws), m_(m), simplex_(simplex), tol_(tol), t_(simplex ? 1.0 : 0.0), nF_(0) {}
 
-  // Solves the normalized problem in the workspace; the solution is left in ws.x.
+  // Solves the normalized problem in the workspace; the solution is left in ws.x (feasible even when
+  // max_iter stops the solve). res.iterations counts the solves with the factor (subspace and ray
+  // steps) and never exceeds max_iter: a step is paid for before it is taken, and when the budget is
+  // spent the solve stops with kQPMaxIter unless the KKT conditions already hold.
   C10_HOST_DEVICE QPResult solve(int32_t max_iter) {
     QPResult res{kQPOk, 0, 0.0};
     for (int64_t i = 0; i < dim(); ++i) {
@@ -227,9 +230,19 @@ class ActiveSetQP {
       if (full) {
         const double u = 1.0 / static_cast<double>(dim());
         for (int64_t i = 0; i < dim(); ++i) ws_.x[i] = u;
+        // The uniform point is feasible but not a subspace minimizer, so the KKT test below does not
+        // apply to it: without a step to spend, stop there.
+        if (max_iter < 1) {
+          res.status = kQPMaxIter;
+          return res;
+        }
         res.iterations = 1;
-        minimize_on_free_set(res, max_iter);
+        const bool stationary = minimize_on_free_set(res, max_iter);
         renormalize();
+        if (!stationary) {
+          res.status = kQPMaxIter;
+          return res;
+        }
       } else {
         nF_ = 0;
         for (int64_t i = 0; i < dim(); ++i) ws_.inF[i] = kInactive;
@@ -301,7 +314,7 @@ class ActiveSetQP {
         res.status = kQPMaxIter;
         break;
       }
-      ++res.iterations;
+      ++res.iterations;  // pays for the first step after j enters: a ray step or the subspace step
       int32_t st = append(j);
       while (st == kSingular) {
         // F + {j} has a zero-curvature direction: follow it to a bound, which drops an index from F.
@@ -312,15 +325,28 @@ class ActiveSetQP {
           res.status = st;
           return res;
         }
-        ++res.iterations;
         st = append(j);
+        if (st == kQPNotPSD) break;
+        // The next step (another ray step or the subspace step) needs one more iteration. Stopping
+        // here leaves x feasible, with weight on j even if j is not in F yet.
+        if (res.iterations >= max_iter) {
+          res.status = kQPMaxIter;
+          break;
+        }
+        ++res.iterations;
       }
+      if (res.status == kQPMaxIter) break;
       if (st != kQPOk) {
         res.status = st;
         return res;
       }
-      minimize_on_free_set(res, max_iter);
+      const bool stationary = minimize_on_free_set(res, max_iter);
       if (simplex_) renormalize();
+      if (!stationary) {
+        // x is not a subspace minimizer, so the KKT test at the top of the loop would not apply.
+        res.status = kQPMaxIter;
+        break;
+      }
     }
     if (simplex_) renormalize();
     return res;
@@ -335,8 +361,9 @@ class ActiveSetQP {
   static constexpr int32_t kSetAside = -3;
 
   // Subspace minimization: step toward the minimizer on F, dropping blocking indices until the
-  // minimizer is strictly feasible.
-  C10_HOST_DEVICE void minimize_on_free_set(QPResult& res, int32_t max_iter) {
+  // minimizer is strictly feasible. The first step is already paid for; every drop pays for the next
+  // one. Returns false when max_iter stops it before x reaches the subspace minimizer.
+  C10_HOST_DEVICE bool minimize_on_free_set(QPResult& res, int32_t max_iter) {
     while (nF_ > 0) {
       subspace_minimizer();  // into ws.y, by position in F
       double alpha = 1.0;
@@ -353,7 +380,7 @@ class ActiveSetQP {
       }
       if (block < 0) {
         for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] = ws_.y[p];
-        break;
+        return true;
       }
       for (int64_t p = 0; p < nF_; ++p) {
         const int32_t i = ws_.F[p];
@@ -362,9 +389,10 @@ class ActiveSetQP {
       const int32_t i_block = ws_.F[block];
       remove(block);
       ws_.x[i_block] = 0.0;
+      if (res.iterations >= max_iter) return false;
       ++res.iterations;
-      if (res.iterations >= max_iter) break;
     }
+    return true;  // nonneg mode with F empty: x = 0 is the minimizer on F
   }
 
 
@@ -506,17 +534,17 @@ class ActiveSetQP {
     return kQPOk;
   }
 
-  // Keep the iterate exactly on the simplex against round-off.
+  // Keep the iterate exactly on the simplex against round-off. Over all indices, not just F: a solve
+  // stopped by max_iter right after a ray step leaves weight on an index outside F.
   C10_HOST_DEVICE void renormalize() {
     double s = 0.0;
-    for (int64_t p = 0; p < nF_; ++p) {
-      const int32_t i = ws_.F[p];
+    for (int64_t i = 0; i < dim(); ++i) {
       if (ws_.x[i] < 0.0) ws_.x[i] = 0.0;
       s += ws_.x[i];
     }
     if (s > 0.0 && s != 1.0) {
       const double inv = 1.0 / s;
-      for (int64_t p = 0; p < nF_; ++p) ws_.x[ws_.F[p]] *= inv;
+      for (int64_t i = 0; i < dim(); ++i) ws_.x[i] *= inv;
     }
   }
 

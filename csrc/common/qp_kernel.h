@@ -13,8 +13,10 @@ struct QPOptions {
   bool simplex;      // min_norm_simplex (true) or nonneg_qp (false)
   int32_t method;    // QPMethod
   int32_t max_iter;  // already resolved from the user's value or the default
-  double tol;        // optimality tolerance of the normalized problem (<= 0: the method's default)
-  double radius;     // nonneg Frank-Wolfe: bound on sum(x); <= 0 means "derive a certified bound"
+  // The host accepts only finite positive values or -1 (make_qp_options), so "not positive" below
+  // means exactly the -1 sentinel.
+  double tol;        // optimality tolerance of the normalized problem (-1: the method's default)
+  double radius;     // nonneg Frank-Wolfe: bound on sum(x); -1 means "derive a certified bound"
   double sym_tol;    // relative asymmetry tolerance
   // Pivot tolerances follow the input precision: a Gram matrix rounded to float32 is PSD only to
   // about 1e-7 of its scale, so smaller pivots are noise (singular) and small negative ones are not
@@ -62,7 +64,9 @@ C10_HOST_DEVICE inline int32_t certified_radius(const QPWorkspace<kC>& ws, int64
   }
   for (int64_t i = 0; i < m; ++i) ws.c[i] = ws.c0[i];
   if (r.status != kQPOk && r.status != kQPMaxIter) return r.status;
-  if (!(gmin > 1e-12)) return kQPNeedsRadius;
+  // w'Gw of a point short of the minimizer overestimates the minimum and would make R too small:
+  // only a converged solve certifies the bound.
+  if (r.status == kQPMaxIter || !(gmin > 1e-12)) return kQPNeedsRadius;
   *R = most_negative / gmin * (1.0 + 1e-6);
   return kQPOk;
 }

@@ -51,10 +51,13 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
     bt.status[b] = o.status;
   };
   if constexpr (M >= 1 && M <= 8) {
-    if (opt.method == kActiveSet) {
-      auto accept = [&](int64_t b, const FastPathOut& fp, int l) {
+    // The fast path takes one solve per pass (the second pass, with an index dropped, counts two like
+    // the active-set method's drop), so it runs only when max_iter allows them.
+    if (opt.method == kActiveSet && opt.max_iter >= 1) {
+      const bool second_pass = opt.max_iter >= 2;
+      auto accept = [&](int64_t b, const FastPathOut& fp, int l, int32_t passes) {
         for (int i = 0; i < M; ++i) bt.x[b * M + i] = static_cast<scalar_t>(fp.x[i][l]);
-        bt.iterations[b] = 1;
+        bt.iterations[b] = passes;
         bt.residual[b] = fp.residual[l];
         bt.converged[b] = true;
         bt.status[b] = kQPOk;
@@ -76,7 +79,7 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
                              kFastPathAccept, drop, fp);
         for (int l = 0; l < n_pending; ++l) {
           if (fp.solved[l]) {
-            accept(pending[l], fp, l);
+            accept(pending[l], fp, l, 2);
           } else {
             solve_one(pending[l]);
           }
@@ -98,8 +101,8 @@ void solve_range(const CpuQPBatch<scalar_t>& bt, int64_t m, const QPOptions& opt
         for (int l = 0; l < count; ++l) {
           const int64_t b = b0 + l;
           if (fp.solved[l]) {
-            accept(b, fp, l);
-          } else if (drop[l] >= 0) {
+            accept(b, fp, l, 1);
+          } else if (second_pass && drop[l] >= 0) {
             pending[n_pending] = b;
             pending_drop[n_pending] = drop[l];
             if (++n_pending == kLanes) flush();

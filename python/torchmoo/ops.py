@@ -29,10 +29,15 @@ class QPInfo(NamedTuple):
     """Per-problem diagnostics of a QP solve, each shaped like the batch dims ``(...)``.
 
     Attributes:
-        iterations: ``int64`` number of active-set changes (or Frank-Wolfe steps).
+        iterations: ``int64``; active set: the solves with the Cholesky factor (the full-support step,
+            each subspace step after an index enters or leaves, each zero-curvature ray step), never
+            more than ``max_iter`` (the CPU fast path for ``m <= 8`` reports 1, or 2 when one index was
+            dropped); Frank-Wolfe: the steps.
         kkt_residual: ``float64`` KKT residual of the returned point, relative to the scale
             ``s = max(max|G|, max|c|)`` (definitions in the README's API section).
-        converged: ``bool``; False when ``max_iter`` was reached first.
+        converged: ``bool``; False whenever ``max_iter`` stopped the solve before the KKT conditions
+            were certified (the returned point is feasible either way, and ``kkt_residual`` is its
+            residual).
     """
 
     iterations: Tensor
@@ -48,12 +53,9 @@ def _check_tensor(name: str, value: object) -> None:
 def _qp_options(
     op: str, method: object, max_iter: object, tol: object, radius: object = None
 ) -> Tuple[str, int, float, float]:
-    """The QP options as the kernels take them (``-1`` = default), or a clear error.
-
-    The kernels read ``max_iter = -1`` and any ``tol`` or ``radius`` that is not positive (0, negative,
-    NaN) as "use the default", and an infinite ``radius`` makes Frank-Wolfe return NaN: such values are
-    rejected here rather than silently replaced.
-    """
+    """The QP options as the kernels take them (``-1`` = default), or a clear error: a Python-side
+    ``TypeError`` / ``ValueError`` that names the argument, before any dispatch (the kernels reject the
+    same values, for direct ``torch.ops`` calls)."""
     if not isinstance(method, str):
         raise TypeError(f"{op}: method must be a str ('active_set' or 'frank_wolfe'), got {type(method).__name__}.")
     if max_iter is None:
