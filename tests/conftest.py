@@ -194,3 +194,26 @@ def random_batch(B: int, m: int, seed: int, dtype=F64, c_kind: str = "random"):
     G = torch.stack([p.G for p in problems]).to(dtype)
     c = None if c_kind == "none" else torch.stack([p.c for p in problems]).to(dtype)
     return G, c
+
+
+def check_max_iter_budget(solve, residual, G: torch.Tensor, c, feasible, bar: float) -> None:
+    """An active-set QP with a budget of ``k`` iterations follows the unlimited run's path and stops
+    when it would need a ``(k+1)``-th: ``min(k, n)`` iterations reported (``n``: the unlimited run's),
+    converged exactly when ``k >= n``, a feasible point whose own KKT residual is reported, the
+    unlimited answer when ``k >= n`` and a residual above ``bar`` otherwise.
+
+    ``solve(G, c, **options) -> (x, QPInfo)``; ``residual(G, c, x)``; ``feasible(x) -> bool``.
+    """
+    x_full, info_full = solve(G, c)
+    n = int(info_full.iterations)
+    assert n >= 1
+    for k in range(n + 2):
+        x, info = solve(G, c, max_iter=k)
+        assert int(info.iterations) == min(k, n), f"max_iter={k}: {int(info.iterations)} iterations, full run {n}"
+        assert bool(info.converged) == (k >= n), f"max_iter={k}, full run {n}"
+        assert feasible(x), f"max_iter={k}: infeasible point"
+        torch.testing.assert_close(info.kkt_residual, residual(G, c, x), rtol=1e-6, atol=1e-15)
+        if k >= n:
+            assert torch.equal(x, x_full)
+        else:
+            assert float(info.kkt_residual) > bar
