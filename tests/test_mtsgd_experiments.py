@@ -13,12 +13,7 @@ from torchmoo.experiments import mtsgd_multidigits, mtsgd_sarcos, mtsgd_zdt3, ru
 from torchmoo.experiments.runner import experiment_names
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: one intra-op thread (conftest)
 
 
 def test_registered():

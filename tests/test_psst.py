@@ -16,12 +16,7 @@ import torchmoo as tm
 from torchmoo.methods import psst as P
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: one intra-op thread (conftest)
 
 
 # ---- preference vectors (A.2, Eq. 1) and the partition of A.3 ------------------------------------------------

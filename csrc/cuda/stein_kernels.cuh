@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "gram_kernels.cuh"
+
 namespace torchmoo {
 namespace stein_cuda {
 
@@ -22,14 +24,8 @@ constexpr int kWarps = kThreads / 32;
 // Largest grid.y / grid.z; kernels loop over what does not fit.
 constexpr int64_t kMaxGridYZ = 65535;
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
+// The accumulation type of the gram kernels (float for float, double for double).
+using gram_cuda::AccType;
 
 // Sum of one value per thread of the block, in a fixed order; the result is valid in thread 0. Every
 // thread of the block must call it (it synchronizes).

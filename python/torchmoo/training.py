@@ -29,19 +29,12 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import Losses, Params, _jacobian, _stack_losses, as_param_list, jacobian, unflatten
-from torchmoo.methods.aggregator import Aggregator, check_losses
+from torchmoo.methods.aggregator import Aggregator, blocks_gram, check_losses
 
 __all__ = ["backward"]
 
 
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _gram64(block: Tensor) -> Tensor:
-    """``block @ block.T`` (m, m) in float64; half blocks go through float32 (a float16 Gram overflows
-    at ``||g||^2 > 65504`` and has 3 significant digits)."""
-    b = block.detach()
-    return ops.gram(b.float() if b.dtype in _HALF else b).to(torch.float64)
 
 
 def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
@@ -201,18 +194,13 @@ def _aggregate_blocks(
     else:
         flat = [None if b is None else b.reshape(m, -1) for b in blocks]
     if aggregator.gram_based:
-        G = torch.zeros(m, m, dtype=torch.float64, device=device)
-        finite = True
-        for b in flat:
-            if b is None:
-                continue
-            try:
-                G += _gram64(b)
-            except ValueError:  # ops.gram rejects inf / NaN and overflow; anything else is re-raised
-                if not amp and bool(torch.isfinite(b).all()):
-                    raise
-                finite = False  # under AMP an overflowing Gram is an overflow too: skip the step
-                break
+        try:  # float32 Grams for half blocks (a float16 Gram overflows at ||g||^2 > 65504), summed in float64
+            G = blocks_gram(flat, m, device)
+            finite = True
+        except ValueError:  # ops.gram rejects inf / NaN and overflow; anything else is re-raised
+            if not amp and all(b is None or bool(torch.isfinite(b).all()) for b in flat):
+                raise
+            finite = False  # under AMP an overflowing Gram is an overflow too: skip the step
         finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
     else:
         J = J_flat if J_flat is not None else torch.cat(

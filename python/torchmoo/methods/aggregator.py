@@ -11,14 +11,14 @@ parameters, see :func:`torchmoo.backward`).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from torchmoo import ops
 
-__all__ = ["Aggregator", "gram_matrix", "check_jacobian", "check_gram", "check_losses"]
+__all__ = ["Aggregator", "gram_matrix", "blocks_gram", "check_jacobian", "check_gram", "check_losses"]
 
 
 def check_jacobian(J: Tensor) -> Tensor:
@@ -61,6 +61,17 @@ def gram_matrix(J: Tensor) -> Tensor:
     bfloat16 ``J`` (a float16 Gram overflows as soon as ``||g_i||^2 > 65504``), else ``J``'s dtype."""
     J = J.detach()
     return ops.gram(J.float() if J.dtype in (torch.float16, torch.bfloat16) else J)
+
+
+def blocks_gram(blocks: Sequence[Optional[Tensor]], m: int, device: torch.device) -> Tensor:
+    """``G = sum_k B_k B_k^T`` (m, m), float64 on ``device``, over Jacobian blocks ``B_k`` of shape
+    ``(m, n_k)`` (``None``: a parameter no objective reaches), each by :func:`gram_matrix`. The
+    Jacobian of a model split per parameter needs no concatenation for its Gram matrix."""
+    G = torch.zeros(m, m, dtype=torch.float64, device=device)
+    for b in blocks:
+        if b is not None:
+            G += gram_matrix(b).to(device=device, dtype=torch.float64)
+    return G
 
 
 class Aggregator:

@@ -267,10 +267,11 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
                 edges.append((node_index[(ei, p.parent)], node_index[(ei, p.index)]))
     X = torch.stack(node_params)
 
-    saved = [p.detach().clone() for p in params]
-    # buffers (batch-norm statistics in training mode) move at every evaluation: restored with the parameters
+    # the parameters, and the buffers (batch-norm statistics in training mode) that move at every
+    # evaluation, are restored afterwards
     buffers = list({id(b): b for ex in explorers for b in getattr(ex, "buffers", [])}.values())
-    saved_buffers = [b.detach().clone() for b in buffers]
+    state = list(params) + buffers
+    saved = [t.detach().clone() for t in state]
     evaluations = 0
 
     def evaluate(vec: Tensor) -> Tensor:
@@ -305,10 +306,8 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
                 members.append([(e, j)])
     finally:
         with torch.no_grad():
-            for p, v in zip(params, saved):
-                p.copy_(v)
-            for b, v in zip(buffers, saved_buffers):
-                b.copy_(v)
+            for t, v in zip(state, saved):
+                t.copy_(v)
     values = torch.stack(vals)
     # Nodes with equal parameters (a seed shared by several explorers) are one point of the front: each
     # copy carries the segments of all, so that the traversal goes on through it instead of jumping.

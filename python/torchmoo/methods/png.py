@@ -54,7 +54,7 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import _jacobian, as_param_list, unflatten
-from torchmoo.methods.aggregator import Aggregator, check_gram, gram_matrix
+from torchmoo.methods.aggregator import Aggregator, blocks_gram, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
     Criterion,
@@ -560,17 +560,10 @@ class PNG(Aggregator):
                 )
             k = rows.shape[0]
             if J is not None:  # the m backward passes wrote one (k, n) Jacobian: one Gram, one combination
-                # float32 for half Jacobians, as everywhere (a float16 Gram overflows at ||g||^2 > 65504)
-                G = gram_matrix(J).to(torch.float64)
                 jacobians[k_model] = J
             else:  # one block per parameter (the vmapped pass, or parameters of several dtypes)
-                flat = [None if b is None else b.reshape(k, -1) for b in blocks]
-                G = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
-                for blk in flat:
-                    if blk is not None:
-                        G += gram_matrix(blk).to(device=G.device, dtype=torch.float64)
-                blocks = flat
-            grams[k_model] = G
+                blocks = [None if b is None else b.reshape(k, -1) for b in blocks]
+            grams[k_model] = blocks_gram([J] if J is not None else blocks, k, rows.device)
             all_blocks[k_model] = blocks
             del rows
         # the models may live on different devices: the m x m step runs on the first one's
