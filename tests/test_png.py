@@ -743,3 +743,40 @@ def test_backward_half_precision_model_gram_in_float32(batched):
         w16, d16, _ = step(torch.float16, multi)
         torch.testing.assert_close(w16.double(), w64, rtol=0, atol=2e-3)
         torch.testing.assert_close(d16, d64, rtol=0, atol=2e-3 * float(d64.abs().max()))
+
+
+def test_closures_free_each_models_graph_and_explain_a_shared_one():
+    """With closures, each model's graph is freed after its backward passes (the N graphs are never alive
+    together); closures that share graph nodes get a clear error, and retain_graph=True makes them work
+    (same step as precomputed losses)."""
+    x, y = _data(4)
+    models = [_TwoHead(50 + k) for k in range(3)]
+    kept = []
+
+    def closure(k):
+        kept.append(models[k].losses(x, y))
+        return kept[-1]
+
+    PNG(EnergyDistance()).backward([lambda k=k: closure(k) for k in range(3)], models)
+    for losses in kept:  # every graph was freed by the step, the last one too
+        with pytest.raises(RuntimeError, match="second time"):
+            losses[0].backward()
+
+    # a node shared by models 0 and 1 lies on the way to both models' parameters
+    def coupled(seed):
+        ms = [_TwoHead(seed + k) for k in range(3)]
+        first = [next(iter(m.parameters())) for m in ms]
+        shared = (first[0] * first[1]).sum() * 1e-3
+        return ms, [lambda k=k: [l + shared for l in ms[k].losses(x, y)] for k in range(3)], shared
+
+    ms, closures, _ = coupled(60)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        PNG(EnergyDistance()).backward(closures, ms)
+    ms, closures, _ = coupled(60)
+    W = PNG(EnergyDistance()).backward(closures, ms, retain_graph=True)
+    ms_ref, closures_ref, _ = coupled(60)
+    W_ref = PNG(EnergyDistance()).backward([c() for c in closures_ref], ms_ref)
+    torch.testing.assert_close(W, W_ref, rtol=1e-12, atol=0)
+    for a, b in zip(ms, ms_ref):
+        torch.testing.assert_close(tm.autograd.flatten([p.grad for p in a.parameters()]),
+                                   tm.autograd.flatten([p.grad for p in b.parameters()]), rtol=1e-12, atol=0)

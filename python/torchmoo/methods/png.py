@@ -479,8 +479,10 @@ class PNG(Aggregator):
                 ``(N, m)`` tensor, ``N`` sequences of ``m`` scalars, or ``N`` closures, closure ``k``
                 computing model ``k``'s ``m`` losses (a sequence or an ``(m,)`` tensor). With closures,
                 model ``k``'s gradients are taken right after its forward pass, before the next model's
-                (its activations are still in cache and its graph is freed early): the fastest form
-                for ``N`` models, same result.
+                (its activations are still in cache) and its graph is freed at once, so that the
+                ``N`` graphs are never alive together: the fastest form for ``N`` models, same result.
+                Closures whose graphs share nodes on the way to the parameters need
+                ``retain_graph=True``.
             params: one model: a module, a tensor or an iterable of tensors; ``N`` models: a list (or
                 tuple) of ``N`` modules or iterables of tensors (``[m.parameters() for m in models]``),
                 possibly on different devices. All the parameters of a model should be given (PNG's
@@ -549,9 +551,19 @@ class PNG(Aggregator):
                 raise ValueError(f"none of the losses of model {k_model} requires grad: there is nothing to "
                                  "back-propagate.")
             # graphs may share nodes across models (a stacked (N, m) tensor, criterion_value): keep them
-            # for every model but the last one
-            keep = retain_graph or k_model < N - 1
-            blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched)
+            # for every model but the last one. A closure builds its own graph: free it at once (the
+            # N graphs are never alive together)
+            keep = retain_graph or (k_model < N - 1 and not (closures and criterion_value is None))
+            try:
+                blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched)
+            except RuntimeError as err:
+                if closures and k_model > 0 and "second time" in str(err):
+                    raise RuntimeError(
+                        f"the graph of model {k_model}'s losses shares nodes with an earlier model's, whose graph "
+                        "PNG.backward freed after that model's backward passes: pass retain_graph=True when "
+                        "the loss closures share a part of their graph."
+                    ) from err
+                raise
             if multi and groups[k_model] and all(b is None for b in blocks):
                 raise ValueError(
                     f"the losses of model {k_model} reach none of its parameters (params[{k_model}]): the losses "
