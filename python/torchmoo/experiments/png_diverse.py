@@ -175,7 +175,8 @@ def load_data(dataset: str, cfg: Config, seed: int, device: torch.device):
 
 def preferences(n: int) -> torch.Tensor:
     """EPO's ``circle_points``: ``(cos a, sin a)`` for ``n`` angles from ``1e-4 pi/2`` to ``0.9999 pi/2``,
-    reversed (task 1 first), as ``(n, 2)`` float64."""
+    reversed, as ``(n, 2)`` float64: row 0 is about ``(0, 1)`` (all the weight on task 2), the last row
+    about ``(1, 0)``."""
     a = torch.linspace(0.0001 * math.pi / 2, 0.9999 * math.pi / 2, n, dtype=torch.float64)
     return torch.stack((torch.cos(a), torch.sin(a)), 1).flip(0)
 
