@@ -1,6 +1,6 @@
 """The ``torchmoo`` command line.
 
-    torchmoo demo [--ops]          Pareto exploration of a two-task LeNet (a few minutes); --ops: a tour of the operators
+    torchmoo demo [--ops]          Pareto exploration of a two-task LeNet (about a minute); --ops: a tour of the operators
     torchmoo list                  the experiments that reproduce the papers
     torchmoo run NAME [--full] [--seed S] [--out DIR] [--device D] [--set KEY=VALUE ...]
                                    run (or resume) one experiment; results in DIR/results.json
