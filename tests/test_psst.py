@@ -279,6 +279,25 @@ def test_random_problems_satisfy_the_dual_optimality_conditions():
     assert modes["feasibility"] >= 10 and modes["active"] >= 8  # both branches, with active constraints
 
 
+def test_rounded_gram_of_parallel_gradients_is_accepted():
+    # g_0 = g_1 up to rounding: G is a Gram matrix to 1e-12, which MGDA accepts. The angle bound's gradient
+    # (L_1 g_0 - L_0 g_1) / |L|^3 cancels to nothing, and a^T G a is G's rounding error (negative here): the
+    # QP must still see a Gram matrix, and the answer is the exact one, d = 0 (the bound is flat to first order)
+    J = torch.tensor([[1.0, 0.0], [1.0, 1e-12]], dtype=torch.float64)
+    G = torch.tensor([[1.0, 1.0 + 1e-12], [1.0 + 1e-12, 1.0]], dtype=torch.float64)  # J J^T, rounded
+    assert float(torch.linalg.eigvalsh(G)[0]) < 0
+    tm.methods.min_norm_weights(G)  # no error
+    L = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    region = P.AngularRegion(math.pi / 4 - 0.2, math.pi / 4 + 1e-3)  # the upper bound is epsilon-active
+    step = P.psst_weights(G, L, region, epsilon=0.01)
+    assert step.mode == "constrained" and step.active.tolist() == [True, False]
+    assert bool((step.dual >= 0).all()) and math.isclose(float(step.dual.sum()), 1.0, abs_tol=1e-12)
+    assert float((step.weights @ J).norm()) < 1e-9
+    # through the aggregator, as tm.backward calls it
+    agg = tm.methods.PSST(region, epsilon=0.01)
+    torch.testing.assert_close(agg.gram_weights(G, L), step.weights, rtol=0, atol=1e-12)
+
+
 def test_no_active_constraint_gives_mgda():
     theta = torch.tensor([0.5, 0.4, 0.0], dtype=torch.float64)
     L, J = _jac(theta)

@@ -526,7 +526,18 @@ def psst_weights(
         mode, active = "constrained", values >= -epsilon
         B = torch.cat([torch.eye(M, dtype=torch.float64), A[active]])
     Gd = G.detach().to(device="cpu", dtype=torch.float64)
-    Gb = B @ Gd @ B.T
+    Gd = 0.5 * (Gd + Gd.T)
+    finite = bool(torch.isfinite(Gd).all())  # else the QP reports the NaN / inf
+    evals, evecs = torch.linalg.eigh(Gd) if finite else (None, None)
+    if finite and bool(evals[0] < 0):
+        # G is a Gram matrix up to rounding only. A constraint row a of mixed signs (an angle bound:
+        # a ~ (L_m, -L_0)) cancels nearly parallel gradients, and a^T G a is then G's rounding error,
+        # possibly negative: a "Gram" matrix the QP rejects. Through G's PSD part, B G B^T = F F^T is
+        # a Gram matrix itself (a non-negative diagonal, no eigenvalue below rounding).
+        factor = B @ (evecs * evals.clamp_min(0).sqrt())
+        Gb = factor @ factor.T
+    else:
+        Gb = B @ Gd @ B.T
     Gb = 0.5 * (Gb + Gb.T)  # exactly symmetric for the QP's check
     dual = ops.min_norm_simplex(Gb)
     w = dual @ B
