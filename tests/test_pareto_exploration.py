@@ -348,6 +348,72 @@ def test_resume_from_state_dict_is_exact():
     assert torch.equal(x2.detach(), ref[0].params)
 
 
+def test_an_interrupted_explore_continues_where_it_stopped():
+    """An exception inside explore() (a KeyboardInterrupt during an expansion or a ParetoOptimize) loses no
+    queued point and no child: calling explore() again gives the uninterrupted run."""
+
+    def make(fail_at=None):
+        x = zdt2_point(0.5).requires_grad_(True)
+        calls = {"n": 0}
+
+        def objectives():
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise KeyboardInterrupt
+            return ZDT2(x)
+
+        # the Hessian's closure is called after the right-hand sides are drawn
+        return x, ParetoExplorer(x, objectives, k=2, step=0.1, num_children=2, num_points=5, rhs="normal", seed=3,
+                                 optimize_seed=False, optimize=functools.partial(pareto_optimize, max_iter=0),
+                                 hessian_objectives=objectives)
+
+    _, full_run = make()
+    ref = full_run.explore()
+    assert len(ref) == 6 and len(set(p.parent for p in ref[1:])) > 1
+    for fail_at in range(2, 16):  # each expansion calls the closure twice, each child once
+        x, ex = make(fail_at)
+        with pytest.raises(KeyboardInterrupt):
+            ex.explore()
+        assert torch.equal(x.detach(), ex.points[0].params)
+        out = ex.explore()
+        assert [p.parent for p in out] == [p.parent for p in ref], fail_at
+        assert all(torch.equal(a.params, b.params) for a, b in zip(out, ref)), fail_at
+        assert len(ex.rejected) == len(full_run.rejected)
+
+
+def test_an_interrupted_seed_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 2)).double()
+    X, Y = torch.randn(32, 3, dtype=F64), torch.randn(32, 2, dtype=F64)
+    start = tm.autograd.flatten(net.parameters()).detach().clone()
+    before = {k: v.clone() for k, v in net.named_buffers()}
+    calls = {"n": 0}
+
+    def objectives():
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside the seed's ParetoOptimize, the parameters moved
+            raise KeyboardInterrupt
+        return ((net(X) - Y) ** 2).mean(0)
+
+    ex = ParetoExplorer(net, objectives, k=8, num_points=1, optimize=functools.partial(pareto_optimize, max_iter=2))
+    with pytest.raises(KeyboardInterrupt):
+        ex.explore()
+    assert not ex.points and torch.equal(tm.autograd.flatten(net.parameters()), start)
+    assert all(torch.equal(v, before[k]) for k, v in net.named_buffers())
+
+    class Stop(Exception):
+        pass
+
+    def stop(e):
+        raise Stop
+
+    with pytest.raises(Stop):  # a callback that stops after the seed
+        ex.explore(callback=stop)
+    assert len(ex.points) == 1 and torch.equal(tm.autograd.flatten(net.parameters()), ex.points[0].params)
+    assert all(torch.equal(v, before[k]) for k, v in net.named_buffers())
+
+
 # --------------------------------------------------------------------------------------------------
 # continuous parametrization
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +553,16 @@ def test_objectives_in_another_dtype_than_the_parameters():
     start = ZDT2(y.detach().double())
     res = pareto_optimize(lambda: ZDT2(y.double()), [y], tol=1e-8, max_iter=200)
     assert res.iterations > 0 and res.stationarity < 1e-6 and bool((res.losses < start).all())
+
+
+def test_parent_rule_compares_the_objectives_in_their_dtype():
+    """float32 parameters, float64 objectives near 1000: f(x*) - f(parent) = (-1e-6, 1e-6) must not be
+    rounded to the parameters' dtype, where it would point the other way and make both directions retract."""
+    x = zdt2_point(0.37).float().requires_grad_(True)
+    objectives = lambda: ZDT2(x.double()) + 1000.0  # noqa: E731
+    parent = objectives().detach() + torch.tensor([1e-6, -1e-6], dtype=F64)  # the parent has the larger f1
+    exp = pareto_expand(objectives, [x], beta=torch.tensor([[0.0, 1.0], [1.0, 0.0]]), k=2, parent_losses=parent)
+    assert bool((exp.predicted[:, 0] < 0).all())  # on towards smaller f1, away from the parent
 
 
 # --------------------------------------------------------------------------------------------------

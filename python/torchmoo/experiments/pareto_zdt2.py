@@ -54,8 +54,11 @@ its 85 points slid to the segment ``f1 = 0, f2 >= 1``, Pareto-stationary but not
 supplement notes (3.1), and 5 children were pruned as dominated. Bookkeeping differs from the
 paper's: ParetoExpand here evaluates ``f`` once (the closure gives ``f`` and, by autograd, ``J``) and
 counts two gradient passes (``J`` and the ``alpha``-weighted gradient with its graph that the
-Hessian-vector products differentiate); with two MINRES iterations one tangent costs 2 HVPs (the
-paper's table has 300 HVPs beside 50 gradients).
+Hessian-vector products differentiate); with two MINRES iterations one tangent costs 2 HVPs. The
+paper's counts are for two children per expansion, not a chain: its 100 points cost 100 ``f`` and 100
+gradients in ParetoOptimize (one each) but only 50 gradients in ParetoExpand, i.e. 50 expansions of
+``K = 2`` directions, with 300 HVPs (6 per expansion, 3 per direction); per expanded point ours spends
+1 ``f``, 2 gradients and 2 HVPs for its one direction.
 """
 
 from __future__ import annotations

@@ -555,7 +555,9 @@ def pareto_expand(
     c = alpha @ J
     stationarity = float(c.double().pow(2).sum())
     if parent_losses is not None:
-        parent_losses = torch.as_tensor(parent_losses, dtype=dtype, device=device).reshape(-1)
+        # in the objectives' dtype: f(x*) - f(parent) is a small difference of large numbers, which float32
+        # parameters' rounding would swamp when the objectives are computed in float64
+        parent_losses = torch.as_tensor(parent_losses, dtype=losses.dtype, device=device).reshape(-1)
         if parent_losses.shape[0] != m:
             raise ValueError(f"parent_losses must have {m} entries, got {parent_losses.shape[0]}.")
 
@@ -842,42 +844,49 @@ class ParetoExplorer:
             self.num_points = num_points
         self._front = None
         saved_buffers = _save(self.buffers)
-        if not self.points:
-            if self.optimize_seed:
-                res = self._run_optimize(self.counters["seed"])
-                losses, stat = res.losses, res.stationarity
-            else:
-                losses = _Problem(self.objectives, self.params, self.counters["seed"]).losses(grad=False).detach()
-                stat = float("nan")
-            self.points.append(ExploredPoint(0, self._get(), losses.detach().clone(), None, stat))
-            self._queue = [0]
-            if callback is not None:
-                callback(self)
+        start = self._get()
+        # The state (queue, expansion in progress, random stream) only changes once a step is complete, so
+        # that an exception (e.g. KeyboardInterrupt during a long ParetoOptimize) loses no point: explore()
+        # or state_dict() afterwards continue with the interrupted expansion or child.
         try:
+            if not self.points:
+                if self.optimize_seed:
+                    res = self._run_optimize(self.counters["seed"])
+                    losses, stat = res.losses, res.stationarity
+                else:
+                    losses = _Problem(self.objectives, self.params, self.counters["seed"]).losses(grad=False).detach()
+                    stat = float("nan")
+                self.points.append(ExploredPoint(0, self._get(), losses.detach().clone(), None, stat))
+                self._queue = [0]
+                if callback is not None:
+                    callback(self)
             while len(self.points) - 1 < self.num_points:
                 if self._pending is None:
                     if not self._queue:
                         break
-                    idx = self._queue.pop(0)
+                    idx = self._queue[0]
                     node = self.points[idx]
                     self._set(node.params)
                     parent_losses = self.points[node.parent].losses if node.parent is not None else None
-                    exp = pareto_expand(
-                        self.objectives, self.params, num_directions=self.num_children, rhs=self.rhs, k=self.k,
-                        tol=self.tol, shift=self.shift, correction=self.correction, method=self.method,
-                        perturbation=self.perturbation, sign=self.sign, parent_losses=parent_losses,
-                        hessian_objectives=self.hessian_objectives, generator=self.generator,
-                        counter=self.counters["expand"],
-                    )
+                    random_state = self.generator.get_state()
+                    try:
+                        exp = pareto_expand(
+                            self.objectives, self.params, num_directions=self.num_children, rhs=self.rhs, k=self.k,
+                            tol=self.tol, shift=self.shift, correction=self.correction, method=self.method,
+                            perturbation=self.perturbation, sign=self.sign, parent_losses=parent_losses,
+                            hessian_objectives=self.hessian_objectives, generator=self.generator,
+                            counter=self.counters["expand"],
+                        )
+                    except BaseException:
+                        self.generator.set_state(random_state)  # the retry draws the same right-hand sides
+                        raise
+                    self._queue.pop(0)
                     node.alpha = exp.alpha.detach().clone()
                     self._pending = {"node": idx, "directions": exp.directions, "predicted": exp.predicted, "next": 0}
                 pend = self._pending
                 j = pend["next"]
                 parent = self.points[pend["node"]]
                 v = pend["directions"][j]
-                pend["next"] = j + 1
-                if pend["next"] >= pend["directions"].shape[0]:
-                    self._pending = None
                 if bool((v == 0).all()):  # a vanished right-hand side: nothing to explore that way
                     self.rejected.append(ExploredPoint(len(self.rejected), parent.params.clone(),
                                                        parent.losses.clone(), parent.index))
@@ -898,10 +907,14 @@ class ParetoExplorer:
                     else:
                         self.points.append(child)
                         self._queue.append(child.index)
+                pend["next"] = j + 1
+                if pend["next"] >= pend["directions"].shape[0]:
+                    self._pending = None
                 if callback is not None:
                     callback(self)
         finally:
-            self._set(self.points[0].params)
+            # the seed (or, if the seed's ParetoOptimize was interrupted, the starting point) and the buffers
+            self._set(self.points[0].params if self.points else start)
             _restore(self.buffers, saved_buffers)
         return self.points
 
