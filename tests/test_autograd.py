@@ -137,7 +137,7 @@ def test_retain_graph_and_create_graph():
     L.sum().backward()  # still possible
     L2 = _losses(model, x, y)
     jacobian(L2, model.parameters())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         L2.sum().backward()  # freed, as with torch.autograd.grad
     # create_graph: the Jacobian row of one loss is its gradient, whose derivative along v is H v
     L3 = _losses(model, x, y)
@@ -213,7 +213,7 @@ def test_jacobian_errors():
         jacobian(L, [p, p])
     with pytest.raises(ValueError, match="scalar"):
         jacobian([L, L], model.parameters())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor, got float"):
         jacobian(L, [1.0])
     with pytest.raises(ValueError, match="empty"):
         jacobian([], model.parameters())
@@ -308,8 +308,38 @@ def test_hvp_errors():
         hvp(loss, model.parameters(), torch.zeros(n + 1, dtype=F64))
     with pytest.raises(ValueError, match="scalar"):
         hvp(_losses(model, x, y), model.parameters(), torch.zeros(n, dtype=F64))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="v must be a torch.Tensor, got list"):
         hvp(loss, model.parameters(), [0.0] * n)
+    with pytest.raises(ValueError, match="v is on meta but the parameters are on cpu"):
+        hvp(loss, model.parameters(), torch.zeros(n, dtype=F64, device="meta"))
+
+
+def test_hvp_create_graph_gives_third_derivatives():
+    """f(a, b) = sum a_i^3 + a_0 a_1 b: H v against the Hessian written out; with create_graph the product
+    is differentiable again (third derivatives), without it the result is a constant."""
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(3, generator=gen, dtype=F64, requires_grad=True)
+    b = torch.randn(1, generator=gen, dtype=F64, requires_grad=True)
+    loss = (a**3).sum() + a[0] * a[1] * b[0]
+    v = torch.randn(4, generator=gen, dtype=F64)
+    Hv = hvp(loss, [a, b], v, create_graph=True)
+    ad, bd = a.detach(), float(b.detach())
+    H = torch.diag(torch.cat([6 * ad, torch.zeros(1, dtype=F64)]))
+    H[0, 1] = H[1, 0] = bd
+    H[0, 3] = H[3, 0] = float(ad[1])
+    H[1, 3] = H[3, 1] = float(ad[0])
+    torch.testing.assert_close(Hv, H @ v, rtol=1e-14, atol=1e-14)
+    assert Hv.requires_grad
+    (ga, gb) = torch.autograd.grad(Hv.sum(), [a, b])
+    # sum(H v) = 6 sum_i a_i v_i + b (v_0 + v_1) + a_1 (v_0 + v_3) + a_0 (v_1 + v_3): its gradient
+    torch.testing.assert_close(ga, torch.stack([6 * v[0] + v[1] + v[3], 6 * v[1] + v[0] + v[3], 6 * v[2]]),
+                               rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(gb, (v[0] + v[1]).reshape(1), rtol=1e-14, atol=1e-14)
+    assert not hvp(loss, [a, b], v).requires_grad
+    # k = 2 vectors in one batched pass keep the graph too
+    HV = hvp(loss, [a, b], torch.stack([v, -2 * v]), create_graph=True)
+    torch.testing.assert_close(HV, torch.stack([H @ v, -2 * (H @ v)]), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(HV[1].sum(), a)[0], -2 * ga, rtol=1e-14, atol=1e-14)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,21 +349,26 @@ def test_hvp_errors():
 
 def test_flatten_unflatten_roundtrip():
     shapes = [(2, 3), (4,), (), (1, 2, 2)]
-    ts = [torch.randn(s) for s in shapes]
+    gen = torch.Generator().manual_seed(0)
+    ts = [torch.randn(s, generator=gen) for s in shapes]
     v = flatten(ts)
     assert v.shape == (6 + 4 + 1 + 4,) == (num_params(ts),)
+    # the layout of the module docstring: p.reshape(-1) concatenated in the order given (row-major)
+    assert v.tolist() == [x for t in ts for x in t.reshape(-1).tolist()]
+    assert torch.equal(flatten([ts[0].T]), ts[0].T.reshape(-1))  # a transposed view is read logically
     back = unflatten(v, ts)
     assert [b.shape for b in back] == [t.shape for t in ts]
     assert all(torch.equal(b, t) for b, t in zip(back, ts))
+    assert all(b._base is v for b in back)  # views of a contiguous vec, as documented
     V = torch.stack([v, 2 * v])
     back2 = unflatten(V, ts)
     assert [b.shape for b in back2] == [(2, *t.shape) for t in ts]
     assert all(torch.equal(b[1], 2 * t) for b, t in zip(back2, ts))
     with pytest.raises(ValueError, match="15"):
         unflatten(torch.zeros(14), ts)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one tensor"):
         flatten([])
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="vec must be a torch.Tensor, got list"):
         unflatten([0.0], ts)
 
 

@@ -92,6 +92,33 @@ def test_hypervolume_of_analytic_fronts():
     assert metrics.hypervolume(P[::10], [1.0, 1.0]) < metrics.hypervolume(P, [1.0, 1.0])
 
 
+def brute_hypervolume(F: np.ndarray, ref: np.ndarray) -> float:
+    """Volume of the union of the boxes [f, ref] (minimization) by coordinate compression: every cell of
+    the grid through the points' coordinates is in the union or outside it as a whole."""
+    F = F[(F < ref).all(1)]
+    if len(F) == 0:
+        return 0.0
+    axes = [np.unique(np.r_[F[:, k], ref[k]]) for k in range(F.shape[1])]
+    lows = np.stack(np.meshgrid(*[a[:-1] for a in axes], indexing="ij"), -1).reshape(-1, F.shape[1])
+    sizes = np.stack(np.meshgrid(*[np.diff(a) for a in axes], indexing="ij"), -1).reshape(-1, F.shape[1])
+    covered = (F[None, :, :] <= lows[:, None, :]).all(-1).any(-1)  # a point weakly below the cell's corner
+    return float((sizes.prod(1) * covered).sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("m, n", [(2, 30), (3, 12), (4, 7)])
+def test_hypervolume_matches_the_definition(seed, m, n):
+    rng = np.random.default_rng(seed)
+    F = rng.random((n, m))
+    ref = rng.uniform(0.6, 1.2, m)  # some points outside the reference box in some objective
+    assert metrics.hypervolume(F, ref) == pytest.approx(brute_hypervolume(F, ref), rel=1e-12, abs=1e-15)
+    # one flag per objective: maximizing objective k is minimizing -f_k from -ref_k
+    flags = [bool(k % 2) for k in range(m)]
+    sign = np.where(flags, -1.0, 1.0)
+    assert metrics.hypervolume(F * sign, ref * sign, maximize=flags) == pytest.approx(
+        brute_hypervolume(F, ref), rel=1e-12, abs=1e-15)
+
+
 # --------------------------------------------------------------------------------------------------
 # IGD+
 # --------------------------------------------------------------------------------------------------
@@ -120,6 +147,21 @@ def test_igd_plus_of_shifted_front():
     # on a dense front a neighbour of the shifted point can be nearer: IGD+ is below the shift
     Q = LinConcave().pareto_front(400)
     assert 0.5 * d < metrics.igd_plus(Q + d, Q) < d * math.sqrt(2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_igd_plus_matches_the_definition(seed):
+    rng = np.random.default_rng(seed)
+    F, R = rng.random((15, 3)), rng.random((20, 3))
+    # mean over the reference points of the distance to the nearest point, counting only worse objectives
+    brute = np.mean([min(np.linalg.norm(np.maximum(f - r, 0.0)) for f in F) for r in R])
+    assert metrics.igd_plus(F, R) == pytest.approx(brute, rel=1e-12)
+    flags = [True, False, True]
+    sign = np.array([-1.0, 1.0, -1.0])
+    assert metrics.igd_plus(F * sign, R * sign, maximize=flags) == pytest.approx(brute, rel=1e-12)
+    # the plain IGD (Euclidean distance) is larger here: the positive part matters
+    igd = np.mean([min(np.linalg.norm(f - r) for f in F) for r in R])
+    assert brute < igd
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +239,26 @@ def test_ece_bins_are_right_closed_and_perfect_calibration_is_zero():
     assert float(metrics.expected_calibration_error(p, torch.tensor([0, 0, 0, 1]))) == pytest.approx(0, abs=1e-15)
     # always-right, fully confident predictions are calibrated too
     assert float(metrics.expected_calibration_error(torch.eye(5), torch.arange(5))) == 0.0
+
+
+def test_ece_matches_a_plain_loop():
+    gen = torch.Generator().manual_seed(5)
+    p = torch.softmax(2.0 * torch.randn(400, 4, generator=gen, dtype=F64), -1)
+    y = torch.randint(0, 4, (400,), generator=gen)
+    conf, pred = p.max(-1)
+    for n_bins in (1, 7, 10):
+        ece, counts = 0.0, []
+        for b in range(n_bins):
+            inside = (conf > b / n_bins) & (conf <= (b + 1) / n_bins)
+            counts.append(int(inside.sum()))
+            if inside.any():
+                acc = float((pred[inside] == y[inside]).double().mean())
+                ece += float(inside.double().mean()) * abs(acc - float(conf[inside].mean()))
+        assert float(metrics.expected_calibration_error(p, y, n_bins=n_bins)) == pytest.approx(ece, rel=1e-12)
+        assert metrics.calibration_bins(p, y, n_bins=n_bins).count.tolist() == counts
+    # Brier score by the definition, too
+    brier = sum(float(((torch.eye(4, dtype=F64)[y[i]] - p[i]) ** 2).sum()) for i in range(400)) / 400
+    assert float(metrics.brier_score(p, y)) == pytest.approx(brier, rel=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

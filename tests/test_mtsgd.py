@@ -56,6 +56,19 @@ def test_u_matches_loop_reference(K, M, d, h):
     torch.testing.assert_close(U, _u_loop(X, S, h), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("M", [2, 5, 8])
+def test_median_bandwidth_and_kernel_follow_their_definitions(M):
+    """h = med^2 / log(M + 1) with med the median pairwise distance; k_ab = exp(-|x_a - x_b|^2 / h)."""
+    import math
+
+    X, _ = _problem(1, M, 3, 50 + M)
+    med = float(torch.pdist(X).median())
+    h = mt.median_bandwidth(X)
+    assert h == pytest.approx(med**2 / math.log(M + 1), rel=1e-12)
+    torch.testing.assert_close(mt.rbf_kernel(X, 0.7), torch.exp(-torch.cdist(X, X) ** 2 / 0.7), rtol=1e-12, atol=1e-14)
+    assert mt.median_bandwidth(X[:1].expand(M, 3)) == 1.0  # coincident particles
+
+
 def test_u_is_gram_of_directions_symmetric_psd():
     X, S = _problem(5, 8, 4, 1)
     h = mt.median_bandwidth(X)
@@ -167,15 +180,15 @@ def test_half_precision_particles_with_large_scores(cls):
 
 def test_errors():
     X, S = _problem(2, 3, 2, 0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"S must have shape \(K, M, d\) = \(K, 3, 2\).*got \(2, 2, 2\)"):
         mt.stein_task_matrix(X, S[:, :2], 1.0)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="S must have the dtype of X"):
         mt.stein_task_matrix(X, S.float(), 1.0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="h must be a positive finite number, got 0.0"):
         mt.stein_task_matrix(X, S, 0.0)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="S must be finite, found NaN"):
         mt.stein_task_matrix(X, S * float("nan"), 1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="X must be a torch.Tensor of particles"):
         mt.stein_task_matrix(X.numpy(), S, 1.0)
     with pytest.raises(ValueError, match="requires_grad"):
         mt.MTSGD(X, lambda x: x)

@@ -214,12 +214,16 @@ def test_opposite_gradients_make_png_infeasible():
 def test_png_primal_feasibility():
     # lambda solves the dual of min ||v - grad_F||^2 s.t. J v >= phi: v = grad_F + J^T lambda satisfies
     # the constraints, with complementary slackness
+    # (stationarity v - grad_F = J^T lambda holds by construction; with lambda >= 0, J v >= phi and
+    # complementary slackness these are the KKT conditions of the convex primal: v is its solution)
     gen = torch.Generator().manual_seed(3)
+    compared = 0
     for m, n in [(2, 5), (4, 10), (8, 30), (3, 3)]:
         J = torch.randn(m, n, generator=gen, dtype=F64)
         grad_F = torch.randn(n, generator=gen, dtype=F64)
         phi = 0.7
         lam, info = solve(gram(J), J @ grad_F - phi)
+        assert torch.all(lam >= 0) and bool((lam > 0).any())  # an active constraint: not v = grad_F
         v = grad_F + J.T @ lam
         slack = J @ v - phi
         assert torch.all(slack >= -1e-9)
@@ -229,6 +233,8 @@ def test_png_primal_feasibility():
         if float((J @ v_mgda).min()) > 0:
             v_alt = v_mgda * (phi / float((J @ v_mgda).min()))  # feasible
             assert float((v - grad_F).norm()) <= float((v_alt - grad_F).norm()) + 1e-9
+            compared += 1
+    assert compared >= 3
 
 
 @pytest.mark.parametrize("m", [1, 3, 8, 20])
@@ -236,7 +242,7 @@ def test_zero_G(m):
     G = torch.zeros(m, m, dtype=F64)
     lam, info = solve(G, torch.zeros(m, dtype=F64))
     assert torch.equal(lam, torch.zeros(m, dtype=F64))
-    c = torch.rand(m, dtype=F64)
+    c = torch.rand(m, generator=torch.Generator().manual_seed(m), dtype=F64)
     c[0] = 0.0
     lam, info = solve(G, c)
     check_solution(G, c, lam, info)

@@ -409,6 +409,15 @@ def test_three_targets_sampling():
         assert s.shape == (20000, 2)
         se = toy.covariance()[k].diagonal().sqrt() / math.sqrt(20000)
         assert bool(((s.mean(0) - toy.mean()[k]).abs() < 5 * se).all())
+        # the components are far apart (|dmu| > 5 sigma): the nearest mean names a sample's component, whose
+        # frequency is its weight and whose scatter is v I (a wrong variance or std passes the mean above)
+        mu = torch.tensor(toy.means[k], dtype=F64)
+        comp = torch.cdist(s, mu).argmin(1)
+        for c, w in enumerate(toy.weights[k]):
+            part = s[comp == c]
+            assert abs(len(part) / 20000 - w) < 5 * math.sqrt(w * (1 - w) / 20000)
+            cov = torch.cov(part.T)
+            torch.testing.assert_close(cov, toy.variance * torch.eye(2, dtype=F64), rtol=0, atol=0.05)
     init = toy.initial_particles(20000, generator=gen)
     assert float(init.std()) == pytest.approx(5.0, rel=0.03)
     with pytest.raises(ValueError, match="target"):

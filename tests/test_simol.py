@@ -34,12 +34,24 @@ def test_objective_matches_formula_and_proposition_3_2():
     gbar = (r[:, None] * J).mean(0)
     expected = -gbar.square().sum() / (2 * lam1) - lam2 / 2 * (r.mean() - 1) ** 2
     torch.testing.assert_close(K, expected, rtol=1e-12, atol=1e-12)
-    # Proposition 3.2: min_d (1/B) sum r <g, d> + lam1/2 ||d||^2 = -||gbar||^2 / (2 lam1) at d* = -gbar / lam1
-    d_star = -gbar / lam1
-    inner = lambda d: (gbar @ d) + lam1 / 2 * d.square().sum()  # noqa: E731
-    torch.testing.assert_close(inner(d_star), -gbar.square().sum() / (2 * lam1), rtol=1e-12, atol=1e-12)
-    for _ in range(20):  # every other d is worse
-        assert inner(d_star + 0.1 * torch.randn(n, dtype=torch.float64)) > inner(d_star)
+    # Proposition 3.2: with lam2 = 0, K is the minimum over d of (1/B) sum_tau r_tau <g_tau, d> + lam1/2 ||d||^2,
+    # found here numerically (L-BFGS from d = 0), not from the closed form
+    d = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([d], lr=1.0, max_iter=200, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        f = (r[:, None] * J).mean(0) @ d + lam1 / 2 * d.square().sum()
+        f.backward()
+        return f
+
+    opt.step(closure)
+    inner_min = float(closure().detach())
+    K0 = soft_improvement_objective(r, J, lam1, 0.0)
+    assert float(K0) == pytest.approx(inner_min, rel=1e-10)
+    # the penalty term alone: K(lam2) - K(0) = -lam2/2 (mean r - 1)^2
+    torch.testing.assert_close(K - K0, -lam2 / 2 * (r.mean() - 1) ** 2, rtol=1e-12, atol=1e-14)
 
 
 def test_objective_gradient_wrt_theta_matches_finite_differences():
@@ -109,7 +121,7 @@ def test_bad_arguments_raise():
         soft_improvement_objective(torch.ones(3), J, 1.0, -1.0)
     with pytest.raises(ValueError, match="weights must be"):
         soft_improvement_objective(torch.ones(2), J)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="reweighting_net must be a torch.nn.Module, got str"):
         SIMOL("not a module")
     with pytest.raises(ValueError, match="inner_steps"):
         MAML(nn.Linear(1, 1), F.mse_loss, inner_steps=0)
@@ -201,13 +213,48 @@ def test_simol_update_is_weighted_mean_and_theta_ascends():
                           reweight_optimizer=torch.optim.SGD(net.parameters(), lr=1e-3))
     tasks = torch.arange(3)
     r = net(tasks).detach()
+    _, losses0 = maml.task_jacobian(xs, ys, xq, yq)
     out = learner.step(xs, ys, xq, yq, task_features=tasks)
+    assert out["loss"] == pytest.approx(float(losses0.mean()), rel=1e-12)  # the loss at w^s
+    assert out["mean_weight"] == pytest.approx(1.0 / 3.0 * (0.25 + 1.0 + 2.25), rel=1e-12)
     w1 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     # Algorithm 1, line 6: w^{s+1} = w^s - beta (1/B) sum r_tau g_tau
     torch.testing.assert_close(w1, w0 - 0.1 * (r @ J0) / 3, rtol=1e-12, atol=1e-12)
     # line 7 with the gradients at w^{s+1}: a small ascent step increases K~_B
     J1, _ = maml.task_jacobian(xs, ys, xq, yq)
+    # Algorithm 1 ("next"): the reported K is K~_B(theta^s) with the gradients at w^{s+1}, not at w^s
+    assert out["K"] == pytest.approx(float(soft_improvement_objective(r, J1, 2.0, 0.5)), rel=1e-12)
+    assert out["K"] != pytest.approx(float(soft_improvement_objective(r, J0, 2.0, 0.5)), rel=1e-6)
     assert float(soft_improvement_objective(net(tasks), J1, 2.0, 0.5).detach()) > out["K"]
+    # and theta moved along +grad K~_B(J1): theta^{s+1} = theta^s + beta' dK/dtheta
+    theta = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    (dK,) = torch.autograd.grad(soft_improvement_objective(theta**2, J1, 2.0, 0.5), theta)
+    torch.testing.assert_close(net.theta.detach(), theta.detach() + 1e-3 * dK, rtol=1e-12, atol=1e-15)
+
+
+def test_simol_theta_at_current_reuses_the_gradients_at_w_s():
+    """Eq. 13 (theta_at="current"): K~_B and the ascent on theta use J at w^s; one Jacobian per step."""
+    model = _tiny_model()
+    xs, ys, xq, yq = _tasks(B=3)
+    maml = MAML(model, F.mse_loss, 0.02)
+    net = TaskTableWeights(3).double()
+    with torch.no_grad():
+        net.theta.copy_(torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64))
+    J0, _ = maml.task_jacobian(xs, ys, xq, yq)
+    calls = []
+    jac = maml.task_jacobian
+    maml.task_jacobian = lambda *a: calls.append(1) or jac(*a)
+    learner = MetaLearner(maml, torch.optim.SGD(model.parameters(), lr=0.1), SIMOL(net, 2.0, 0.5),
+                          reweight_optimizer=torch.optim.SGD(net.parameters(), lr=1e-3), theta_at="current")
+    r = net(torch.arange(3)).detach()
+    out = learner.step(xs, ys, xq, yq, task_features=torch.arange(3))
+    assert len(calls) == 1
+    assert out["K"] == pytest.approx(float(soft_improvement_objective(r, J0, 2.0, 0.5)), rel=1e-12)
+    theta = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    (dK,) = torch.autograd.grad(soft_improvement_objective(theta**2, J0, 2.0, 0.5), theta)
+    torch.testing.assert_close(net.theta.detach(), theta.detach() + 1e-3 * dK, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="theta_at"):
+        MetaLearner(maml, torch.optim.SGD(model.parameters(), lr=0.1), theta_at="previous")
 
 
 @pytest.mark.parametrize("method", [None, tm.methods.MGDA(), tm.methods.PCGrad(seed=0), tm.methods.CAGrad(0.4),

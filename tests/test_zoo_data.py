@@ -68,7 +68,7 @@ def _no_data_env(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.float32, torch.float64])
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_round_trip(tmp_path, dtype, compress):
-    t = (torch.randn(3, 4, 5) * 50).to(dtype)
+    t = (torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0)) * 50).to(dtype)
     path = tmp_path / "a.idx"
     D.write_idx(path, t, compress=compress)
     back = D.read_idx(path)
@@ -156,7 +156,7 @@ def test_nearest_resize_is_pils():
 
 
 def test_compose_is_deterministic_and_validates():
-    items = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    items = torch.randint(0, 256, (6, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     a = D.compose_pairs(items, items.flip(0), generator=torch.Generator().manual_seed(5))
     b = D.compose_pairs(items, items.flip(0), generator=torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -293,7 +293,7 @@ def digits(sk_digits):
 
 def test_render_digits_blocks():
     pytest.importorskip("sklearn")
-    d = torch.randint(0, 17, (3, 8, 8)).float()
+    d = torch.randint(0, 17, (3, 8, 8), generator=torch.Generator().manual_seed(0)).float()
     frames = D.render_digits(d)
     assert frames.shape == (3, 28, 28) and frames.dtype == torch.uint8
     assert frames[:, :2].sum() == 0 and frames[:, -2:].sum() == 0 and frames[:, :, :2].sum() == 0
@@ -421,6 +421,12 @@ def test_census_from_the_uci_layout(tmp_path):
                                                 "weeks_worked_in_year"]
     X, _ = train.tensors()
     torch.testing.assert_close(X[:, :6].mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(X[:, :6].std(0, unbiased=False), torch.ones(6), atol=1e-5, rtol=0)
+    # (value - mean) / std of the training file, column by column
+    for j, (name, mean, std) in enumerate(enc.continuous):
+        raw = torch.tensor([float(r[col[name]]) for r in rows], dtype=torch.float64)
+        assert (mean, std) == pytest.approx((float(raw.mean()), float(raw.std(unbiased=False))), rel=1e-12)
+        torch.testing.assert_close(X[:, j].double(), (raw - mean) / std, atol=1e-6, rtol=0)
     # exactly one hot per categorical column
     offset = 6
     for _, cats in enc.categorical:
@@ -429,6 +435,10 @@ def test_census_from_the_uci_layout(tmp_path):
     assert offset == train.num_features == enc.num_features
     test = D.CensusIncome(tmp_path, split="test", encoding=enc)
     assert test.num_features == train.num_features
+    # the test file is encoded with the training statistics, not its own
+    for j, (name, mean, std) in enumerate(enc.continuous):
+        raw = torch.tensor([float(r[col[name]]) for r in test_rows], dtype=torch.float64)
+        torch.testing.assert_close(test.features[:, j].double(), (raw - mean) / std, atol=1e-6, rtol=0)
     sex = [c for c, _ in enc.categorical].index("sex")
     start = 6 + sum(len(c) for _, c in enc.categorical[:sex])
     assert test.features[0, start : start + 2].sum() == 0  # unseen category: all zeros
@@ -535,7 +545,7 @@ def test_sinusoid_tasks():
     assert isinstance(batch, D.RegressionTask) and batch.x_support.shape == (4, 5, 1)
     with pytest.raises(ValueError, match="num_support"):
         D.SinusoidTasks(num_support=0)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="task index 200 out of range for 200 tasks"):
         tasks[200]
 
 

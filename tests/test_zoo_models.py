@@ -176,13 +176,53 @@ def test_shared_and_task_parameters_partition_the_model(net):
     assert sum(len(t) for t in tasks) + len(shared) == len(everything)  # disjoint
 
 
-def test_task_loss_reaches_only_its_head():
+@pytest.mark.parametrize(
+    "net, x",
+    [(M.MultiLeNet(), (4, 1, 28, 28)), (M.MultiLeNetSubset(), (4, 1, 14, 14)), (M.CensusMLP(in_features=10), (4, 10)),
+     (M.SarcosMLP(hidden=(8,)), (4, 21))],
+    ids=["MultiLeNet", "MultiLeNetSubset", "CensusMLP", "SarcosMLP"],
+)
+def test_task_loss_reaches_only_its_head(net, x):
+    # every task, not only the last one: forward returning one head's output twice would pass for one task
+    x = torch.randn(*x)
+    z = net.features(x)
+    for i in range(net.num_tasks):
+        net.zero_grad(set_to_none=True)
+        out = net(x)
+        torch.testing.assert_close(out[i], net.heads[i](z).reshape(out[i].shape))
+        out[i].sum().backward()
+        for j in range(net.num_tasks):
+            assert all((p.grad is not None) == (j == i) for p in net.task_parameters(j)), (i, j)
+        assert all(p.grad is not None for p in net.shared_parameters())
+
+
+def test_forward_is_the_documented_architecture():
+    # parameter counts cannot see activations, pooling or their order: compare with the layers written out
+    F = nn.functional
     net = M.MultiLeNet()
-    out = net(torch.randn(4, 1, 28, 28))
-    out[1].sum().backward()
-    assert all(p.grad is None for p in net.task_parameters(0))
-    assert all(p.grad is not None for p in net.task_parameters(1))
-    assert all(p.grad is not None for p in net.shared_parameters())
+    x = torch.randn(3, 1, 28, 28)
+    c1w, c1b, c2w, c2b, fw, fb = net.shared_parameters()
+    z = F.max_pool2d(F.relu(F.conv2d(x, c1w, c1b)), 2)
+    z = F.max_pool2d(F.relu(F.conv2d(z, c2w, c2b)), 2)
+    z = F.relu(F.linear(z.flatten(1), fw, fb))
+    for i, out in enumerate(net(x)):
+        torch.testing.assert_close(out, F.linear(z, *net.task_parameters(i)))
+    sub = M.MultiLeNetSubset()
+    x = torch.randn(3, 1, 14, 14)
+    cw, cb, fw, fb = sub.shared_parameters()
+    z = F.relu(F.linear(F.max_pool2d(F.relu(F.conv2d(x, cw, cb, stride=2)), 2).flatten(1), fw, fb))
+    for i, out in enumerate(sub(x)):
+        torch.testing.assert_close(out, F.linear(z, *sub.task_parameters(i)))
+    census = M.CensusMLP(in_features=10)
+    x = torch.randn(5, 10)
+    w1, b1, w2, b2 = census.shared_parameters()
+    z = F.relu(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2))
+    for i, out in enumerate(census(x)):
+        torch.testing.assert_close(out, F.linear(z, *census.task_parameters(i)))
+    sin = M.SinusoidMLP()
+    x = torch.randn(6, 1)
+    w1, b1, w2, b2, w3, b3 = sin.parameters()
+    torch.testing.assert_close(sin(x), F.linear(F.relu(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)), w3, b3))
 
 
 def test_bad_arguments():
