@@ -701,3 +701,22 @@ def test_pareto_multidigits_budget_counts_each_pass_once(tmp_path):
     seen = sum(min(bs, n - (s % 2) * bs) for s in range(ws["steps"]))  # batches 64, 36, 64, 36, ...
     assert ws["image_evaluations"] == seen
     assert 0 <= seen - exp["image_evaluations"] < min(bs, n - ((ws["steps"] - 1) % 2) * bs)  # the fewest steps
+
+
+@pytest.mark.cuda
+def test_expansion_on_cuda_matches_the_cpu():
+    """ParetoExpand of a network on the GPU (the batched MINRES kernel over CUDA HVPs) gives the CPU's
+    directions; the diagnostics (residuals) come back on the CPU either way."""
+
+    def run(device):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double().to(device)
+        X, Y = torch.randn(40, 3, dtype=F64).to(device), torch.randn(40, 2, dtype=F64).to(device)
+        beta = torch.tensor([[1.0, 0.0], [0.2, 0.5]], dtype=F64)
+        return pareto_expand(lambda: ((net(X) - Y) ** 2).mean(0), list(net.parameters()), beta=beta, k=20,
+                             tol=1e-13, correction=True, shift=-0.5)
+
+    cpu, gpu = run("cpu"), run("cuda")
+    assert gpu.directions.device.type == "cuda" and gpu.residuals.device.type == "cpu"
+    torch.testing.assert_close(gpu.directions.cpu(), cpu.directions, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gpu.residuals, cpu.residuals, rtol=1e-6, atol=1e-12)

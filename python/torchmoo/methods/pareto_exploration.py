@@ -364,8 +364,8 @@ class Expansion(NamedTuple):
         losses: ``(m,)`` objectives at the point.
         stationarity: :math:`\\|c\\|^2`, the squared norm of the correction of Problem 5
             (:math:`c = J^\\top \\alpha`; 0 at a Pareto-stationary point).
-        residuals: ``(K,)`` relative MINRES residuals :math:`\\|b - Hv\\| / \\|b\\|` of the (unnormalized)
-            solutions (``nan`` for ``method="gradient"`` or a zero right-hand side).
+        residuals: ``(K,)`` float64 on the CPU: relative MINRES residuals :math:`\\|b - Hv\\| / \\|b\\|` of
+            the (unnormalized) solutions (``nan`` for ``method="gradient"`` or a zero right-hand side).
         info: the :class:`~torchmoo.ops.MinresInfo` of the batched solve (``None`` for ``"gradient"``).
     """
 
@@ -604,7 +604,7 @@ def pareto_expand(
         V, info = ops.minres(matvec, B.contiguous(), max_iter=k, tol=tol, shift=shift)
         bn = B.double().norm(dim=1)
         last = info.residual_norms[:, -1]
-        residuals = torch.where(bn > 0, last / bn.clamp_min(1e-300), torch.full_like(bn, float("nan")))
+        residuals = torch.where(bn > 0, last / bn.clamp_min(1e-300), torch.full_like(bn, float("nan"))).cpu()
         del hv
         P = V @ J.T
         s = _orient(P, beta, losses, parent_losses, sign)
