@@ -591,3 +591,27 @@ def test_experiment_tiny_run_and_resume(tmp_path):
     with pytest.raises(ValueError, match="feasibility must be one of"):
         tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path / "bad"), progress=False,
                                       config=Config(feasibility="sometimes"))
+
+
+def test_fewshot_accuracy_in_chunks_matches_an_episode_loop(monkeypatch):
+    """The episodes are scored in chunks (bounded memory); every chunk size gives the accuracies of a plain
+    loop over the episodes: prototypes = normalized mean of normalized support features, argmax cosine."""
+    from torchmoo.zoo.data.episodes import EpisodeSampler
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(7).repeat_interleave(12)
+    features = torch.randn(7, 8, generator=g)[labels] + 0.8 * torch.randn(84, 8, generator=g)
+    n, k, q, E = 4, 2, 3, 37
+    sampler = EpisodeSampler(labels, n, k, q, E, 5)
+    expected = []
+    for e in range(E):
+        idx = torch.tensor(sampler.episode(e))
+        z = torch.nn.functional.normalize(features[idx].double(), dim=1)
+        protos = torch.stack([torch.nn.functional.normalize(z[j * k:(j + 1) * k].mean(0), dim=0) for j in range(n)])
+        pred = (z[n * k:] @ protos.T).argmax(1)
+        expected.append(float((pred == torch.arange(n).repeat_interleave(q)).double().mean()))
+    for elems in (1 << 25, 1, 3 * n * (k + q) * 8):  # one chunk, one episode per chunk, 3 per chunk
+        monkeypatch.setattr(P, "_EPISODE_CHUNK_ELEMS", elems)
+        r = P.fewshot_accuracy(features, labels, n_way=n, k_shot=k, n_query=q, episodes=E, seed=5)
+        assert r.accuracies.tolist() == expected
+    assert 0.0 < min(expected) and max(expected) <= 1.0 and len(set(expected)) > 1  # a non-trivial check

@@ -1150,6 +1150,9 @@ class FewShotAccuracy(NamedTuple):
     accuracies: Tensor
 
 
+_EPISODE_CHUNK_ELEMS = 1 << 25  # float64 numbers gathered at once by fewshot_accuracy (256 MiB)
+
+
 def fewshot_accuracy(
     features: Tensor,
     labels: Tensor,
@@ -1188,11 +1191,18 @@ def fewshot_accuracy(
         raise ValueError(f"n_way must be an int >= 2, got {n_way!r}.")
     sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
     idx = torch.tensor([sampler.episode(e) for e in range(episodes)], device=features.device)  # (E, n(k+q))
-    z = F.normalize(features.double(), dim=-1)[idx]  # (E, n(k+q), d)
+    normalized = F.normalize(features.double(), dim=-1)
     ns = n_way * k_shot
-    protos = F.normalize(z[:, :ns].reshape(episodes, n_way, k_shot, -1).mean(2), dim=-1)  # (E, n, d)
-    scores = z[:, ns:] @ protos.mT  # (E, n q, n)
     truth = torch.arange(n_way, device=features.device).repeat_interleave(n_query)
-    acc = (scores.argmax(-1) == truth).double().mean(1).cpu()
+    # episodes in chunks of about _EPISODE_CHUNK_ELEMS gathered numbers: 600 episodes of 80 MiniImageNet
+    # features (d = 1600) would gather 0.6 GB at once
+    chunk = max(1, _EPISODE_CHUNK_ELEMS // max(1, idx.shape[1] * features.shape[1]))
+    accs = []
+    for start in range(0, episodes, chunk):
+        z = normalized[idx[start:start + chunk]]  # (e, n(k+q), d)
+        protos = F.normalize(z[:, :ns].reshape(z.shape[0], n_way, k_shot, -1).mean(2), dim=-1)  # (e, n, d)
+        scores = z[:, ns:] @ protos.mT  # (e, n q, n)
+        accs.append((scores.argmax(-1) == truth).double().mean(1).cpu())
+    acc = torch.cat(accs)
     ci = float(1.96 * acc.std() / math.sqrt(episodes)) if episodes > 1 else 0.0
     return FewShotAccuracy(float(acc.mean()), ci, acc)
