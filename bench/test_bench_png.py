@@ -11,7 +11,9 @@ medians over the reference's median, same run):
 * ``png step (closures)``: the same, the losses given as one closure per model, so that each model's
   two backward passes follow its own forward pass (its activations still in cache);
 * ``test_png_step_interleaved``: the linear-scalarization step in both forms (one backward pass of the
-  sum over the 5 models; one backward pass per model right after its forward pass) and both PNG steps,
+  sum over the 5 models; one backward pass per model right after its forward pass), both PNG steps and
+  the floor of any exact PNG step (each model's two per-task gradients right after its forward pass,
+  summed into ``.grad``: PNG without its own work),
   their repeats interleaved round-robin (group ``... interleaved``), so that a change of load moves all
   alike: the ratios to trust on a shared machine;
 * ``second-order step (Ma et al.)``: one ParetoExpand step per model
@@ -143,11 +145,29 @@ def _steps(device: str = "cpu", batch: int = BATCH, vmapped: bool = False):
             opt.step()
         return step
 
+    def floor():
+        # the two per-task gradients of each model right after its forward pass, summed into .grad: the
+        # work any exact PNG step must do, without any of PNG's own
+        models, x, y, opt = _setup(device, batch)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            for m in models:
+                l0, l1 = _losses(m, x, y)
+                params = list(m.parameters())
+                g0 = torch.autograd.grad(l0, params, retain_graph=True, allow_unused=True)
+                g1 = torch.autograd.grad(l1, params, allow_unused=True)
+                for p, a, b in zip(params, g0, g1):
+                    p.grad = a if b is None else (b if a is None else a + b)
+            opt.step()
+        return step
+
     steps = {
         "linear scalarization step": linear_scalarization(per_model=False),
         "linear scalarization step (per model)": linear_scalarization(per_model=True),
         "png step": png_step(closures=False),
         "png step (closures)": png_step(closures=True),
+        "two per-task backward passes (floor)": floor(),
     }
     if vmapped:
         steps["png step (closures, vmapped Jacobian)"] = png_step(closures=True, batched=True)
@@ -169,6 +189,9 @@ def test_png_step_interleaved(benchmark):
         rows[name]["ratio"] = medians[name] / medians["linear scalarization step"]
         benchmark.extra_info[f"ratio {name} / linear scalarization"] = rows[name]["ratio"]
         benchmark.extra_info[f"ratio {name} / fastest linear scalarization"] = medians[name] / fastest_ls
+    floor_s = medians["two per-task backward passes (floor)"]
+    rows["two per-task backward passes (floor)"]["ratio"] = floor_s / medians["linear scalarization step"]
+    benchmark.extra_info["ratio png step (closures) / floor"] = medians["png step (closures)"] / floor_s
     benchmark.group = group
     benchmark.pedantic(steps["png step (closures)"], rounds=1, iterations=1)
 
@@ -196,7 +219,10 @@ def main(argv=None) -> None:
     for name, seconds in medians.items():
         out.append(f"| {name} | {seconds * 1e3:.2f} ms | {seconds / ref:.3f} |")
     fastest = min(ref, medians["linear scalarization step (per model)"])
-    out += ["", f"png step (closures) / fastest linear scalarization: {medians['png step (closures)'] / fastest:.3f}"]
+    out += ["", f"png step (closures) / fastest linear scalarization: {medians['png step (closures)'] / fastest:.3f}",
+            f"png step (closures) / floor (PNG's own work): "
+            f"{medians['png step (closures)'] / medians['two per-task backward passes (floor)']:.3f}",
+            f"floor / fastest linear scalarization: {medians['two per-task backward passes (floor)'] / fastest:.3f}"]
     print("\n".join(out))
 
 
