@@ -178,6 +178,44 @@ def test_half_precision_particles_with_large_scores(cls):
     assert float(rel) < 1e-2
 
 
+@pytest.mark.parametrize("cls", [mt.MTSGD, mt.MOOSVGD])
+def test_half_precision_particles_with_large_spread(cls):
+    """float16 particles whose squared norms and distances overflow float16 (> 65504) though the particles
+    do not: the median bandwidth, the kernel and the repulsion are computed in float32, so the bandwidth is
+    the float32 one (not the fallback h = 1 of coincident particles) and the step agrees with the float32 one."""
+    X16 = (100.0 * torch.randn(5, 20, generator=torch.Generator().manual_seed(0))).half()
+    X32 = X16.float()  # the same particles
+    h = mt.median_bandwidth(X32)
+    assert h > 1e5
+    assert mt.median_bandwidth(X16) == pytest.approx(h, rel=1e-6)
+    K32 = mt.rbf_kernel(X32, h)
+    assert float(K32.min()) > 0.05  # a kernel that couples the particles
+    torch.testing.assert_close(mt.rbf_kernel(X16, h).float(), K32, rtol=0, atol=2e-3)
+    S32 = torch.randn(2, 5, 20, generator=torch.Generator().manual_seed(1))
+    ref = mt.stein_directions(X32, S32, h)
+    err = (mt.stein_directions(X16, S32.half(), h).float() - ref).norm() / ref.norm()
+    assert float(err) < 1e-2, float(err)
+
+    def log_p(X):
+        return torch.stack([-1e-4 * ((X - 1) ** 2).sum(1), -1e-4 * ((X + 1) ** 2).sum(1)], 1)
+
+    steps = [cls(X.clone().requires_grad_(), log_p).backward() for X in (X16, X32)]
+    assert steps[0].bandwidth == pytest.approx(steps[1].bandwidth, rel=1e-6)
+    assert steps[0].direction.dtype == torch.float16 and bool(torch.isfinite(steps[0].direction).all())
+    rel = (steps[0].direction.float() - steps[1].direction).norm() / steps[1].direction.norm()
+    assert float(rel) < 1e-2, float(rel)
+
+
+def test_tensor_bandwidth_is_kept_as_a_number():
+    toy = tm.problems.ThreeTargetToy()
+    X = toy.initial_particles(4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for cls in (mt.MTSGD, mt.MOOSVGD):
+        step = cls(X, toy.log_prob, bandwidth=torch.tensor(2.0)).backward()
+        assert type(step.bandwidth) is float and step.bandwidth == 2.0
+        with pytest.raises(ValueError, match="h must be a positive finite number"):
+            cls(X, toy.log_prob, bandwidth=torch.tensor(-1.0))
+
+
 def test_errors():
     X, S = _problem(2, 3, 2, 0)
     with pytest.raises(ValueError, match=r"S must have shape \(K, M, d\) = \(K, 3, 2\).*got \(2, 2, 2\)"):

@@ -146,6 +146,23 @@ def test_sarcos_csv_file_and_folder(tmp_path):
     assert s["rows (train, validation, test)"] == [90, 10, 30] and "sarcos_inv_test.csv" in s["data"]
 
 
+def test_ensemble_seconds_count_training_not_evaluation(tmp_path, monkeypatch):
+    """The recorded time of a unit is the time of its training steps (the paper's per-epoch running time):
+    an evaluation that takes 0.25 s per split must not enter it."""
+    import time
+
+    real = mtsgd_sarcos.ensemble_mse
+
+    def slow(*args):
+        time.sleep(0.25)
+        return real(*args)
+
+    monkeypatch.setattr(mtsgd_sarcos, "ensemble_mse", slow)
+    cfg = _sarcos_cfg(methods=["linear"], epochs=2)
+    s = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path), progress=False)["summary"]
+    assert s["seconds"]["linear"] < 0.25, s["seconds"]  # two epochs of four tiny steps; evaluation took 1.5 s
+
+
 def test_an_interrupted_ensemble_resumes_to_the_same_result(tmp_path, monkeypatch):
     cfg = _sarcos_cfg(methods=["mt-sgd"], epochs=3)
     whole = run_experiment("mtsgd-sarcos", config=cfg, out=str(tmp_path / "whole"), progress=False)

@@ -119,7 +119,7 @@ def train_ensemble(
 
     Returns:
         ``{"history": [{"epoch": e, **evaluate(nets)}, ...], "steps", "seconds", "weights_last_step"}``
-        where ``weights_last_step`` is MT-SGD's ``w`` ``(K,)``, MOO-SVGD's per-network weights averaged,
+        where ``seconds`` is the time of the training steps (not of ``evaluate``), ``weights_last_step`` is MT-SGD's ``w`` ``(K,)``, MOO-SVGD's per-network weights averaged,
         the mean over networks of MGDA's weights, or the equal weights of linear scalarization.
     """
     check_methods([method])
@@ -171,8 +171,8 @@ def train_ensemble(
                 weights = [1.0 / num_tasks] * num_tasks
             opt.step()
             steps += 1
+        seconds += time.perf_counter() - t0  # training time only: the evaluation is the same for every method
         history.append({"epoch": epoch + 1, **evaluate(nets)})
-        seconds += time.perf_counter() - t0
         if not all(math.isfinite(v) for v in weights):
             raise ValueError(f"{unit}: the {method} weights became non-finite at epoch {epoch + 1}; "
                              "lower the learning rate.")

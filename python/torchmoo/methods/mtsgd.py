@@ -4,7 +4,7 @@ Both move a set of ``M`` particles ``X`` ``(M, d)`` so that they serve ``K`` tar
 ``p_1 .. p_K`` at once. Notation (the MT-SGD supplement, section 1):
 
 * RBF kernel ``k(a, b) = exp(-|x_a - x_b|^2 / h)`` with bandwidth ``h`` (:func:`median_bandwidth`
-  gives the median heuristic of SVGD, ``h = med^2 / log M``).
+  gives the median heuristic of SVGD, ``h = med^2 / log(M + 1)``).
 * Scores ``S`` ``(K, M, d)``: ``S[i, a] = grad log p_i(x_a)``.
 * The Stein direction of target ``i`` at a particle ``x_a``:
   ``phi_i(x_a) = mean_b [k(x_b, x_a) S[i, b] + grad_{x_b} k(x_b, x_a)]`` (the SVGD update of ``p_i``).
@@ -113,7 +113,8 @@ def median_bandwidth(X: Tensor) -> float:
     """
     _check_particles(X)
     M = X.shape[0]
-    D2 = _sq_dists(X.detach())
+    # half types in float32: squared norms past 65504 overflow float16 (and would give h = 1 silently)
+    D2 = _sq_dists(X.detach().to(_op_dtype(X)))
     off = D2[~torch.eye(M, dtype=torch.bool, device=X.device)]
     med2 = float(off.median()) if off.numel() else 0.0
     h = med2 / math.log(M + 1)
@@ -121,16 +122,18 @@ def median_bandwidth(X: Tensor) -> float:
 
 
 def rbf_kernel(X: Tensor, h: float) -> Tensor:
-    """``(M, M)`` kernel matrix ``k(x_a, x_b) = exp(-|x_a - x_b|^2 / h)`` of the particles ``X`` ``(M, d)``."""
+    """``(M, M)`` kernel matrix ``k(x_a, x_b) = exp(-|x_a - x_b|^2 / h)`` of the particles ``X`` ``(M, d)``,
+    in ``X``'s dtype (computed in float32 for half types)."""
     _check_particles(X)
     h = _check_bandwidth(h)
-    return torch.exp(-_sq_dists(X) / h)
+    return torch.exp(-_sq_dists(X.to(_op_dtype(X))) / h).to(X.dtype)
 
 
 def _kernel_terms(X: Tensor, h: float) -> Tuple[Tensor, Tensor, Tensor]:
     """Kernel matrix ``(M, M)``, squared distances ``(M, M)`` and the repulsion ``R (M, d)`` with
-    ``R[a] = sum_b grad_{x_b} k(x_b, x_a) = (2/h) sum_b k_ab (x_a - x_b)``."""
-    Xc = _center(X)  # R is translation invariant: sum_b k_ab (x_a - x_b)
+    ``R[a] = sum_b grad_{x_b} k(x_b, x_a) = (2/h) sum_b k_ab (x_a - x_b)``, all in ``_op_dtype(X)``
+    (float32 for half types, whose squared norms overflow long before the particles do)."""
+    Xc = _center(X.to(_op_dtype(X)))  # R is translation invariant: sum_b k_ab (x_a - x_b)
     D2 = _sq_dists(Xc, centered=True)
     Kmat = torch.exp(-D2 / h)
     R = (2.0 / h) * (Kmat.sum(1, keepdim=True) * Xc - Kmat @ Xc)
@@ -168,7 +171,7 @@ def stein_directions(X: Tensor, S: Tensor, h: float) -> Tensor:
     _check_scores(X, S)
     h = _check_bandwidth(h)
     Kmat, _, R = _kernel_terms(X, h)
-    return (torch.matmul(Kmat, S) + R) / X.shape[0]
+    return ((torch.matmul(Kmat, S.to(Kmat.dtype)) + R) / X.shape[0]).to(X.dtype)
 
 
 def stein_task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
@@ -272,9 +275,8 @@ class _ParticleMethod:
         elif not callable(targets):
             raise TypeError(f"targets must be a callable or a sequence of callables, got {type(targets).__name__}.")
         self.targets = targets
-        if bandwidth is not None:
-            _check_bandwidth(bandwidth)
-        self.bandwidth = bandwidth
+        # a float (also for a 0-dim tensor): SteinStep.bandwidth is a number, and no step syncs a device
+        self.bandwidth = None if bandwidth is None else _check_bandwidth(bandwidth)
         self.last: Optional[SteinStep] = None
 
     # ---- particles and scores -------------------------------------------------------------
@@ -409,8 +411,7 @@ class MOOSVGD(_ParticleMethod):
             W = ops.min_norm_simplex(G)  # (M, K), M QPs in one call
         else:
             W = torch.stack([ops.min_norm_simplex(G[a]) for a in range(G.shape[0])])
-        W = W.to(X.dtype)
-        g = torch.einsum("ak,kad->ad", W, S)
-        Kmat, _, R = _kernel_terms(X, h)
-        direction = (Kmat @ g + self.alpha * R) / X.shape[0]
-        return SteinStep(direction=direction, weights=W, bandwidth=h, log_probs=lp)
+        Kmat, _, R = _kernel_terms(X, h)  # in _op_dtype(X), as G
+        g = torch.einsum("ak,kad->ad", W.to(Kmat.dtype), S.to(Kmat.dtype))
+        direction = ((Kmat @ g + self.alpha * R) / X.shape[0]).to(X.dtype)
+        return SteinStep(direction=direction, weights=W.to(X.dtype), bandwidth=h, log_probs=lp)
