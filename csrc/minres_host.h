@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <limits>
 #include <tuple>
 
@@ -69,12 +70,35 @@ inline void check_step(const at::Tensor& hv, const at::Tensor& y, const at::Tens
                       ", ", y.scalar_type(), ", ", y.device(), "), got ", hv.sizes(), ", ", hv.scalar_type(), ", ",
                       hv.device(), ".");
   }
+  // The kernels index every vector as a dense (k, n) array: y too (an expanded y would be read past its
+  // storage).
+  TORCH_CHECK_VALUE(y.is_contiguous(), "minres_step: the vectors must be contiguous.");
   for (const at::Tensor* t : {&yprev, &w, &wprev, &x}) {
     TORCH_CHECK_VALUE(t->sizes() == y.sizes() && t->scalar_type() == y.scalar_type() && t->device() == y.device(),
                       "minres_step: every vector must have the shape, dtype and device of y (", y.sizes(), ", ",
                       y.scalar_type(), ", ", y.device(), "), got ", t->sizes(), ", ", t->scalar_type(), ", ",
                       t->device(), ".");
     TORCH_CHECK_VALUE(t->is_contiguous(), "minres_step: the vectors must be contiguous.");
+  }
+  // yprev, w, wprev and x are written while y and hv are read (restrict pointers on the CPU): no written
+  // vector may share memory with another vector (hv may alias y, which is only read). All are contiguous
+  // here, so a byte-range test decides (metadata only: the step runs once per iteration).
+  const at::Tensor* vecs[] = {&y, &yprev, &w, &wprev, &x};
+  const char* names[] = {"y", "yprev", "w", "wprev", "x"};
+  auto overlap = [](const at::Tensor& a, const at::Tensor& b) {
+    if (a.numel() == 0 || b.numel() == 0) return false;
+    const auto a0 = reinterpret_cast<uintptr_t>(a.const_data_ptr()), b0 = reinterpret_cast<uintptr_t>(b.const_data_ptr());
+    return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+  };
+  for (int i = 0; i < 5; ++i) {
+    for (int j = i + 1; j < 5; ++j) {
+      TORCH_CHECK_VALUE(!overlap(*vecs[i], *vecs[j]), "minres_step: ", names[i], " and ", names[j],
+                        " share memory; every vector needs its own buffer.");
+    }
+    if (i > 0 && hv.defined()) {
+      TORCH_CHECK_VALUE(!overlap(hv, *vecs[i]), "minres_step: hv shares memory with ", names[i],
+                        ", which the step overwrites; pass a copy of hv.");
+    }
   }
   TORCH_CHECK_VALUE(state.scalar_type() == at::kDouble && state.dim() == 2 && state.size(0) == y.size(0) &&
                         state.size(1) == kSlots && state.is_contiguous() && state.device() == y.device(),

@@ -504,6 +504,39 @@ def test_errors_for_bad_matvec():
         tm.ops.minres(lambda v: v @ A + float("inf"), b[0])
 
 
+def test_step_operator_rejects_layouts_it_cannot_read():
+    """The compiled step reads every vector as a dense (k, n) array and writes yprev, w, wprev and x: a
+    strided y, or buffers that share memory, must raise rather than give wrong iterates."""
+    ops = torch.ops.torchmoo
+    A, _ = sym_matrix(np.linspace(1.0, 2.0, 6), seed=33)
+    b = randn(3, 6, seed=34)
+
+    def fresh():
+        y, yprev, w, wprev, x, state, history = ops.minres_init.default(b, 4)
+        return [y @ A, y, yprev, w, wprev, x, state, history]
+
+    args = fresh()
+    ops.minres_step.default(*args, 0.0, 0.0)  # the valid call works
+    column_major = torch.empty_strided((3, 6), (1, 3), dtype=F64).copy_(b)
+    expanded = b[:1].expand(3, 6)  # stride 0 along k: reading it as (3, 6) runs past its storage
+    for y_bad in (column_major, expanded):
+        args = fresh()
+        args[1] = y_bad
+        with pytest.raises(ValueError, match="the vectors must be contiguous"):
+            ops.minres_step.default(*args, 0.0, 0.0)
+    args = fresh()
+    args[2] = args[3]  # yprev is w
+    with pytest.raises(ValueError, match="yprev and w share memory"):
+        ops.minres_step.default(*args, 0.0, 0.0)
+    args = fresh()
+    args[0] = args[5]  # hv is x, which the step overwrites
+    with pytest.raises(ValueError, match="hv shares memory with x"):
+        ops.minres_step.default(*args, 0.0, 0.0)
+    args = fresh()
+    args[0] = args[1]  # hv is y (H = I): only read, allowed
+    ops.minres_step.default(*args, 0.0, 0.0)
+
+
 def test_info_shapes_and_types():
     A, _ = sym_matrix(np.linspace(-2.0, 2.0, 6), seed=29)
     x, info = tm.ops.minres(matvec_of(A), randn(6, seed=30))

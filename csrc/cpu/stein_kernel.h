@@ -165,7 +165,8 @@ TORCHMOO_GRAM_INLINE void mix_tile(const T* A, int64_t lda, int64_t q0, int64_t 
       if (pf != 0) {
         // Integer arithmetic: the address may lie past the end of the input, which a pointer must not
         // (prefetches never fault).
-        __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(x + pf)), 0, 2);
+        __builtin_prefetch(
+            reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(x) + static_cast<uintptr_t>(pf) * sizeof(T)), 0, 2);
       }
       if (y != nullptr) {
         const T* yq = y[q] + k;

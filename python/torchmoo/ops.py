@@ -236,10 +236,12 @@ def gram(J: Tensor) -> Tensor:
         float32 input: each dot product is summed in float32 over blocks of at most 1024 columns
         (SIMD lanes split a block further) and in float64 across blocks, then rounded to float32; the
         error is of the order of the float32 rounding of ``G`` itself (relative 1e-7 for ``n = 1e6``
-        in the tests), usually smaller than that of ``J @ J.mT``. The CPU result is bitwise the same for
-        any number of threads (the column chunks depend on ``m`` and ``n`` only); the CUDA result is
-        deterministic on a given GPU (no atomics). As with any float32 product, entries of ``J`` below
-        about ``1e-19`` in magnitude lose precision (their products are subnormal).
+        in the tests), usually smaller than that of ``J @ J.mT``. Where the CPU kernel runs (see Kernel
+        choice) the result is bitwise the same for any number of threads (the column chunks depend on
+        ``m`` and ``n`` only); the ``torch.matmul`` path is as deterministic as torch's GEMM, whose result
+        can change with the thread count (MKL's does). The CUDA result is deterministic on a given GPU
+        (no atomics). As with any float32 product, entries of ``J`` below about ``1e-19`` in magnitude
+        lose precision (their products are subnormal).
 
     Kernel choice:
         CPU: the kernel runs for ``m <= 64`` (and up to ``m = 256`` when ``n >= 64 m`` on CPUs with
