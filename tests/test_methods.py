@@ -269,6 +269,42 @@ def test_cagrad_maximizes_the_worst_improvement_in_its_ball():
         assert float(F.min()) >= ours - 1e-9
 
 
+def test_cagrad_with_opposite_gradients():
+    """Two conflicting gradients, opposite up to 1e-9 (g_2 = -s g_1 + e: 0 in the hull to working
+    precision, G singular below the QP kernels' pivot tolerance) are the case CAGrad is made for: no
+    error, a direction inside the ball, and the primal optimum (SLSQP); float32 Jacobians (a Gram
+    matrix rounded to float32, slightly indefinite) give the float64 answer to float32 accuracy."""
+    gen = torch.Generator().manual_seed(30)
+    for _ in range(30):
+        m, n = int(torch.randint(3, 9, (1,), generator=gen)), int(torch.randint(2, 12, (1,), generator=gen))
+        J = torch.randn(m, n, generator=gen, dtype=F64)
+        J[1] = -J[0] * float(torch.rand(1, generator=gen, dtype=F64)) + 1e-9 * torch.randn(n, generator=gen, dtype=F64)
+        J = J / J.norm(dim=1).max()
+        c = 0.05 + 0.9 * float(torch.rand(1, generator=gen, dtype=F64))
+        g0 = J.mean(0)
+        r = c * float(g0.norm())
+        d = CAGrad(c=c, rescale=0)(J)
+        assert float((d - g0).norm()) <= r * (1 + 1e-9) + 1e-15
+        assert float((J @ d).min()) >= _cagrad_primal_scipy(J, c) - 1e-7
+        J32 = J.float()
+        d32 = CAGrad(c=c, rescale=0)(J32).double()
+        g0 = J32.double().mean(0)
+        assert float((d32 - g0).norm()) <= c * float(g0.norm()) + 1e-6
+        assert float((J32.double() @ d32).min()) >= float((J @ d).min()) - 1e-5
+    # a short opposite gradient and a small ball: the root lies below the resolution of a float32 G and
+    # the projection of g0 onto {d : J d >= 0} outside the ball; d stays on the sphere
+    for _ in range(10):
+        m, n = int(torch.randint(3, 9, (1,), generator=gen)), int(torch.randint(2, 12, (1,), generator=gen))
+        J32 = torch.randn(m, n, generator=gen)
+        J32[1] = -J32[0] * 0.003
+        c = 0.02 + 0.1 * float(torch.rand(1, generator=gen))
+        J, d32 = J32.double(), CAGrad(c=c, rescale=0)(J32).double()
+        g0 = J.mean(0)
+        assert float((d32 - g0).norm()) <= c * float(g0.norm()) + 1e-6 * float(J.norm(dim=1).max())
+        d = CAGrad(c=c, rescale=0)(J)
+        assert float((J @ d32).min()) >= float((J @ d).min()) - 1e-6 * float(J.norm(dim=1).max()) ** 2
+
+
 def test_cagrad_duality_gap_is_zero():
     """With w* recovered from the weights, F(w*) equals the worst improvement of d (strong duality)."""
     gen = torch.Generator().manual_seed(7)
@@ -442,6 +478,27 @@ def test_backward_gram_path_equals_jacobian_path():
             tm.backward([losses[0] * float("inf"), losses[1], losses[2]], model.trunk, agg)
 
 
+def test_backward_float32_rank_deficient_jacobian():
+    """float32 parameters, collinear task gradients (tasks equal up to scale: J = k v', rank 1): the Gram
+    matrix goes to the aggregator in float32, the dtype it was rounded in, not cast to float64, where
+    its rounding looks like an indefinite G to the QP kernels. The step is the aggregator's on J."""
+    for seed in (7, 24, 32):
+        gen = torch.Generator().manual_seed(seed)
+        k, v = torch.randn(4, 1, generator=gen), torch.randn(1, 40, generator=gen)
+        J = k * v
+        tol = 1e-5 * float(J.norm(dim=1).max())
+        for make in (MGDA, ImprovementFunction, lambda: CAGrad(0.5)):
+            p = torch.zeros(40, requires_grad=True)
+            w = tm.backward(list(J @ p + 1.0), [p], make())
+            assert w.dtype == torch.float32
+            torch.testing.assert_close(p.grad, make()(J), rtol=0, atol=tol)  # the aggregator on J itself
+        # MGDA's min-norm point of the rows k_i v: 0 if the k_i differ in sign, else the shortest row
+        expected = torch.zeros(40) if bool((k * k[0] < 0).any()) else J[k.abs().argmin()]
+        p = torch.zeros(40, requires_grad=True)
+        tm.backward(list(J @ p + 1.0), [p], MGDA())
+        torch.testing.assert_close(p.grad, expected, rtol=0, atol=tol)
+
+
 def test_backward_representation_mgda_ub():
     """MGDA-UB: weights from the Jacobian w.r.t. z, then the gradient of w @ losses for the trunk."""
     torch.manual_seed(2)
@@ -488,11 +545,14 @@ def test_backward_with_grad_scaler():
     _assert_amp_step_skipped(model, losses, opt, scaler, before)
 
 
-def _assert_amp_step_skipped(model, losses, opt, scaler, before) -> None:
-    """tm.backward under a GradScaler with an overflowing Jacobian: NaN weights, the step skipped (no
-    parameter moves) and the scale lowered."""
-    w = tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), grad_scaler=scaler)
-    assert bool(torch.isnan(w).all())
+def _assert_amp_step_skipped(model, losses, opt, scaler, before, **kwargs) -> None:
+    """tm.backward under a GradScaler with an overflowing Jacobian: NaN weights (returned and in
+    agg.weights, not those of an earlier step), the step skipped (no parameter moves) and the scale
+    lowered."""
+    agg = MGDA()
+    agg.weights = torch.tensor([0.5, 0.5])  # as left by an earlier step
+    w = tm.backward(losses, model.trunk, agg, task_params=list(model.heads), grad_scaler=scaler, **kwargs)
+    assert bool(torch.isnan(w).all()) and bool(torch.isnan(agg.weights).all())
     scaler.step(opt)
     scaler.update()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
@@ -591,6 +651,28 @@ def test_backward_unreached_parameters_keep_grad_none():
         assert all(p.grad is not None for p in model.trunk.parameters())
 
 
+def test_backward_sparse_embedding_gradient():
+    """A shared nn.Embedding(sparse=True) (a sparse Jacobian block): the same step as with a dense
+    embedding, written as a sparse .grad as loss.backward() writes it, on the Gram path, the
+    assembled-J path and the fixed-weight path; a sparse task head too."""
+    x = torch.tensor([1, 2, 3, 2, 7])
+    for make in (MGDA, _JacobianMGDA, lambda: CAGrad(0.4), lambda: LinearScalarization([0.3, 0.7])):
+        grads = []
+        for sparse in (True, False):
+            torch.manual_seed(15)
+            emb = torch.nn.Embedding(10, 3, sparse=sparse).to(F64)
+            lin = torch.nn.Linear(3, 4).to(F64)
+            heads = [torch.nn.Embedding(10, 4, sparse=sparse).to(F64), torch.nn.Linear(4, 1).to(F64)]
+            z = torch.tanh(lin(emb(x)))
+            losses = [(z * heads[0](x)).sum(1).pow(2).mean(), (heads[1](z) - 1).pow(2).mean()]
+            w = tm.backward(losses, [emb.weight, lin.weight, lin.bias], make(), task_params=heads, batched=False)
+            assert (emb.weight.grad.layout == torch.sparse_coo) == sparse
+            assert (heads[0].weight.grad.layout == torch.sparse_coo) == sparse
+            grads.append([w, emb.weight.grad.to_dense(), lin.weight.grad, heads[0].weight.grad.to_dense()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 def test_backward_module_inputs_frozen_parameters_and_parameter_lists():
     """A module gives its trainable parameters (frozen ones are left alone, as by loss.backward());
     task_params may be an nn.ParameterList; an explicit frozen tensor is still an error."""
@@ -653,6 +735,20 @@ def test_backward_gram_overflow_under_grad_scaler_skips_the_step():
     blocks = tm.autograd.jacobian_blocks([loss * 2.0**10 for loss in losses], model.trunk, retain_graph=True)
     assert all(bool(torch.isfinite(b).all()) for b in blocks)  # finite, but ||g||^2 > 3.4e38
     _assert_amp_step_skipped(model, losses, opt, scaler, before)
+
+
+def test_backward_representation_overflow_under_grad_scaler_skips_the_step():
+    """MGDA-UB under AMP: an infinite Jacobian with respect to z skips the step like one with respect
+    to the parameters (NaN weights, returned and in agg.weights)."""
+    torch.manual_seed(14)
+    model = MultiHead(2)
+    x, ys = _data(2, seed=14)
+    x, ys = x.float(), [y.float() for y in ys]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = [p.detach().clone() for p in model.parameters()]
+    z, losses = _task_losses(model, x, ys)
+    _assert_amp_step_skipped(model, [losses[0] * 1e36, losses[1]], opt, scaler, before, representation=z)
 
 
 def test_backward_retain_graph():

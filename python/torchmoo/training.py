@@ -42,9 +42,20 @@ def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None
     for p, g in zip(params, grads):
         if g is None:
             continue
+        if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)) stays sparse
+            g = g.detach().to(p.dtype)
+            if p.grad is None:
+                p.grad = g
+            elif p.grad.layout == torch.strided:
+                p.grad.add_(g)
+            else:
+                p.grad = p.grad + g
+            continue
         g = g.detach().reshape(p.shape).to(p.dtype)
         if p.grad is None:
             p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+        elif p.grad.layout != torch.strided:  # sparse + dense is dense, as in the autograd engine
+            p.grad = g + p.grad
         else:
             p.grad.add_(g)
 
@@ -69,11 +80,14 @@ def backward(
             ``d = aggregator(J, losses)`` where ``J`` (m, n) is the Jacobian of the losses with respect
             to them (computed as by :func:`torchmoo.autograd.jacobian_blocks`, with its ``batched``
             rule). For the aggregators that need only ``J J^T`` (all of torchmoo's) no copy of ``J`` is
-            made: the Gram matrices of the per-parameter blocks are summed (in float64; float32 for
-            float16 / bfloat16 blocks) and each block is combined in place; when the ``m`` backward
-            passes wrote one ``(m, n)`` tensor (the blocks are views of it), that tensor is one block.
-            They must lie on one device. A parameter that no loss reaches keeps ``.grad`` as it was
-            (``None`` stays ``None``).
+            made: the Gram matrices of the per-parameter blocks (float32 for float16 / bfloat16 blocks)
+            are summed in float64 and handed to the aggregator in the precision they were formed in
+            (float64 when every block is float64, else float32, like ``aggregator(J)``); each block is
+            combined in place; when the ``m`` backward passes wrote one ``(m, n)`` tensor (the blocks
+            are views of it), that tensor is one block. A sparse block (``nn.Embedding(sparse=True)``,
+            with ``batched=False``) enters through the rows that some loss reaches, and its parameter
+            gets a sparse ``.grad``. They must lie on one device. A parameter that no loss reaches
+            keeps ``.grad`` as it was (``None`` stays ``None``).
         aggregator: a :class:`torchmoo.methods.Aggregator` (MGDA, PCGrad, CAGrad, ...). Aggregators
             with fixed weights (``LinearScalarization``) skip the Jacobian: one backward pass of
             ``weights @ losses``.
@@ -189,10 +203,19 @@ def _aggregate_blocks(
     """
     m = loss_values.shape[0]
     dtype, device = shared[0].dtype, shared[0].device
+    # a sparse block (m, rows, *cols) enters as the dense sub-block of the rows some loss reaches: the
+    # other rows add nothing to G, and the combination becomes a sparse gradient on those rows
+    reached_rows = {}
     if J_flat is not None:
         flat = [J_flat]
     else:
-        flat = [None if b is None else b.reshape(m, -1) for b in blocks]
+        flat = []
+        for k, b in enumerate(blocks):
+            if b is not None and b.layout != torch.strided:
+                b = b.coalesce()
+                reached_rows[k] = b.indices()[1].unique()
+                b = b.index_select(1, reached_rows[k]).to_dense()
+            flat.append(None if b is None else b.reshape(m, -1))
     if aggregator.gram_based:
         try:  # float32 Grams for half blocks (a float16 Gram overflows at ||g||^2 > 65504), summed in float64
             G = blocks_gram(flat, m, device)
@@ -201,10 +224,18 @@ def _aggregate_blocks(
             if not amp and all(b is None or bool(torch.isfinite(b).all()) for b in flat):
                 raise
             finite = False  # under AMP an overflowing Gram is an overflow too: skip the step
+        if finite:
+            # G carries the rounding of the dtype its blocks' Grams were formed in (float32 unless every
+            # block is float64): it goes to the aggregator in that dtype, as from Aggregator.compute_weights,
+            # since the QP kernels and CAGrad size their tolerances by G's dtype (a float32-rounded Gram of
+            # a rank-deficient J is indefinite beyond float64 tolerances)
+            exact = all(b is None or b.dtype == torch.float64 for b in flat)
+            G = (G / (scale * scale)).to(torch.float64 if exact else torch.float32)
         finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
     else:
         J = J_flat if J_flat is not None else torch.cat(
-            [b if b is not None else p.new_zeros(m, p.numel()) for b, p in zip(flat, shared)], dim=1)
+            [p.new_zeros(m, p.numel()) if b is None else blocks[k].to_dense().reshape(m, -1) if k in reached_rows
+             else b for k, (b, p) in enumerate(zip(flat, shared))], dim=1)
         finite = bool(torch.isfinite(J).all())
     if not finite:
         if not amp:
@@ -212,9 +243,9 @@ def _aggregate_blocks(
         # AMP overflow: write NaN, so that GradScaler.step skips the step (the sum of the rows is finite
         # when only the Gram matrix overflowed)
         _accumulate(shared, [None if b is None else torch.full_like(p, float("nan")) for b, p in zip(blocks, shared)])
-        return torch.full((m,), float("nan"), dtype=dtype, device=device)
+        aggregator.weights = torch.full((m,), float("nan"), dtype=dtype, device=device)  # not the last step's
+        return aggregator.weights
     if aggregator.gram_based:
-        G = G / (scale * scale)
         # the losses in G's dtype and device, as Aggregator.__call__ passes them to compute_weights
         w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
         aggregator.weights = w.detach()
@@ -223,7 +254,9 @@ def _aggregate_blocks(
             pieces = unflatten(ops.combine(J_flat, w.to(J_flat.dtype)), shared)
             _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
         else:
-            _accumulate(shared, [None if b is None else ops.combine(b, w.to(b.dtype)) for b in flat])
+            _accumulate(shared, [None if b is None else _sparse_rows(ops.combine(b, w.to(b.dtype)), reached_rows[k], p)
+                                 if k in reached_rows else ops.combine(b, w.to(b.dtype))
+                                 for k, (b, p) in enumerate(zip(flat, shared))])
     else:
         if J.dtype in _HALF:  # unscaling in half precision would flush small entries to zero
             J = J.float()
@@ -231,8 +264,15 @@ def _aggregate_blocks(
         w = aggregator.weights
         pieces = unflatten(d * scale if scale != 1.0 else d, shared)
         # a parameter no loss reaches keeps .grad None, as with Tensor.backward (and the Gram path)
-        _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
+        _accumulate(shared, [None if b is None else _sparse_rows(g[reached_rows[k]], reached_rows[k], g)
+                             if k in reached_rows else g for k, (b, g) in enumerate(zip(blocks, pieces))])
     return w
+
+
+def _sparse_rows(values: Tensor, rows: Tensor, like: Tensor) -> Tensor:
+    """The sparse tensor shaped like ``like`` with the (flattened) ``values`` in rows ``rows``."""
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values.reshape(rows.numel(), *like.shape[1:]), like.shape,
+                                   dtype=values.dtype, device=values.device, check_invariants=False).coalesce()
 
 
 def _aggregate_weights(aggregator: Aggregator, J: Tensor, loss_values: Tensor, scale: float, *, amp: bool) -> Tensor:
@@ -240,7 +280,8 @@ def _aggregate_weights(aggregator: Aggregator, J: Tensor, loss_values: Tensor, s
     if not bool(torch.isfinite(J).all()):
         if not amp:
             raise ValueError("The Jacobian with respect to the representation has inf or NaN entries.")
-        return torch.full((J.shape[0],), float("nan"), dtype=J.dtype, device=J.device)
+        aggregator.weights = torch.full((J.shape[0],), float("nan"), dtype=J.dtype, device=J.device)
+        return aggregator.weights
     if J.dtype in _HALF:  # e.g. z under float16 autocast: J / scale would flush small entries to zero
         J = J.float()
     aggregator(J / scale if scale != 1.0 else J, loss_values)

@@ -115,9 +115,10 @@ class PCGrad(Aggregator):
         return f"PCGrad(reduction={self.reduction!r})"
 
 
-def _rho(G: Tensor, a: Tensor, nu: float):
-    """Point ``nu`` of the QP path: ``w(nu) = argmin_simplex 0.5 w'Gw + nu a'w`` and ``||J'w(nu)||``."""
-    w = ops.min_norm_simplex(G, a * nu)
+def _rho(G: Tensor, a: Tensor, nu: float, Gq: Optional[Tensor] = None):
+    """Point ``nu`` of the QP path: ``w(nu) = argmin_simplex 0.5 w'Gq w + nu a'w`` and ``||J'w(nu)||``
+    (``Gq``: the matrix the QP is solved with, ``G`` by default; the norm is always measured with ``G``)."""
+    w = ops.min_norm_simplex(G if Gq is None else Gq, a * nu)
     return w, math.sqrt(max(float(w @ G @ w), 0.0))
 
 
@@ -167,7 +168,10 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
     exactly (:math:`d = g_0 + J^\top \lambda`). "Down to 0" means down to the resolution of ``G``:
     its entries carry rounding of about ``eps * max_i ||g_i||^2`` (``eps`` of ``G``'s dtype: pass
     ``G`` in the dtype it was computed in), so norms ``||J'w||`` below ``sqrt(10 m eps) max_i ||g_i||``
-    count as 0.
+    count as 0; a projection that lies outside the ball (rho exceeds r below that resolution) is taken
+    back onto the sphere along its direction, ``d = g0 + r J^T lam / ||J^T lam||``. The QPs see ``G``
+    plus a ridge at that rounding level (singular and, once rounded to float32, slightly indefinite
+    Gram matrices are the rule when 0 is in the hull).
 
     Args:
         G: ``(m, m)`` Gram matrix ``J J^T``, in the dtype it was computed in (solved in float64).
@@ -191,20 +195,38 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
     if g0sq <= 0.0 or r == 0.0:  # ball of radius 0: d = g0
         return b
     gmax = math.sqrt(float(G.diagonal().max()))
+    # The QPs below run in float64, whose kernels accept only float64 rounding: a float32-rounded Gram
+    # of a rank-deficient J (0 in the hull, collinear rows, m > n) can be indefinite beyond that. The
+    # path's QPs are solved with a ridge at the rounding level of G (convex again); the norms ||J'w||,
+    # and so the root and the ball, are measured with G itself.
+    ridge = noise * gmax * gmax
+    eye = torch.eye(m, dtype=torch.float64, device=G.device)
+    Gq = G + ridge * eye
     # Below t = ||J'w|| ~ sqrt(noise) * gmax the values of t are rounding, so rho(nu) = t / nu is
     # meaningless for nu < nu_floor; a root there means that 0 is in the hull to working precision.
     nu_floor = math.sqrt(noise) * gmax / r
 
     def projection() -> Tensor:
-        # the limit nu -> 0: d = g0 + J'lam, the projection of g0 onto the cone {d : J d >= 0}
-        return b + ops.nonneg_qp(G, a)
+        # the limit nu -> 0: d = g0 + J'lam, the projection of g0 onto the cone {d : J d >= 0}. Here G is
+        # singular (0 is in the hull); its null directions v >= 0 have a'v = b'Gv = 0 only up to rounding,
+        # and the nonneg kernel, which takes pivots below 1e-11 of the diagonal for zero, would follow such
+        # a ray and call the problem unbounded. A ridge above that resolution keeps lam bounded.
+        delta = max(ridge, 1e-9 * gmax * gmax)
+        lam = ops.nonneg_qp(G + delta * eye, a)
+        for _ in range(2):  # proximal-point steps: remove most of the ridge's bias (J d = -delta * lam)
+            lam = ops.nonneg_qp(G + delta * eye, a - delta * lam)
+        # rho <= r was seen down to nu_floor only: below it rho may still exceed r (the projection then
+        # lies outside the ball, and the root lies below the resolution of G). Its limit there is the
+        # ball's point in the projection's direction, d = g0 + r J'lam / ||J'lam||.
+        t = math.sqrt(max(float(lam @ G @ lam), 0.0))
+        return b + (lam * (r / t) if t > r else lam)
 
     def converged(t: float, nu: float) -> bool:
         return abs(t - r * nu) <= rtol * max(t, r * nu)
 
     # Bracket: rho(nu) <= max_i ||g_i|| / nu = r at nu_hi; step down by 16x until rho > r.
     nu_hi = gmax / r
-    w_hi, t_hi = _rho(G, a, nu_hi)
+    w_hi, t_hi = _rho(G, a, nu_hi, Gq)
     if converged(t_hi, nu_hi):
         return b + (r / t_hi) * w_hi
     nu_lo, w_lo, t_lo = nu_hi, w_hi, t_hi
@@ -213,13 +235,13 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
         nu_lo = nu_lo / 16.0
         if nu_lo < nu_floor:  # rho <= r along the whole resolvable path
             return projection()
-        w_lo, t_lo = _rho(G, a, nu_lo)
+        w_lo, t_lo = _rho(G, a, nu_lo, Gq)
     best = None
     for _ in range(max_iter):
         # candidates: the exact root if the segment is one QP piece, then the geometric midpoint
         cand = _root_on_segment(G, w_lo, w_hi, nu_lo, nu_hi, r)
         for nu in ([cand] if cand is not None and nu_lo < cand < nu_hi else []) + [math.sqrt(nu_lo * nu_hi)]:
-            w, t = _rho(G, a, nu)
+            w, t = _rho(G, a, nu, Gq)
             if converged(t, nu):
                 best = (w, t)
                 break
