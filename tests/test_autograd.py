@@ -443,3 +443,30 @@ def test_jacobian_blocks_sparse_gradient(batched):
         ref = torch.autograd.grad(out[i], params, retain_graph=True)
         for b, g in zip(blocks, ref):
             torch.testing.assert_close(b[i].to_dense(), g.to_dense(), rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_loop_keeps_one_row_besides_the_jacobian(monkeypatch):
+    """The m backward passes write their rows into the (m, n) Jacobian as they come: when pass i + 1 runs,
+    the gradients returned by pass i are gone (memory: J plus one row, not 2 J); the rows are right."""
+    import weakref
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x = torch.randn(6, 4)
+    params = list(net.parameters())
+    expected = torch.stack([tm.autograd.flatten(torch.autograd.grad(net(x).pow(2).mean(0)[i], params))
+                            for i in range(3)])
+    real_grad = torch.autograd.grad
+    returned, alive_at_call = [], []
+
+    def spy(*args, **kwargs):
+        alive_at_call.append(sum(r() is not None for r in returned))
+        out = real_grad(*args, **kwargs)
+        returned.extend(weakref.ref(g) for g in out if g is not None)
+        return out
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    J = tm.autograd.jacobian(net(x).pow(2).mean(0), params, batched=False)
+    monkeypatch.undo()
+    assert alive_at_call == [0, 0, 0]
+    torch.testing.assert_close(J, expected)

@@ -281,38 +281,61 @@ def _jacobian_loop(
     """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``.
 
     When the parameters share a dtype and a device (and no graph of the Jacobian is built, and every
-    gradient is dense), each row is written into one ``(m, n)`` tensor and the blocks are views of it:
-    one copy of ``J`` in all, which :func:`jacobian` returns as it is. Otherwise the blocks are stacked
-    per parameter (a sparse gradient, e.g. of ``nn.Embedding(sparse=True)``, gives a sparse block)."""
+    gradient is dense), each row is written into one ``(m, n)`` tensor as soon as its pass returns, and
+    the blocks are views of it: one copy of ``J`` plus one row in memory at any time, and :func:`jacobian`
+    returns it as it is. Otherwise the blocks are stacked per parameter (a sparse gradient, e.g. of
+    ``nn.Embedding(sparse=True)``, gives a sparse block)."""
     m = L.shape[0]
-    rows: List[Sequence[Optional[Tensor]]] = []
+    one_tensor = not create_graph and len({(p.dtype, p.device) for p in plist}) == 1
+    flat: Optional[Tensor] = None
+    rows: List[Sequence[Optional[Tensor]]] = []  # rows kept as they are (stacked at the end)
+    reached = [False] * len(plist)
     for i in range(m):
         if L[i].requires_grad:
-            rows.append(torch.autograd.grad(
+            row = torch.autograd.grad(
                 L[i], plist, retain_graph=retain or i < m - 1, create_graph=create_graph, allow_unused=True
-            ))
+            )
         else:
-            rows.append([None] * len(plist))
-    reached = [any(row[k] is not None for row in rows) for k in range(len(plist))]
-    sparse = any(g is not None and g.layout != torch.strided for row in rows for g in row)
-    if create_graph or sparse or len({(p.dtype, p.device) for p in plist}) > 1:
-        blocks: List[Optional[Tensor]] = []
+            row = (None,) * len(plist)
+        reached = [r or g is not None for r, g in zip(reached, row)]
+        if one_tensor and any(g is not None and g.layout != torch.strided for g in row):
+            # a sparse gradient: stack per parameter, the rows written so far included
+            one_tensor = False
+            if flat is not None:
+                rows = [_unflatten_row(flat[j], plist, done) for j, done in enumerate(rows)]
+                flat = None
+        if one_tensor:
+            if flat is None:
+                ref = plist[0]
+                flat = torch.empty(m, sum(p.numel() for p in plist), dtype=ref.dtype, device=ref.device)
+            # one concatenation per row, in flatten's order (a channels_last gradient is read logically)
+            torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel()) for g, p in zip(row, plist)],
+                      out=flat[i])
+            rows.append(tuple(g is not None for g in row))  # which entries of the row were reached
+        else:
+            rows.append(row)
+        del row
+    if one_tensor and flat is not None:
+        blocks, offset = [], 0
         for k, p in enumerate(plist):
-            column = [row[k] for row in rows]
-            blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column])
-                          if reached[k] else None)
-        return blocks, None
-    ref = plist[0]
-    flat = torch.empty(m, sum(p.numel() for p in plist), dtype=ref.dtype, device=ref.device)
-    for i, row in enumerate(rows):
-        # one concatenation per row, in flatten's order (a channels_last gradient is read logically)
-        torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel()) for g, p in zip(row, plist)],
-                  out=flat[i])
-    blocks, offset = [], 0
+            blocks.append(flat[:, offset:offset + p.numel()].view(m, *p.shape) if reached[k] else None)
+            offset += p.numel()
+        return blocks, flat
+    blocks: List[Optional[Tensor]] = []
     for k, p in enumerate(plist):
-        blocks.append(flat[:, offset:offset + p.numel()].view(m, *p.shape) if reached[k] else None)
+        column = [row[k] for row in rows]
+        blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column])
+                      if reached[k] else None)
+    return blocks, None
+
+
+def _unflatten_row(row: Tensor, plist: List[Tensor], done: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
+    """A row of the ``(m, n)`` Jacobian back as per-parameter gradients (``None`` where ``done`` is False)."""
+    out, offset = [], 0
+    for p, d in zip(plist, done):
+        out.append(row[offset:offset + p.numel()].view(p.shape) if d else None)
         offset += p.numel()
-    return blocks, flat
+    return tuple(out)
 
 
 def _check_vectors(v: Tensor, n: int, ref: Tensor) -> Tensor:
