@@ -545,6 +545,17 @@ def test_backward_with_grad_scaler():
     _assert_amp_step_skipped(model, losses, opt, scaler, before)
 
 
+def _amp_overflow_setup(seed: int):
+    """A float32 two-task model, its data, an SGD optimizer, a GradScaler at 2^10 and the parameters before."""
+    torch.manual_seed(seed)
+    model = MultiHead(2)
+    x, ys = _data(2, seed=seed)
+    x, ys = x.float(), [y.float() for y in ys]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    return model, x, ys, opt, scaler, [p.detach().clone() for p in model.parameters()]
+
+
 def _assert_amp_step_skipped(model, losses, opt, scaler, before, **kwargs) -> None:
     """tm.backward under a GradScaler with an overflowing Jacobian: NaN weights (returned and in
     agg.weights, not those of an earlier step), the step skipped (no parameter moves) and the scale
@@ -723,13 +734,7 @@ def test_backward_input_errors():
 def test_backward_gram_overflow_under_grad_scaler_skips_the_step():
     """A finite scaled Jacobian whose Gram matrix overflows float32 (a scale grown large) is an
     overflow like an infinite one: the step is skipped and the scale lowered, not an exception."""
-    torch.manual_seed(12)
-    model = MultiHead(2)
-    x, ys = _data(2, seed=12)
-    x, ys = x.float(), [y.float() for y in ys]
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    before = [p.detach().clone() for p in model.parameters()]
+    model, x, ys, opt, scaler, before = _amp_overflow_setup(12)
     _, losses = _task_losses(model, x, ys)
     losses = [losses[0] * 1e18, losses[1]]
     blocks = tm.autograd.jacobian_blocks([loss * 2.0**10 for loss in losses], model.trunk, retain_graph=True)
@@ -740,13 +745,7 @@ def test_backward_gram_overflow_under_grad_scaler_skips_the_step():
 def test_backward_representation_overflow_under_grad_scaler_skips_the_step():
     """MGDA-UB under AMP: an infinite Jacobian with respect to z skips the step like one with respect
     to the parameters (NaN weights, returned and in agg.weights)."""
-    torch.manual_seed(14)
-    model = MultiHead(2)
-    x, ys = _data(2, seed=14)
-    x, ys = x.float(), [y.float() for y in ys]
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    before = [p.detach().clone() for p in model.parameters()]
+    model, x, ys, opt, scaler, before = _amp_overflow_setup(14)
     z, losses = _task_losses(model, x, ys)
     _assert_amp_step_skipped(model, [losses[0] * 1e36, losses[1]], opt, scaler, before, representation=z)
 
