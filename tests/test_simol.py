@@ -113,6 +113,40 @@ def test_limits_of_the_objective():
     assert float(soft_improvement_objective(r, J, 1.0, 0.0)) < 0.0
 
 
+def test_objective_computes_in_a_wide_enough_dtype():
+    # float16 weights (e.g. a reweighting network under autocast) with meta-gradients of norm ~400: a float16
+    # Gram matrix overflows (||g||^2 > 65504) and K~_B becomes -inf; it must be computed in float32 instead
+    torch.manual_seed(5)
+    J = torch.randn(4, 50) * 60
+    r = torch.rand(4) + 0.5
+    ref = soft_improvement_objective(r.half().double(), J.double(), 10.0, 1.0)
+    w16 = r.half().requires_grad_(True)
+    K16 = soft_improvement_objective(w16, J, 10.0, 1.0)
+    K16.backward()
+    assert torch.isfinite(K16) and bool(torch.isfinite(w16.grad).all())
+    assert float(K16.detach()) == pytest.approx(float(ref), rel=1e-5)
+    # float32 weights, float64 gradients: the Gram matrix keeps J's precision
+    K = soft_improvement_objective(r.clone().requires_grad_(True), J.double(), 10.0, 1.0)
+    assert K.dtype == torch.float64
+    assert float(K.detach()) == pytest.approx(float(soft_improvement_objective(r.double(), J.double(), 10.0, 1.0)), rel=1e-13)
+    with pytest.raises(TypeError, match="floating point"):
+        soft_improvement_objective(torch.ones(4, dtype=torch.long), J)
+
+
+def test_weights_cannot_start_at_their_stationary_point_zero():
+    # r = (last layer)^2 with zero last weights and bias 0: r = 0 and dr/dtheta = 0, so neither the meta-update
+    # (1/B) r'J nor the ascent on theta would ever move; such a start is rejected with a readable message
+    with pytest.raises(ValueError, match="init_output must be a positive"):
+        ReweightingNetwork(3, init_output=0.0)
+    with pytest.raises(ValueError, match="init_output must be a positive"):
+        TaskTableWeights(2, init_output=-1.0)
+    with pytest.raises(ValueError, match="init_output must be a positive"):
+        TaskTableWeights(2, init_output=0.0)
+    with pytest.raises(TypeError, match="integer task indices"):
+        TaskTableWeights(2)(torch.tensor([0.9, 1.2]))
+    torch.testing.assert_close(TaskTableWeights(3, init_output=0.25)(torch.tensor([2, 0])), torch.full((2,), 0.25))
+
+
 def test_bad_arguments_raise():
     J = torch.randn(3, 2)
     with pytest.raises(ValueError, match="lambda1"):
@@ -299,6 +333,20 @@ def test_sinusoid_experiment_runs_reports_and_resumes(tmp_path):
     assert len(res["units"]["simol 2-shot seed 0 3 layers"]["test_losses"]) == 20
     again = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path), progress=False, config=cfg)
     assert again["resumed"] == 1 and again["summary"]["table"] == table
+
+
+def test_sinusoid_full_config_and_bad_theta_at(tmp_path):
+    from torchmoo.experiments.simol_sinusoid import Config, full
+
+    # section 5.1: the base learners are adapted for 5 inner steps of learning rate 0.01
+    cfg = full()
+    assert cfg.inner_steps == 5 and cfg.inner_lr == 0.01 and cfg.meta_batch == 16
+    assert cfg.meta_steps * cfg.meta_batch == 160_000 and cfg.test_tasks == 1000 and cfg.outer_lr == 1e-3
+    # a bad simol_theta_at is refused before any unit is trained
+    bad = Config(shots=[2], methods=["maml", "simol"], meta_steps=1, meta_batch=2, test_tasks=10,
+                 simol_theta_at="previous", ablation_layers=[])
+    with pytest.raises(ValueError, match="simol_theta_at"):
+        tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path), progress=False, config=bad)
 
 
 # ---- prototypical networks (Algorithm 3) --------------------------------------------------------------------

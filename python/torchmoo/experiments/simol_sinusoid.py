@@ -54,7 +54,7 @@ class Config:
     meta_batch: int = 16
     num_query: int = 10
     inner_lr: float = 0.01
-    inner_steps: int = 1
+    inner_steps: int = 1  # the paper (5.1): 5 inner steps of learning rate 0.01, see full()
     outer_lr: float = 3e-3  # Adam; the paper: 1e-3 over 160,000 tasks
     simol_lambda1: float = 10.0  # selected on validation tasks (seed 100) among {0.1, 1, 10}
     simol_lambda2: float = 1.0
@@ -72,8 +72,10 @@ class Config:
 
 
 def full() -> Config:
-    """The paper's sizes: 160,000 meta-training tasks (10,000 steps of 16), 5 and 2 shots, 3 seeds."""
-    return Config(shots=[5, 2], seeds=3, meta_steps=10_000, outer_lr=1e-3, eval_every=500, ablation_layers=[2, 3, 4])
+    """The paper's sizes: 160,000 meta-training tasks (10,000 steps of 16), 5 and 2 shots, 3 seeds, 5 inner
+    steps of 0.01 (5.1; the paper's inner optimizer is Adam, here the SGD steps of Eq. 15)."""
+    return Config(shots=[5, 2], seeds=3, meta_steps=10_000, inner_steps=5, outer_lr=1e-3, eval_every=500,
+                  ablation_layers=[2, 3, 4])
 
 
 def _stack(ds: tm.zoo.data.SinusoidTasks, idx: range, device: torch.device) -> Tuple[torch.Tensor, ...]:
@@ -157,6 +159,8 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"shots must be positive ints, got {cfg.shots}.")
     if cfg.seeds < 1 or cfg.meta_steps < 1 or cfg.meta_batch < 1 or cfg.test_tasks < 10:
         raise ValueError("seeds, meta_steps and meta_batch must be >= 1 and test_tasks >= 10.")
+    if cfg.simol_theta_at not in ("next", "current"):
+        raise ValueError(f"simol_theta_at must be 'next' or 'current', got {cfg.simol_theta_at!r}.")
     if any(not isinstance(n, int) or n < 1 for n in cfg.ablation_layers) or cfg.ablation_shots < 1:
         raise ValueError(f"ablation_layers must be positive ints and ablation_shots >= 1, got "
                          f"{cfg.ablation_layers}, {cfg.ablation_shots}.")

@@ -69,6 +69,8 @@ def soft_improvement_objective(weights: Tensor, J: Tensor, lambda1: float = 1.0,
         :math:`\bar g_r = \frac{1}{B}\sum r_\tau g_\tau` and :math:`\bar r = \frac1B\sum r_\tau`.
         By Proposition 3.2 its first term equals
         :math:`\min_d \frac1B\sum_\tau r_\tau \langle g_\tau, d\rangle + \frac{\lambda'}{2}\|d\|^2`.
+        Computed on ``weights``' device in the wider of the two dtypes and at least float32 (a float16
+        Gram matrix overflows as soon as ``||g_tau||^2 > 65504``); the gradient flows back to ``weights``.
     """
     lam1 = _check_positive("lambda1", lambda1)
     lam2 = float(lambda2)
@@ -76,12 +78,16 @@ def soft_improvement_objective(weights: Tensor, J: Tensor, lambda1: float = 1.0,
         raise ValueError(f"lambda2 must be a non-negative finite number, got {lambda2!r}.")
     if not isinstance(weights, Tensor) or not isinstance(J, Tensor):
         raise TypeError("weights and J must be torch.Tensors.")
+    if not weights.is_floating_point() or not J.is_floating_point():
+        raise TypeError(f"weights and J must be floating point, got {weights.dtype} and {J.dtype}.")
     if weights.dim() != 1 or J.dim() != 2 or J.shape[0] != weights.shape[0] or J.shape[0] == 0:
         raise ValueError(
             f"weights must be (B,) and J (B, n) with B >= 1, got {tuple(weights.shape)} and {tuple(J.shape)}.")
     B = weights.shape[0]
+    dtype = torch.promote_types(torch.promote_types(weights.dtype, J.dtype), torch.float32)
+    weights = weights.to(dtype)
     # ||(1/B) r'J||^2 = r' G r / B^2 with G = J J': the objective needs only the Gram matrix
-    G = J.detach().to(weights.dtype)
+    G = J.detach().to(device=weights.device, dtype=dtype)
     G = G @ G.T
     mean_dir_sq = weights @ G @ weights / (B * B)
     return -mean_dir_sq / (2.0 * lam1) - 0.5 * lam2 * (weights.mean() - 1.0) ** 2
@@ -96,8 +102,9 @@ class ReweightingNetwork(nn.Module):
     Args:
         in_features: size of a task's feature vector.
         hidden: hidden layer sizes (ReLU), default ``(32, 32)`` (SIMOL 5.1).
-        init_output: initial value of every weight (the last bias is set to its square root and the
-            last weights to zero, so training starts from plain MAML, ``r = 1``).
+        init_output: initial value of every weight, > 0 (the last bias is set to its square root and the
+            last weights to zero, so training starts from plain MAML, ``r = 1``). Not 0: with a zero
+            output ``r`` and its gradient both vanish, and neither ``w`` nor ``theta`` would ever move.
 
     Shapes: ``(B, in_features)`` -> ``(B,)``.
     """
@@ -108,9 +115,7 @@ class ReweightingNetwork(nn.Module):
             raise ValueError(f"in_features must be a positive int, got {in_features!r}.")
         if any(not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"hidden must be positive ints, got {hidden!r}.")
-        init = float(init_output)
-        if not (init >= 0.0 and math.isfinite(init)):
-            raise ValueError(f"init_output must be a non-negative finite number, got {init_output!r}.")
+        init = _check_positive("init_output", init_output)
         layers = []
         d = in_features
         for h in hidden:
@@ -131,6 +136,8 @@ class TaskTableWeights(nn.Module):
     r"""One learnable weight per task, :math:`r(\tau) = \theta_\tau^2`: SIMOL's toy (appendix A), where
     "the meta-learner and the re-weighting network are represented by learnable vectors".
 
+    ``init_output`` (> 0) is every weight's start; ``theta = 0`` is a stationary point of ``theta^2``.
+
     Shapes: integer task indices ``(B,)`` -> ``(B,)`` weights.
     """
 
@@ -138,9 +145,12 @@ class TaskTableWeights(nn.Module):
         super().__init__()
         if not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}.")
-        self.theta = nn.Parameter(torch.full((num_tasks,), math.sqrt(float(init_output))))
+        init = _check_positive("init_output", init_output)
+        self.theta = nn.Parameter(torch.full((num_tasks,), math.sqrt(init)))
 
     def forward(self, tasks: Tensor) -> Tensor:
+        if not isinstance(tasks, Tensor) or tasks.is_floating_point() or tasks.is_complex():
+            raise TypeError("tasks must be a tensor of integer task indices (a float tensor would be truncated).")
         return self.theta[tasks.long()] ** 2
 
 
@@ -201,7 +211,7 @@ class SIMOL(Aggregator):
         r"""``(1/B) sum_tau r_tau g_tau`` (n,): the meta-update of Algorithm 1 (line 6), ``weights`` detached."""
         if weights.dim() != 1 or J.dim() != 2 or weights.shape[0] != J.shape[0]:
             raise ValueError(f"weights must be (B,) and J (B, n), got {tuple(weights.shape)} and {tuple(J.shape)}.")
-        w = weights.detach().to(J.dtype) / J.shape[0]
+        w = weights.detach().to(dtype=J.dtype, device=J.device) / J.shape[0]
         self.weights = w
         return w @ J
 
