@@ -542,3 +542,16 @@ class TestCuda:
     def test_empty(self):
         lam, info = solve(torch.zeros(0, 4, 4, device="cuda"), torch.zeros(0, 4, device="cuda"))
         assert lam.shape == (0, 4) and lam.is_cuda
+
+
+@pytest.mark.parametrize("delta", [1e-6, 1e-8, 1e-9])
+def test_reference_solves_bounded_problems_with_large_multipliers(delta):
+    """Nearly parallel rows: lam* = (L, L), L = 0.1 / delta, is the unique minimizer (G is positive
+    definite) and the problem is bounded. An exact lam* leaves rounding of size eps * L in G lam + c; the
+    reference's enumeration must still accept it instead of reporting "unbounded", and the operator agrees."""
+    G = torch.tensor([[1.0, -1.0], [-1.0, 1.0 + delta]], dtype=F64)
+    L = 0.1 / delta
+    lam_star = torch.tensor([L, L], dtype=F64)
+    c = -(G @ lam_star)
+    torch.testing.assert_close(nonneg_qp_reference(G, c), lam_star, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(tm.ops.nonneg_qp(G, c), lam_star, rtol=1e-6, atol=0.0)

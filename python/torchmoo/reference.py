@@ -16,15 +16,19 @@ How they are solved:
   system restricted to ``S`` with a pseudo-inverse (so singular ``G`` works; singular values below
   :data:`PINV_RTOL` times the largest are treated as zero), put the candidate back into ``R^m``
   and keep it when its KKT residual (:func:`simplex_kkt_residual` / :func:`nonneg_kkt_residual`,
-  the same definitions the operators use) is at most :data:`ACCEPT_RESIDUAL`. The accepted
-  candidate with the smallest objective is returned. This is exact: a convex QP that is bounded
-  below attains its minimum (Frank-Wolfe theorem), the optimal set is a polytope, and at a vertex
-  of it the KKT system on the vertex's support has a unique solution, which the enumeration meets.
+  the same definitions the operators use; for nonneg with the complementarity term relative to
+  ``max(1, max lam)^2``, so that large multipliers are not rejected for rounding) is at most
+  :data:`ACCEPT_RESIDUAL`. The accepted candidate with the smallest objective is returned. This is
+  exact: a convex QP that is bounded below attains its minimum (Frank-Wolfe theorem), the optimal
+  set is a polytope, and at a vertex of it the KKT system on the vertex's support has a unique
+  solution, which the enumeration meets.
 * ``m > 12``: a long accelerated projected-gradient run (FISTA with adaptive restart, step ``1/L``,
   ``L`` the largest eigenvalue of ``G``); the simplex projection is the sort-based algorithm of
   Duchi et al. (2008), the nonneg projection is a clamp. Every 100 steps the KKT system on the
   current support is solved exactly ("polishing"); the point with the smallest KKT residual seen
-  is returned, and the run stops once that residual is below 1e-13.
+  is returned, and the run stops once that residual is below 1e-13, or when even a restarted step
+  does not lower the objective (rounding: with a rank-deficient ``G`` the residual can then stay
+  around 1e-9, with the objective correct to about 1e-14; compare objectives, not points).
 
 Unboundedness (nonneg only). The nonneg QP is unbounded below iff there is a direction ``d >= 0``
 with ``G d = 0`` and ``c'd < 0``. For ``m <= 12`` the reference declares a problem unbounded when
@@ -128,8 +132,9 @@ def nonneg_kkt_residual(G: Tensor, c: Tensor, lam: Tensor) -> Tensor:
         r = max( max(max_i max(0, -g_i), max_i lam_i |g_i|) / (s * max(1, max_i lam_i)),
                  max(0, -min_i lam_i) )
 
-    Both terms are relative to the size of ``G lam``, so rounding a large ``lam`` to float32 does not
-    count as an error.
+    The dual term is relative to the size of ``G lam``, so rounding a large ``lam`` to float32 does not
+    count in it; the complementarity term is not: rounding errors ``eps s max(lam)`` in ``g`` give it
+    about ``eps max_i lam_i``. This is the operators' definition (README, "KKT residual"), kept as is.
 
     Args:
         G: ``(..., m, m)``; c: ``(..., m)``; lam: ``(..., m)``. Any float dtype/device.
@@ -221,6 +226,24 @@ def _enumerate_candidates(G: Tensor, c: Tensor, simplex: bool) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+def _nonneg_acceptance_residual(G: Tensor, c: Tensor, lam: Tensor) -> Tensor:
+    """:func:`nonneg_kkt_residual` with the complementarity term divided once more by ``max(1, max lam)``.
+
+    ``G (m, m)``, ``c (m,)``, ``lam (N, m)`` -> ``(N,)``. Rounding ``G lam`` leaves errors of about
+    ``eps s max(lam)`` in every ``g_i``, so ``lam_i |g_i|`` carries ``eps s max(lam)^2``: the operators'
+    residual, which divides it by ``s max(lam)`` only, exceeds :data:`ACCEPT_RESIDUAL` for an exact
+    candidate once ``max(lam)`` is around 1e7 (nearly parallel rows of ``G``), and the enumeration would
+    then find no KKT point and call a bounded problem unbounded. Here both terms are relative.
+    """
+    s = _scale(G, c)
+    g = lam @ G.mT + c
+    lam_max = lam.amax(dim=-1).clamp_min(1.0)
+    dual = (-g).clamp_min(0.0).amax(dim=-1) / (s * lam_max)
+    complementarity = (lam * g.abs()).amax(dim=-1) / (s * lam_max * lam_max)
+    negativity = (-lam.amin(dim=-1)).clamp_min(0.0)
+    return torch.maximum(torch.maximum(dual, complementarity), negativity)
+
+
 def _solve_by_enumeration(G: Tensor, c: Tensor, simplex: bool) -> Optional[Tensor]:
     """Best KKT point over all supports, or None when there is none (nonneg: unbounded)."""
     cand = _enumerate_candidates(G, c, simplex)
@@ -230,7 +253,7 @@ def _solve_by_enumeration(G: Tensor, c: Tensor, simplex: bool) -> Optional[Tenso
         cand = cand / cand.sum(-1, keepdim=True).clamp_min(1e-300)
         res = simplex_kkt_residual(G.expand(cand.shape[0], -1, -1), c.expand_as(cand), cand)
     else:
-        res = nonneg_kkt_residual(G.expand(cand.shape[0], -1, -1), c.expand_as(cand), cand)
+        res = _nonneg_acceptance_residual(G, c, cand)
     ok = res <= ACCEPT_RESIDUAL
     if not bool(ok.any()):
         return None
