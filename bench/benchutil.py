@@ -67,7 +67,8 @@ def record(benchmark, group: str, contender: str, problems: int, kkt=None, *, re
     for key, value in extra.items():
         info[key] = value
         row[key] = value
-    REFERENCE_CONTENDER.setdefault(group, reference)
+    if REFERENCE_CONTENDER.setdefault(group, reference) != reference:
+        raise ValueError(f"group {group!r}: reference {reference!r}, but {REFERENCE_CONTENDER[group]!r} before")
     ref = RESULTS.get(group, {}).get(REFERENCE_CONTENDER[group])
     if contender != REFERENCE_CONTENDER[group] and ref and "per_problem_s" in ref and "per_problem_s" in row:
         ratio = row["per_problem_s"] / ref["per_problem_s"]

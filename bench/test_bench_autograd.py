@@ -18,6 +18,9 @@ ratio is a contender's median over the reference's median, same run; see ``bench
 * ``hvp k=4 <model>``: 4 products with ``hvp(loss, params, V)``, ``V`` (4, n), in one batched pass
   (reference) against 4 single ``hvp`` calls.
 
+Every timed call's output is checked against plain ``torch.autograd.grad`` (one call per loss for the
+Jacobian, an explicit double backward for the Hessian-vector products), so a fast wrong answer fails.
+
 Quick mode (``TORCHMOO_BENCH_QUICK=1``): batch 4, an MLP of 784-64-32, 2 rounds, only to prove the
 code runs.
 """
@@ -31,7 +34,7 @@ import torch
 
 pytest.importorskip("pytest_benchmark")
 
-from torchmoo.autograd import hvp, hvp_operator, jacobian, num_params  # noqa: E402
+from torchmoo.autograd import flatten, hvp, hvp_operator, jacobian, num_params  # noqa: E402
 
 from baselines import QUICK  # noqa: E402
 from benchutil import record, run_timed  # noqa: E402
@@ -79,6 +82,32 @@ def setup(kind: str):
     return params, losses
 
 
+@lru_cache(maxsize=None)
+def reference_jacobian(kind: str) -> torch.Tensor:
+    """``(M, n)``: one plain ``torch.autograd.grad`` per loss (zeros where a parameter is not reached)."""
+    params, losses = setup(kind)
+    rows = []
+    for i in range(M):
+        grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
+        rows.append(flatten([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]))
+    return torch.stack(rows)
+
+
+def reference_hvp(kind: str, V: torch.Tensor) -> torch.Tensor:
+    """``H v`` for each row of ``V`` (``(n,)`` or ``(k, n)``) of the summed loss: an explicit double backward."""
+    params, losses = setup(kind)
+    grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
+    flat = flatten(grads)
+    out = [flatten(torch.autograd.grad(flat, params, grad_outputs=v, retain_graph=True))
+           for v in V.reshape(-1, V.shape[-1])]
+    return torch.stack(out).reshape(V.shape)
+
+
+def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()), msg=lambda m: f"{name}: {m}")
+
+
 def test_jacobian_batched_equals_loop():
     """Not a benchmark: both Jacobian paths agree on the benchmark models."""
     for kind in MODELS:
@@ -101,7 +130,10 @@ def test_jacobian(benchmark, kind, contender):
         fn = lambda: jacobian(losses, params, batched=True, retain_graph=True)  # noqa: E731
     else:
         fn = lambda: jacobian(losses, params, batched=False, retain_graph=True)  # noqa: E731
-    run_timed(benchmark, group, fn, rounds=7)
+    out = run_timed(benchmark, group, fn, rounds=7)
+    ref = reference_jacobian(kind)
+    _assert_close(contender, flatten(out) if contender == "one backward" else out,
+                  ref.sum(0) if contender == "one backward" else ref)
     record(benchmark, group, contender, 1, reference="one backward")
 
 
@@ -119,7 +151,11 @@ def test_hvp(benchmark, kind, contender):
     else:
         op = hvp_operator(loss, params)
         fn = lambda: op(v)  # noqa: E731
-    run_timed(benchmark, group, fn, rounds=7)
+    out = run_timed(benchmark, group, fn, rounds=7)
+    if contender == "one backward":
+        _assert_close(contender, flatten(out), reference_jacobian(kind).sum(0))
+    else:
+        _assert_close(contender, out, reference_hvp(kind, v))
     record(benchmark, group, contender, 1, reference="one backward")
 
 
@@ -135,5 +171,5 @@ def test_hvp_batched(benchmark, kind, contender):
     else:
         fn = lambda: torch.stack([hvp(loss, params, v) for v in V])  # noqa: E731
     out = run_timed(benchmark, group, fn, rounds=5)
-    assert out.shape == V.shape
+    _assert_close(contender, out, reference_hvp(kind, V))
     record(benchmark, group, contender, 1, reference="hvp k=4 batched")

@@ -3,10 +3,11 @@
 Groups (each solved by every contender in this process, torchmoo first; see ``benchutil.py``):
 
 * ``simplex batched B=1024 m=5`` and ``simplex batched B=65536 m=8``: ``G = J J^T``, ``J`` standard
-  normal ``(m, 20)``, float64. torchmoo solves the whole batch in one call; the Python loops
-  (quadprog with prebuilt constraint matrices, the Sener & Koltun port) solve all ``B`` problems
-  for ``B = 1024`` but only the first 2048 of the 65536 (their time is reported *per problem*);
-  the pure-torch reference solves the first 64. Every time is reported per problem.
+  normal ``(m, 20)``, float64. torchmoo solves the whole batch in one call, with torch's default
+  thread count and (``torchmoo[1 thread]``) with one thread, like the single-threaded loops; the
+  Python loops (quadprog with prebuilt constraint matrices, the Sener & Koltun port) solve all ``B``
+  problems for ``B = 1024`` but only the first 2048 of the 65536 (their time is reported *per
+  problem*); the pure-torch reference solves the first 64. Every time is reported per problem.
 * ``simplex single m=...``: one problem per call, ``J`` ``(m, 100)``: torchmoo on a torch tensor
   (dispatch and validation included), one ``quadprog.solve_qp`` call with prebuilt numpy inputs,
   the Sener & Koltun port on a numpy array, and torchjd's ``MGDAWeighting`` on the Gramian (a torch
@@ -17,8 +18,14 @@ Groups (each solved by every contender in this process, torchmoo first; see ``be
 * ``simplex cuda B=65536 m=8``: torchmoo on the GPU (``torch.cuda.synchronize`` inside the timing)
   against torchmoo on the CPU; skipped without CUDA.
 
+Every contender's output is checked, and a wrong one fails its benchmark (``baselines.check_qp_solution``):
+the exact solvers (torchmoo's active set on any device or thread count, quadprog, the reference) must
+reach a KKT residual of ``EXACT_KKT`` on the original problem; the approximate ones (Frank-Wolfe, the
+Sener & Koltun port, torchjd) must return a feasible point whose objective is within ``GAP_TOL`` of
+the exact solution's (and, over a batch, within ``GAP_MEDIAN_TOL`` in the median).
+
 Quick mode (``TORCHMOO_BENCH_QUICK=1``) shrinks every batch to 64 problems (loops to 16,
-reference to 4).
+reference to 4); the group names give the sizes actually run.
 """
 
 from __future__ import annotations
@@ -35,11 +42,16 @@ import torchmoo as tm  # noqa: E402
 from torchmoo.reference import min_norm_simplex_reference, simplex_kkt_residual  # noqa: E402
 
 from baselines import (  # noqa: E402
+    EXACT_KKT,
+    GAP_MEDIAN_TOL,
+    GAP_TOL,
     QUICK,
     MinNormSolver,
     QuadprogSimplex,
+    check_qp_solution,
     make_gram,
     make_jacobian,
+    num_threads,
     sener_koltun_loop,
 )
 from benchutil import record, run_timed  # noqa: E402
@@ -60,6 +72,15 @@ N_SINGLE = 100
 def batched_problem(case: str):
     B, m, _, _ = BATCHED[case]
     return make_gram(B, m, N_BATCHED, seed=m)
+
+
+@lru_cache(maxsize=None)
+def batched_solution(case: str) -> torch.Tensor:
+    """torchmoo's exact solution of the batch (certified by its KKT residual): what the others are checked against."""
+    G = batched_problem(case)
+    w = tm.ops.min_norm_simplex(G)
+    check_qp_solution("torchmoo", G, None, w, simplex=True, kkt_tol=EXACT_KKT)
+    return w
 
 
 def _kkt(G: torch.Tensor, w) -> torch.Tensor:
@@ -104,7 +125,8 @@ def test_baselines_agree():
 # 1. Batched
 # --------------------------------------------------------------------------------------------------
 
-BATCHED_CONTENDERS = ["torchmoo", "torchmoo[frank_wolfe]", "quadprog loop", "sener_koltun loop", "reference loop"]
+BATCHED_CONTENDERS = ["torchmoo", "torchmoo[1 thread]", "torchmoo[frank_wolfe]", "quadprog loop", "sener_koltun loop",
+                      "reference loop"]
 
 
 @pytest.mark.parametrize("contender", BATCHED_CONTENDERS)
@@ -112,28 +134,33 @@ BATCHED_CONTENDERS = ["torchmoo", "torchmoo[frank_wolfe]", "quadprog loop", "sen
 def test_min_norm_simplex_batched(benchmark, case, contender):
     B, m, n_loop, n_ref = BATCHED[case]
     G = batched_problem(case)
-    group = f"simplex batched {case}"
+    w_exact = batched_solution(case)
+    group = f"simplex batched B={B} m={m}"
+    count, kkt_tol, gap_tol = B, EXACT_KKT, None
     if contender == "torchmoo":
         w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), fast=True)
-        kkt = _kkt(G, w)
-        record(benchmark, group, contender, B, kkt)
-        assert float(kkt.max()) <= 1e-10
+    elif contender == "torchmoo[1 thread]":
+        with num_threads(1):  # set around the whole measurement, not inside the timed call
+            w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), fast=True)
     elif contender == "torchmoo[frank_wolfe]":
         w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G, method="frank_wolfe"), fast=True)
-        record(benchmark, group, contender, B, _kkt(G, w))
+        kkt_tol, gap_tol = None, GAP_TOL["simplex frank_wolfe"]
     elif contender == "quadprog loop":
         pytest.importorskip("quadprog")
         qp = QuadprogSimplex(G[:n_loop].numpy())  # ridge, a, C, b built here, outside the timing
         w = run_timed(benchmark, group, qp.solve_all, rounds=5)
-        record(benchmark, group, contender, n_loop, _kkt(G, w), subset=n_loop)
+        count = n_loop
     elif contender == "sener_koltun loop":
         Gn = G[:n_loop].numpy()
         w = run_timed(benchmark, group, lambda: sener_koltun_loop(Gn), rounds=3)
-        record(benchmark, group, contender, n_loop, _kkt(G, w), subset=n_loop)
-    elif contender == "reference loop":
+        count, kkt_tol, gap_tol = n_loop, None, GAP_TOL["sener_koltun"]
+    else:
         Gs = G[:n_ref].clone()
         w = run_timed(benchmark, group, lambda: min_norm_simplex_reference(Gs), rounds=3)
-        record(benchmark, group, contender, n_ref, _kkt(G, w), subset=n_ref)
+        count = n_ref
+    kkt = check_qp_solution(contender, G[:count], None, w, w_exact[:count], simplex=True, kkt_tol=kkt_tol,
+                            gap_tol=gap_tol, gap_median_tol=None if gap_tol is None else GAP_MEDIAN_TOL)
+    record(benchmark, group, contender, count, kkt, subset=count)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,7 +175,9 @@ SINGLE_CONTENDERS = ["torchmoo", "quadprog", "sener_koltun", "torchjd MGDAWeight
 def test_min_norm_simplex_single(benchmark, m, contender):
     J = make_jacobian(None, m, N_SINGLE, seed=m)
     G = (J @ J.T).contiguous()
+    w_exact = tm.ops.min_norm_simplex(G)
     group = f"simplex single m={m}"
+    kkt_tol, gap_tol = EXACT_KKT, None
     if contender == "torchmoo":
         w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), fast=True)
     elif contender == "quadprog":
@@ -158,11 +187,13 @@ def test_min_norm_simplex_single(benchmark, m, contender):
     elif contender == "sener_koltun":
         Gn = G.numpy()
         w = run_timed(benchmark, group, lambda: MinNormSolver.find_min_norm_element(Gn)[0], fast=True)
+        kkt_tol, gap_tol = None, GAP_TOL["sener_koltun"]
     else:
         aggregation = pytest.importorskip("torchjd.aggregation")
         weighting = aggregation.MGDAWeighting()  # defaults: epsilon=1e-3, max_iters=100
         w = run_timed(benchmark, group, lambda: weighting(G), fast=True)
-    kkt = simplex_kkt_residual(G, None, torch.as_tensor(np.asarray(w)))
+        kkt_tol, gap_tol = None, GAP_TOL["torchjd"]
+    kkt = check_qp_solution(contender, G, None, w, w_exact, simplex=True, kkt_tol=kkt_tol, gap_tol=gap_tol)
     record(benchmark, group, contender, 1, kkt)
 
 
@@ -183,7 +214,11 @@ def test_mgda_direction(benchmark, m, contender):
         d = run_timed(benchmark, group, lambda: mgda(J), fast=True)
     # Residual of the weights behind d: recover them by least squares (J has full row rank).
     w = torch.linalg.lstsq(J.T, d.unsqueeze(-1)).solution.squeeze(-1)
-    record(benchmark, group, contender, 1, simplex_kkt_residual(J @ J.T, None, w))
+    G = J @ J.T
+    exact = contender == "torchmoo"
+    kkt = check_qp_solution(contender, G, None, w, tm.ops.min_norm_simplex(G), simplex=True,
+                            kkt_tol=EXACT_KKT if exact else None, gap_tol=None if exact else GAP_TOL["torchjd"])
+    record(benchmark, group, contender, 1, kkt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,10 +234,10 @@ def test_min_norm_simplex_cuda(benchmark, device):
     if not getattr(tm, "cuda_built", False):
         pytest.skip("torchmoo was built without CUDA")
     case = "B=65536 m=8"
-    B = BATCHED[case][0]
+    B, m = BATCHED[case][:2]
     G = batched_problem(case).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else None
-    group = f"simplex cuda {case}"
+    group = f"simplex cuda B={B} m={m}"
     w = run_timed(benchmark, group, lambda: tm.ops.min_norm_simplex(G), sync=sync)
-    record(benchmark, group, f"torchmoo {device}", B, _kkt(G.cpu(), w.cpu()),
-           reference="torchmoo cpu")
+    kkt = check_qp_solution(f"torchmoo {device}", G, None, w, simplex=True, kkt_tol=EXACT_KKT)
+    record(benchmark, group, f"torchmoo {device}", B, kkt, reference="torchmoo cpu")

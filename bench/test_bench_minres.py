@@ -13,11 +13,18 @@ process and every number is a median over the repeats; ``ratio`` = contender / r
   ``torchmoo.ops.minres`` (``max_iter=50, tol=0``: all 50 iterations run), ``scipy minres``
   (``scipy.sparse.linalg.minres(A, b, maxiter=50)`` with ``A`` a ``LinearOperator`` whose matvec
   converts the numpy vector to a torch tensor, runs the same HVP and converts back, as the authors'
-  code wraps its HVP), and ``minres_reference`` (the same recurrence as unfused torch vector ops).
+  code wraps its HVP; scipy's recurrence promotes its vectors to float64 after the first step, so
+  its vector work is in float64 where the others' is in float32), and ``minres_reference`` (the same
+  recurrence as unfused torch vector ops).
   Bar: ``torchmoo.ops.minres`` at most 1.05x the 50 HVPs.
 * ``minres k=4, 50 it, batch B``: 4 right-hand sides (the tangent directions of one Pareto point).
   Reference ``torchmoo batched (4, n)``: one solve with 50 batched ``(4, n)`` products. Contenders:
   ``torchmoo 4 separate solves``, ``scipy 4 separate solves`` and, as the floor, ``50 batched HVPs (4, n)``.
+
+Every solve is checked: all contenders run exactly ``ITERS`` iterations (``ITERS`` products), and each
+solution ``x`` must agree with ``minres_reference``'s to ``X_RTOL`` (relative 2-norm; MINRES's iterate is
+the same in exact arithmetic whatever the implementation), so a fast wrong answer fails the benchmark.
+The relative residuals ``||b - H x|| / ||b||`` are reported next to the times.
 
 Run ``python bench/test_bench_minres.py --wait-quiet 300`` for the markdown tables (``--batches 64``
 for one size), or ``python -m pytest bench/test_bench_minres.py``: the same measurements, printed in
@@ -55,6 +62,11 @@ BATCHES = (8,) if QUICK else (64, 256, 1024)
 ITERS = 10 if QUICK else 50
 REPEATS = 2 if QUICK else 7
 K = 4
+#: largest relative 2-norm difference to minres_reference's solution (float32 rounding gives about 1e-5)
+X_RTOL = 1e-3
+#: the reference contenders' names say how many products they time (10 in quick mode)
+HVPS = f"{ITERS} HVPs"
+BATCHED_HVPS = f"{ITERS} batched HVPs (4, n)"
 
 
 @lru_cache(maxsize=None)
@@ -99,6 +111,15 @@ def relative_residual(matvec, b: torch.Tensor, x: torch.Tensor) -> float:
     return float((torch.linalg.vector_norm(r, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).max())
 
 
+def check_solution(name: str, x: torch.Tensor, x_ref: torch.Tensor) -> float:
+    """Relative 2-norm distance of ``x`` to the reference solution ``x_ref`` (same shape), asserted below ``X_RTOL``."""
+    x = torch.as_tensor(x).to(device=x_ref.device, dtype=torch.float64)
+    assert x.shape == x_ref.shape, f"{name}: shape {tuple(x.shape)}, expected {tuple(x_ref.shape)}"
+    dev = float((x - x_ref.double()).norm() / x_ref.double().norm())
+    assert dev < X_RTOL, f"{name}: solution {dev:.1e} away from minres_reference's (relative)"
+    return dev
+
+
 def _sync(device: str):
     """What the timings call after each block: the host waits for the device's queue."""
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
@@ -123,7 +144,7 @@ def measure_overhead(batch: int, repeats: int = REPEATS, device: str = "cpu") ->
             matvec(v)
 
     fns = {
-        "50 HVPs": hvps,
+        HVPS: hvps,
         "torchmoo.ops.minres": lambda: tm.ops.minres(matvec, b, max_iter=ITERS, tol=0.0),
         "scipy minres": lambda: scipy_solve(b_np),
         "minres_reference": lambda: minres_reference(matvec, b, max_iter=ITERS, tol=0.0),
@@ -133,10 +154,13 @@ def measure_overhead(batch: int, repeats: int = REPEATS, device: str = "cpu") ->
     xs, calls = scipy_solve(b_np)
     xr, ir = fns["minres_reference"]()
     assert int(info.iterations) == ITERS and info.matvec_calls == ITERS, info
-    assert calls == ITERS and ir.matvec_calls == ITERS
+    assert calls == ITERS and int(ir.iterations) == ITERS and ir.matvec_calls == ITERS
+    xs = torch.from_numpy(np.asarray(xs)).to(device)
     checks = {
-        "torchmoo.ops.minres": {"rel_residual": relative_residual(matvec, b, x)},
-        "scipy minres": {"rel_residual": relative_residual(matvec, b, torch.from_numpy(np.asarray(xs)).to(device))},
+        "torchmoo.ops.minres": {"rel_residual": relative_residual(matvec, b, x),
+                                "dev_from_reference": check_solution("torchmoo.ops.minres", x, xr)},
+        "scipy minres": {"rel_residual": relative_residual(matvec, b, xs),
+                         "dev_from_reference": check_solution("scipy minres", xs, xr)},
         "minres_reference": {"rel_residual": relative_residual(matvec, b, xr)},
     }
     return f"minres {ITERS} it, MLP n={n}, batch {batch}{_where(device)}", medians, checks
@@ -160,16 +184,26 @@ def measure_k4(batch: int, repeats: int = REPEATS, device: str = "cpu") -> Tuple
         "torchmoo batched (4, n)": lambda: tm.ops.minres(matvec, B, max_iter=ITERS, tol=0.0),
         "torchmoo 4 separate solves": lambda: [tm.ops.minres(matvec, B[i], max_iter=ITERS, tol=0.0) for i in range(K)],
         "scipy 4 separate solves": lambda: [scipy_solve(B_np[i]) for i in range(K)],
-        "50 batched HVPs (4, n)": hvps,
+        BATCHED_HVPS: hvps,
     }
     medians = interleaved_medians(fns, repeats=repeats, sync=_sync(device))
     x, info = fns["torchmoo batched (4, n)"]()
     assert info.iterations.tolist() == [ITERS] * K and info.matvec_calls == ITERS
     separate = fns["torchmoo 4 separate solves"]()
+    assert all(int(i.iterations) == ITERS and i.matvec_calls == ITERS for _, i in separate)
     xsep = torch.stack([s[0] for s in separate])
+    scipy_separate = fns["scipy 4 separate solves"]()
+    assert all(calls == ITERS for _, calls in scipy_separate)
+    xsci = torch.stack([torch.from_numpy(np.asarray(s[0])) for s in scipy_separate]).to(device)
+    xr, ir = minres_reference(matvec, B, max_iter=ITERS, tol=0.0)  # the 4 right-hand sides one after the other
+    assert ir.iterations.tolist() == [ITERS] * K
     checks = {
-        "torchmoo batched (4, n)": {"rel_residual": relative_residual(matvec, B, x)},
-        "torchmoo 4 separate solves": {"rel_residual": relative_residual(matvec, B, xsep)},
+        "torchmoo batched (4, n)": {"rel_residual": relative_residual(matvec, B, x),
+                                    "dev_from_reference": check_solution("torchmoo batched (4, n)", x, xr)},
+        "torchmoo 4 separate solves": {"rel_residual": relative_residual(matvec, B, xsep),
+                                       "dev_from_reference": check_solution("torchmoo 4 separate solves", xsep, xr)},
+        "scipy 4 separate solves": {"rel_residual": relative_residual(matvec, B, xsci),
+                                    "dev_from_reference": check_solution("scipy 4 separate solves", xsci, xr)},
     }
     return f"minres k={K}, {ITERS} it, MLP n={n}, batch {batch}{_where(device)}", medians, checks
 
@@ -193,11 +227,11 @@ def publish(group: str, medians: Dict[str, float], checks: Dict[str, dict], refe
 @pytest.mark.parametrize("batch", BATCHES)
 def test_minres_overhead(benchmark, batch):
     group, medians, checks = measure_overhead(batch)
-    publish(group, medians, checks, reference="50 HVPs")
+    publish(group, medians, checks, reference=HVPS)
     benchmark.group = group
     benchmark.extra_info.update({f"{k} median_s": v for k, v in medians.items()})
-    benchmark.extra_info["ratio torchmoo / 50 HVPs"] = medians["torchmoo.ops.minres"] / medians["50 HVPs"]
-    benchmark.extra_info["ratio scipy / 50 HVPs"] = medians["scipy minres"] / medians["50 HVPs"]
+    benchmark.extra_info[f"ratio torchmoo / {HVPS}"] = medians["torchmoo.ops.minres"] / medians[HVPS]
+    benchmark.extra_info[f"ratio scipy / {HVPS}"] = medians["scipy minres"] / medians[HVPS]
     matvec, n = problem(batch)
     b = torch.randn(n, generator=torch.Generator().manual_seed(1))
     benchmark.pedantic(lambda: tm.ops.minres(matvec, b, max_iter=ITERS, tol=0.0), rounds=1, iterations=1)
@@ -250,7 +284,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     out = [f"- {k}: {v}" for k, v in machine_description().items()] + [""]
     for batch in args.batches:
-        out += _markdown(*measure_overhead(batch, args.repeats, args.device), reference="50 HVPs")
+        out += _markdown(*measure_overhead(batch, args.repeats, args.device), reference=HVPS)
     out += _markdown(*measure_k4(args.batches[0], args.repeats, args.device), reference="torchmoo batched (4, n)")
     load = meter.fraction()
     out.append(f"wall time {time.perf_counter() - t0:.0f} s; other processes used "

@@ -21,6 +21,10 @@ medians over the reference's median, same run):
   of Hessian-vector products), the second-order method the paper compares with (0.3 s per PNG step
   against 16.8 s there, on a GPU).
 
+``test_png_step_writes_the_png_direction`` checks that the timed PNG step writes ``png_direction``'s
+direction, and ``test_png_step_forms_agree`` that the closure forms (also with the vmapped Jacobian)
+write the same ``.grad`` as the list form, so a fast but wrong PNG step fails.
+
 Quick mode (``TORCHMOO_BENCH_QUICK=1``): batch 8, ``k = 2``, 2 rounds.
 """
 
@@ -59,7 +63,7 @@ def _losses(model, x, y):
 def test_png_step_writes_the_png_direction():
     """Not a benchmark: the timed PNG step writes the direction of png_direction for every model."""
     models, x, y, _ = _setup()
-    png = tm.methods.PNG(tm.methods.EnergyDistance())
+    png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)  # as in the timed steps
     losses = [_losses(m, x, y) for m in models]
     Js = [tm.autograd.jacobian(l, m.parameters(), retain_graph=True) for l, m in zip(losses, models)]
     png.backward(losses, models)
@@ -69,6 +73,23 @@ def test_png_step_writes_the_png_direction():
                                                  threshold=float(png.stats.threshold[k])).direction
         got = tm.autograd.flatten([p.grad for p in m.parameters()]).double()
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("batched", [None, True])
+def test_png_step_forms_agree(batched):
+    """Not a benchmark: one closure per model (the ``png step (closures)`` contenders) writes the same
+    ``.grad`` as the list of losses (checked against ``png_direction`` above)."""
+    grads = []
+    for closures in (False, True):
+        models, x, y, _ = _setup(batch=16)
+        png = tm.methods.PNG(tm.methods.EnergyDistance(), alpha=0.5, gamma=0.1)
+        if closures:
+            png.backward([lambda m=m: _losses(m, x, y) for m in models], models, batched=batched)
+        else:
+            png.backward([_losses(m, x, y) for m in models], models)
+        grads.append([tm.autograd.flatten([p.grad for p in m.parameters()]) for m in models])
+    for ref, got in zip(*grads):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize(
