@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -196,6 +197,55 @@ def test_run_stopped_after_the_last_epoch_resumes_to_the_same_result(finished_ru
     assert resumed["units"]["mgda"] == uninterrupted["units"]["mgda"]
     assert resumed["summary"]["table"][-1]["loss task 1"] == uninterrupted["summary"]["table"][-1]["loss task 1"]
 
+
+
+def test_linear_scalarization_weights_the_heads_too(tmp_path, monkeypatch):
+    # w = 1 trains 1 * l_1 + 0 * l_2: its gradient in the head of task 2 is zero (Adam leaves it as
+    # initialized), while the head of task 1 trains
+    states = {}
+    original = RunContext.save_state
+
+    def keep_first_epoch(self, unit, state):
+        original(self, unit, state)
+        states[unit] = state
+        raise KeyboardInterrupt  # one epoch is enough
+
+    monkeypatch.setattr(RunContext, "save_state", keep_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("mgda-multidigits", out=str(tmp_path / "w1"), progress=False,
+                                      config=tiny_config(weights=[1.0], epochs=1, train_images=128, test_images=32))
+    torch.manual_seed(0)
+    init = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=28).state_dict()
+    trained = states["linear w=1"]["model"]
+    assert all(torch.equal(trained[k], init[k]) for k in ("heads.1.weight", "heads.1.bias"))
+    assert not any(torch.equal(trained[k], init[k]) for k in ("heads.0.weight", "heads.0.bias", "trunk.0.weight"))
+
+
+def test_weights_that_share_a_unit_name_are_refused(monkeypatch):
+    from torchmoo.experiments import pareto_multidigits
+
+    monkeypatch.setattr(mgda_multidigits, "_data", lambda *a: pytest.fail("trained with colliding unit names"))
+    with pytest.raises(ValueError, match="first 6 significant digits"):
+        mgda_multidigits.run(tiny_config(weights=[0.3, 0.3000001]), None)
+    for bad, message in [(dict(seed_weights=[0.5, 0.5]), "first 6 significant digits"),
+                         (dict(ws_lrs=[0.01, 0.010000001]), "must not repeat a pair")]:
+        with pytest.raises(ValueError, match=message):
+            pareto_multidigits.run(pareto_multidigits.Config(**bad), None)
+
+
+def test_pareto_seeds_train_at_the_configured_weight(tmp_path, monkeypatch):
+    # the weight of a seed is the configured one, not the one its unit name shows (6 digits)
+    seen = []
+
+    def capture(weights):
+        seen.append([float(w) for w in weights])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tm.methods, "LinearScalarization", capture)
+    cfg = tm.experiments.pareto_multidigits.Config(train_images=64, test_images=16, seed_weights=[1 / 3])
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("pareto-multidigits", out=str(tmp_path / "p"), progress=False, config=cfg)
+    assert seen == [[1 / 3, 1 - 1 / 3]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,3 +494,97 @@ def test_set_reads_each_field_type():
                              ("seed_weights=[0.2, x]", "expected a number, got 'x'")]:
         with pytest.raises(ValueError, match=f"--set {setting.split('=')[0]}=.*{message}"):
             configure("pareto-multidigits", assignments=[setting])
+
+
+def test_report_names_unreadable_files_and_reports_the_others(tmp_path, toy, capsys):
+    tm.experiments.run_experiment(TOY, out=str(tmp_path / "good"), progress=False)
+    _toy_hook["fn"] = _interrupt_at("second/unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(tmp_path / "partial"), progress=False)
+    bad = {"corrupt": "{not json", "foreign": '{"summary": [1], "units": {}}',
+           "timings": '{"experiment": "x", "units": {}, "timings": {"a": "1 s"}}'}
+    for name, text in bad.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    assert cli_main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"## {TOY}") == 2 and "| unit | sum |" in out
+    assert "incomplete (1 units done)" in out and "(no summary yet)" in out
+    assert all(str(tmp_path / name / "results.json") in out.split("## not reported")[1] for name in bad)
+    # alone, a file that is not a results file is a message, not a traceback
+    assert cli_main(["report", str(tmp_path / "foreign")]) == 2
+    assert "not a torchmoo results file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(storage.fcntl is None, reason="file locks need fcntl")
+def test_lock_is_released_when_writing_its_owner_fails(tmp_path, toy, monkeypatch):
+    out = tmp_path / "full disk"
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "pwrite", no_space)
+    with pytest.raises(ValueError, match="cannot write the results folder"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    monkeypatch.undo()
+    assert tm.experiments.run_experiment(TOY, out=str(out), progress=False)["complete"]  # not "in use"
+
+
+def test_set_reads_numbers_in_a_list_of_text(toy):
+    assert configure(TOY, assignments=["units=1,2"]).units == ["1", "2"]
+    assert configure(TOY, assignments=["units=[1, 'two']"]).units == ["1", "two"]
+    assert configure(TOY, assignments=["units=3"]).units == ["3"]
+    with pytest.raises(ValueError, match="expected an integer, got 2.5"):
+        configure(TOY, assignments=["epochs=2.5"])
+
+
+
+def _pareto_tiny(**kw):
+    base = dict(train_images=128, test_images=32, seed_weights=[0.7], seed_epochs=1, k=4, num_points=3,
+                hessian_images=32, ws_weights=[[1.0, 0.0]], ws_snapshots=2, front_resolution=1)
+    base.update(kw)
+    return tm.experiments.pareto_multidigits.Config(**base)
+
+
+@pytest.fixture(scope="module")
+def pareto_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pareto") / "ref"
+    return tm.experiments.run_experiment("pareto-multidigits", out=str(out), progress=False, config=_pareto_tiny())
+
+
+def test_an_expansion_does_not_depend_on_the_other_seeds(tmp_path, pareto_reference):
+    # "expand linear w=0.7" draws its right-hand sides from its own stream, wherever the seed is listed
+    both = tm.experiments.run_experiment("pareto-multidigits", out=str(tmp_path / "both"), progress=False,
+                                         config=_pareto_tiny(seed_weights=[0.3, 0.7]))
+    for unit in ("seed linear w=0.7", "expand linear w=0.7"):
+        assert both["units"][unit] == pareto_reference["units"][unit], unit
+
+
+def test_pareto_multidigits_interrupted_mid_unit_resumes_to_the_same_results(tmp_path, monkeypatch, pareto_reference):
+    original = RunContext.save_state
+    saves = []
+
+    def stop_at(target):
+        def save_state(self, unit, state):
+            original(self, unit, state)
+            saves.append(unit)
+            if (unit, saves.count(unit)) == target:
+                raise KeyboardInterrupt
+        return save_state
+
+    out = str(tmp_path / "stopped")
+    # after the expansion's first child (its second checkpoint), after the first SGD snapshot
+    for target in [("expand linear w=0.7", 2), ("weighted-sum w=(1, 0) lr=0.01", 1)]:
+        monkeypatch.setattr(RunContext, "save_state", stop_at(target))
+        with pytest.raises(KeyboardInterrupt):
+            tm.experiments.run_experiment("pareto-multidigits", out=out, progress=False, config=_pareto_tiny())
+        assert saves.count(target[0]) == target[1]
+        saves.clear()
+    monkeypatch.setattr(RunContext, "save_state", original)
+    resumed = tm.experiments.run_experiment("pareto-multidigits", out=out, progress=False, config=_pareto_tiny())
+    assert resumed["resumed"] == 2 and resumed["complete"]
+    assert resumed["units"] == pareto_reference["units"]
+    assert resumed["evaluations"] == pareto_reference["evaluations"]
+    figure = {"figure"}
+    assert {k: v for k, v in resumed["summary"].items() if k not in figure} == \
+        {k: v for k, v in pareto_reference["summary"].items() if k not in figure}

@@ -2,9 +2,12 @@
 
 The runner's first experiment, and the classic picture of multi-task learning as multi-objective
 optimization (Sener & Koltun 2018): each linear scalarization ``w * l_1 + (1 - w) * l_2`` trains one
-model, MGDA trains one model whose every step is a common descent direction of both tasks. The
-experiment reports per-task test accuracy and loss of every model, the hypervolume of their test
-losses with respect to chance level (``ln 10`` per task), and a plot of the models in loss space.
+model (the gradient of the weighted sum in every parameter, heads included), MGDA trains one model
+whose every gradient is a common descent direction of both tasks (the min-norm combination on the
+shared trunk, each head its own task's gradient: Sener & Koltun's algorithm 2), which Adam then
+scales per coordinate. The experiment reports per-task test accuracy and loss of every model, the
+hypervolume of their test losses with respect to chance level (``ln 10`` per task), and a plot of the
+models in loss space.
 
 Every model starts from the same initialization (seeded), sees the same mini-batches (seeded per
 epoch) and checkpoints after every epoch, so an interrupted run resumes exactly.
@@ -71,8 +74,13 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
     torch.manual_seed(ctx.seed)  # the same initialization for every unit
     model = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=x_train.shape[-1]).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    shared = model.shared_parameters()
-    heads = [model.task_parameters(i) for i in range(2)]
+    if isinstance(aggregator, tm.methods.LinearScalarization):
+        # the gradient of w * l_1 + (1 - w) * l_2 in every parameter: each head gets its task's weight
+        # (with w = 1 the head of task 2 is not trained), as Sener & Koltun's weighted-sum baseline
+        shared, heads = list(model.parameters()), None
+    else:  # MGDA on the shared parameters, each head its own task's gradient (Sener & Koltun, Alg. 2)
+        shared = model.shared_parameters()
+        heads = [model.task_parameters(i) for i in range(2)]
     state = ctx.load_state(unit)
     start_epoch, history, steps, seconds, last_weights = 0, [], 0, 0.0, None
     if state is not None:
@@ -121,9 +129,12 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
 def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     if not cfg.weights or any(not 0.0 <= w <= 1.0 for w in cfg.weights):
         raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {cfg.weights}.")
+    names = [f"linear w={w:g}" for w in cfg.weights]
+    if len(set(names)) < len(names):  # one unit name for two weights: the second would reuse the first's model
+        raise ValueError(f"weights must differ in their first 6 significant digits, got {cfg.weights}.")
     data = _data(cfg, ctx.seed, ctx.device)
     units: List[Tuple[str, Any]] = [
-        (f"linear w={w:g}", tm.methods.LinearScalarization([w, 1.0 - w])) for w in cfg.weights
+        (name, tm.methods.LinearScalarization([w, 1.0 - w])) for name, w in zip(names, cfg.weights)
     ]
     units.append(("mgda", tm.methods.MGDA(normalization=cfg.mgda_normalization)))
     results = {}

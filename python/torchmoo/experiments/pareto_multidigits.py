@@ -66,6 +66,7 @@ import functools
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -162,6 +163,10 @@ def _seed_names(cfg: Config) -> List[str]:
     return names
 
 
+def _ws_unit(w: List[float], lr: float) -> str:
+    return f"weighted-sum w=({w[0]:g}, {w[1]:g}) lr={lr:g}"
+
+
 # ---- units ----------------------------------------------------------------------------------------
 
 
@@ -179,8 +184,11 @@ def _train_seed(name: str, cfg: Config, ctx: RunContext, model, train, test) -> 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.seed_epochs * steps_per_epoch) \
         if cfg.seed_optimizer == "sgd" else None
-    agg = tm.methods.MGDA() if name == "mgda" else tm.methods.LinearScalarization(
-        [float(name.split("=")[1]), 1.0 - float(name.split("=")[1])])
+    if name == "mgda":
+        agg = tm.methods.MGDA()
+    else:  # the configured weight, not the one read back from the unit's name (6 significant digits)
+        w = dict(zip(_seed_names(cfg), cfg.seed_weights))[name]
+        agg = tm.methods.LinearScalarization([w, 1.0 - w])
     state = ctx.load_state(unit)
     start, seconds = 0, 0.0
     if state is not None:
@@ -231,19 +239,21 @@ def _closures(cfg: Config, ctx: RunContext, model, train, test):
     return objectives, hessian_objectives, test_objectives, calls, xh.shape[0]
 
 
-def _explorer(cfg: Config, ctx: RunContext, model, objectives, hessian_objectives, index: int) -> ParetoExplorer:
+def _explorer(cfg: Config, ctx: RunContext, model, objectives, hessian_objectives, unit: str) -> ParetoExplorer:
     optimize = functools.partial(pareto_optimize, max_iter=cfg.optimize_steps, decay=0.5, max_backtracks=10)
     return ParetoExplorer(model, objectives, k=cfg.k, step=cfg.step, num_children=cfg.num_children,
                           num_points=cfg.num_points, rhs=cfg.rhs, correction=cfg.correction, shift=cfg.shift,
                           hessian_objectives=hessian_objectives, optimize=optimize, optimize_seed=False,
-                          seed=ctx.seed * 1009 + index)
+                          # the stream of the right-hand sides is the unit's own: an expansion does not
+                          # change with the other seeds listed before it
+                          seed=ctx.seed * 1009 + zlib.crc32(unit.encode()))
 
 
-def _expand(name: str, index: int, cfg: Config, ctx: RunContext, model, train, test) -> Dict[str, Any]:
+def _expand(name: str, cfg: Config, ctx: RunContext, model, train, test) -> Dict[str, Any]:
     unit = f"expand {name}"
     model.load_state_dict(storage.load_checkpoint(_model_path(ctx, f"seed {name}"))["model"])
     objectives, hobj, test_obj, calls, h = _closures(cfg, ctx, model, train, test)
-    ex = _explorer(cfg, ctx, model, objectives, hobj, index)
+    ex = _explorer(cfg, ctx, model, objectives, hobj, unit)
     state = ctx.load_state(unit)
     seconds = 0.0
     if state is not None:
@@ -377,6 +387,8 @@ def _check(cfg: Config) -> None:
         raise ValueError("no seed: give seed_weights or mgda_seed=True.")
     if any(not 0.0 <= w <= 1.0 for w in cfg.seed_weights):
         raise ValueError(f"seed_weights must lie in [0, 1], got {cfg.seed_weights}.")
+    if len(set(_seed_names(cfg))) < len(_seed_names(cfg)):  # one unit name for two seeds: one would be lost
+        raise ValueError(f"seed_weights must differ in their first 6 significant digits, got {cfg.seed_weights}.")
     if not 0 <= cfg.ws_from < len(_seed_names(cfg)):
         raise ValueError(f"ws_from={cfg.ws_from} is not the index of a seed (0..{len(_seed_names(cfg)) - 1}).")
     for name in ("seed_epochs", "batch_size", "k", "num_children", "hessian_images", "ws_snapshots",
@@ -385,6 +397,9 @@ def _check(cfg: Config) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
     if any(len(w) != 2 for w in cfg.ws_weights):
         raise ValueError(f"ws_weights must be pairs of task weights, got {cfg.ws_weights}.")
+    units = [_ws_unit(w, lr) for w in cfg.ws_weights for lr in cfg.ws_lrs]
+    if len(set(units)) < len(units):
+        raise ValueError(f"ws_weights and ws_lrs must not repeat a pair, got {cfg.ws_weights} and {cfg.ws_lrs}.")
 
 
 def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
@@ -398,22 +413,22 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     for name in names:
         unit = f"seed {name}"
         seeds[name] = ctx.result(unit) if ctx.done(unit) else _train_seed(name, cfg, ctx, model, train, test)
-    for i, name in enumerate(names):
+    for name in names:
         unit = f"expand {name}"
-        expansions[name] = ctx.result(unit) if ctx.done(unit) else _expand(name, i, cfg, ctx, model, train, test)
+        expansions[name] = ctx.result(unit) if ctx.done(unit) else _expand(name, cfg, ctx, model, train, test)
     budget = expansions[names[cfg.ws_from]]["image_evaluations"]
     ws = {}
     for w in cfg.ws_weights:
         for lr in cfg.ws_lrs:
-            unit = f"weighted-sum w=({w[0]:g}, {w[1]:g}) lr={lr:g}"
+            unit = _ws_unit(w, lr)
             ws[unit] = ctx.result(unit) if ctx.done(unit) else _weighted_sum(unit, w, lr, budget, cfg, ctx, model,
                                                                               train, test)
 
     # continuous front of all families, on the test losses
     objectives, hobj, test_obj, _, _ = _closures(cfg, ctx, model, train, test)
     explorers = []
-    for i, name in enumerate(names):
-        ex = _explorer(cfg, ctx, model, objectives, hobj, i)
+    for name in names:
+        ex = _explorer(cfg, ctx, model, objectives, hobj, f"expand {name}")
         ex.load_state_dict(storage.load_checkpoint(_model_path(ctx, f"expand {name}"))["explorer"])
         explorers.append(ex)
     front = stitch(explorers, objectives=test_obj, resolution=cfg.front_resolution)

@@ -122,20 +122,24 @@ def _coerce(value: Any, hint: Any) -> Any:
         raise error if error is not None else ValueError(f"expected none, got {value!r}.")
     if origin in (list, tuple, collections.abc.Sequence):
         item = args[0] if args else Any
+        out = None
         if isinstance(value, str):
             parsed = _literal(value)
             if isinstance(parsed, (list, tuple)):
-                items = list(parsed)
-            else:  # a,b,c without brackets, or a single item
+                try:
+                    out = [_coerce(v, item) for v in parsed]
+                except ValueError:  # e.g. 1,2 for a list of text: read the items from the text instead
+                    pass
+            if out is None:  # a,b,c without brackets, or a single item
                 inner = value.strip()
                 if inner[:1] in "[(" and inner[-1:] in "])":
                     inner = inner[1:-1]
                 items = [v.strip() for v in inner.split(",")] if inner.strip() else []
+                out = [_coerce(v, item) for v in items]
         elif isinstance(value, (list, tuple)):
-            items = list(value)
+            out = [_coerce(v, item) for v in value]
         else:
-            items = [value]
-        out = [_coerce(v, item) for v in items]
+            out = [_coerce(value, item)]
         return tuple(out) if origin is tuple else out
     if hint is str:
         if isinstance(value, str):
@@ -464,13 +468,38 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _read_results(path: Path) -> Dict[str, Any]:
+    """A ``results.json`` as written by :func:`run_experiment` (finished or not), else ``ValueError``."""
+    res = storage.read_json(path)
+    if not isinstance(res, dict):
+        raise ValueError(f"{path} is not a torchmoo results file (it holds a JSON {type(res).__name__}).")
+    expected = {"units": dict, "timings": dict, "versions": dict, "summary": (dict, type(None))}
+    for key, kind in expected.items():
+        if key in res and not isinstance(res[key], kind):
+            kind_found = type(res[key]).__name__
+            raise ValueError(f"{path} is not a torchmoo results file (its {key!r} is a JSON {kind_found}).")
+    if not isinstance(res.get("experiment"), str) or "units" not in res:
+        raise ValueError(f"{path} is not a torchmoo results file (no experiment name or units).")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in res.get("timings", {}).values()):
+        raise ValueError(f"{path} is not a torchmoo results file (a timing is not a number).")
+    table = (res.get("summary") or {}).get("table", [])
+    if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
+        raise ValueError(f"{path} is not a torchmoo results file (its summary table is not a list of rows).")
+    return res
+
+
 def report(paths: Sequence[str]) -> str:
-    """Markdown report of one or more result folders."""
-    parts = []
+    """Markdown report of one or more result folders.
+
+    A file that is not a readable torchmoo results file is named in the report and the others are
+    reported; ``ValueError`` when no file is readable."""
+    parts, unreadable = [], []
     for path in find_results(paths):
-        res = storage.read_json(path)
-        if not isinstance(res, dict):
-            raise ValueError(f"{path} is not a torchmoo results file (it holds a JSON {type(res).__name__}).")
+        try:
+            res = _read_results(path)
+        except (ValueError, OSError) as err:  # one broken file does not hide the other runs
+            unreadable.append(err)
+            continue
         status = "complete" if res.get("complete") else f"incomplete ({len(res.get('units', {}))} units done)"
         total = sum(res.get("timings", {}).values())
         head = (
@@ -481,4 +510,8 @@ def report(paths: Sequence[str]) -> str:
         body = markdown_table(summary.get("table", [])) if summary else "(no summary yet)"
         notes = "\n".join(f"- {k}: {v}" for k, v in summary.items() if k != "table" and not isinstance(v, (list, dict)))
         parts.append("\n\n".join(x for x in (head, body, notes) if x))
+    if not parts:
+        raise unreadable[0]
+    if unreadable:
+        parts.append("## not reported\n\n" + "\n".join(f"- {err}" for err in unreadable))
     return "\n\n".join(parts) + "\n"

@@ -119,8 +119,12 @@ class FolderLock:
             if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 return self  # the file system has no locks
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:  # a full disk, Ctrl-C: an fd left open would hold the lock until the process ends
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 
