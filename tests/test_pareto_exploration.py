@@ -720,3 +720,37 @@ def test_expansion_on_cuda_matches_the_cpu():
     assert gpu.directions.device.type == "cuda" and gpu.residuals.device.type == "cpu"
     torch.testing.assert_close(gpu.directions.cpu(), cpu.directions, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(gpu.residuals, cpu.residuals, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_resume_on_cuda_from_a_checkpoint_loaded_on_the_cpu(tmp_path):
+    """A checkpoint saved mid-exploration of a CUDA model and loaded on the CPU (as the runner does)
+    continues on the GPU and ends where an uninterrupted run ends."""
+
+    def explorer():
+        x = zdt2_point(0.5).cuda().requires_grad_(True)
+        opt = functools.partial(pareto_optimize, tol=1e-14, max_iter=500)
+        return x, ParetoExplorer(x, lambda: ZDT2(x), k=2, step=0.1, num_children=2, num_points=5, rhs="normal",
+                                 optimize=opt, optimize_seed=False, seed=3)
+
+    _, full_run = explorer()
+    ref = full_run.explore()
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(e):
+        if len(e.points) + len(e.rejected) == 3:
+            torch.save(e.state_dict(), tmp_path / "state.pt")
+            raise Stop
+
+    _, first = explorer()
+    with pytest.raises(Stop):
+        first.explore(callback=interrupt)
+    x2, second = explorer()
+    second.load_state_dict(torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True))
+    out = second.explore()
+    assert len(out) == len(ref) and out[-1].params.device.type == "cuda"
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a.params, b.params, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a.losses.cpu(), b.losses.cpu(), rtol=0, atol=1e-12)

@@ -668,7 +668,9 @@ def _restore(buffers: List[Tensor], saved: List[Tensor]) -> None:
 
 
 def _dominates(a: Tensor, b: Tensor) -> bool:
-    """``a`` dominates ``b``: no worse in every objective and better in one."""
+    """``a`` dominates ``b``: no worse in every objective and better in one (on ``a``'s device: a point
+    loaded from a checkpoint keeps its objectives on the CPU)."""
+    b = b.to(a.device)
     return bool((a <= b).all()) and bool((a < b).any())
 
 
@@ -948,6 +950,13 @@ class ParetoExplorer:
         n = sum(p.numel() for p in self.params)
         if points and points[0].params.numel() != n:
             raise ValueError(f"the state holds {points[0].params.numel()} parameters, the model has {n}.")
+        # a checkpoint is loaded on the CPU: the points' parameters and the pending directions go back
+        # to the model's device (the random state stays with the CPU generator)
+        device = self.params[0].device if self.params else torch.device("cpu")
+        for p in points + rejected:
+            p.params = p.params.to(device)
+        if pending is not None:
+            pending["directions"] = pending["directions"].to(device)
         self.generator.set_state(generator)
         self.points, self.rejected, self._queue, self._pending = points, rejected, queue, pending
         self.counters, self.num_points = counters, num_points
