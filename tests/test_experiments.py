@@ -588,3 +588,22 @@ def test_pareto_multidigits_interrupted_mid_unit_resumes_to_the_same_results(tmp
     figure = {"figure"}
     assert {k: v for k, v in resumed["summary"].items() if k not in figure} == \
         {k: v for k, v in pareto_reference["summary"].items() if k not in figure}
+
+
+def test_resume_on_another_device_is_refused(finished_run):
+    """A folder computed on one device is resumed on that device only (units from two devices would not
+    match an uninterrupted run); cpu and cpu:0 are the same device."""
+    out, res = finished_run
+    path = out / "results.json"
+    saved = path.read_text()  # restored at the end: the fixture's folder is shared
+    try:
+        again = tm.experiments.run_experiment("mgda-multidigits", out=str(out), progress=False, config=tiny_config(),
+                                              device="cpu:0")
+        assert again["units"] == res["units"]
+        data = json.loads(saved)
+        data["device"] = "cuda:0"  # as if the folder had been run on a GPU
+        path.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=r"was run on cuda:0: resume it with --device cuda:0"):
+            tm.experiments.run_experiment("mgda-multidigits", out=str(out), progress=False, config=tiny_config())
+    finally:
+        path.write_text(saved)

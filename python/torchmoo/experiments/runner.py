@@ -365,6 +365,15 @@ def _holds_work(out_dir: Path, results: Dict[str, Any]) -> bool:
     return bool(results.get("units")) or (ckpts.is_dir() and any(ckpts.iterdir()))
 
 
+def _device_key(device: Union[str, torch.device]) -> str:
+    """A device as results.json records it, ``cpu:0`` and ``cpu`` alike (one CPU device)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        return str(device)
+    return "cpu" if d.type == "cpu" else str(d)
+
+
 def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: torch.device, out_dir: Path,
                 progress: bool) -> Dict[str, Any]:
     name = exp.name
@@ -378,6 +387,10 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
             and results.get("config") == config_dict
             and results.get("seed") == seed
         )
+        ran_on = results.get("device")
+        if same and ran_on is not None and _device_key(ran_on) != _device_key(dev) and _holds_work(out_dir, results):
+            # units computed on two devices would not match an uninterrupted run bit for bit
+            raise ValueError(f"{out_dir} was run on {ran_on}: resume it with --device {ran_on}, or pass another --out.")
         if same:
             results["resumed"] = results.get("resumed", 0) + 1
         elif _holds_work(out_dir, results):
