@@ -4,6 +4,7 @@ Algorithm 1, the continuous parametrization, evaluation counts and the pareto-* 
 from __future__ import annotations
 
 import functools
+import io
 import math
 
 import pytest
@@ -754,3 +755,62 @@ def test_resume_on_cuda_from_a_checkpoint_loaded_on_the_cpu(tmp_path):
     for a, b in zip(out, ref):
         torch.testing.assert_close(a.params, b.params, rtol=0, atol=1e-12)
         torch.testing.assert_close(a.losses.cpu(), b.losses.cpu(), rtol=0, atol=1e-12)
+
+
+def _interrupted_state(x: torch.Tensor, after: int) -> dict:
+    """The state_dict of a ZDT2 exploration of ``x`` stopped once ``after`` children were made (an
+    expansion in progress), as ``torch.load(map_location="cpu")`` returns it."""
+    opt = functools.partial(pareto_optimize, tol=1e-14, max_iter=500)
+    ex = ParetoExplorer(x, lambda: ZDT2(x), k=2, step=0.1, num_children=2, num_points=5, rhs="normal",
+                        optimize=opt, optimize_seed=False, seed=3)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(e):
+        if len(e.points) + len(e.rejected) == after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        ex.explore(callback=interrupt)
+    buf = io.BytesIO()
+    torch.save(ex.state_dict(), buf)
+    buf.seek(0)
+    return torch.load(buf, map_location="cpu", weights_only=True)
+
+
+def test_load_state_dict_moves_every_point_tensor_to_the_model_device():
+    """A checkpoint loaded on the CPU into an explorer of a model on another device ("meta" checks devices
+    as CUDA does): every tensor of the points (parameters, objectives, expanded objectives, predictions,
+    weights) and of the expansion in progress lands on the model's device, so that the loaded points mix
+    with the new ones (``torch.stack([p.losses for p in points])``)."""
+    state = _interrupted_state(zdt2_point(0.5).requires_grad_(True), after=2)
+    assert state["pending"] is not None and state["points"][1]["expanded_losses"] is not None
+    x = torch.zeros(3, dtype=F64, device="meta", requires_grad=True)
+    ex = ParetoExplorer(x, lambda: ZDT2(x), k=2, step=0.1, num_children=2, num_points=5, optimize_seed=False)
+    ex.load_state_dict(state)
+    tensors = [v for p in ex.points + ex.rejected for v in vars(p).values() if isinstance(v, torch.Tensor)]
+    tensors += [v for v in ex._pending.values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) >= 9 and all(t.device.type == "meta" for t in tensors)
+    assert ex.generator.device.type == "cpu"  # the random stream stays with the CPU generator
+
+
+@pytest.mark.cuda
+def test_resumed_cuda_exploration_keeps_its_points_on_one_device():
+    """After a resume on the GPU from a CPU-loaded checkpoint, the loaded points and the new ones live on
+    the GPU together: their objectives stack, and the predictions agree with an uninterrupted run."""
+    state = _interrupted_state(zdt2_point(0.5).cuda().requires_grad_(True), after=3)
+    x = zdt2_point(0.5).cuda().requires_grad_(True)
+    opt = functools.partial(pareto_optimize, tol=1e-14, max_iter=500)
+    ex = ParetoExplorer(x, lambda: ZDT2(x), k=2, step=0.1, num_children=2, num_points=5, rhs="normal",
+                        optimize=opt, optimize_seed=False, seed=3)
+    ex.load_state_dict(state)
+    out = ex.explore()
+    ref_x = zdt2_point(0.5).cuda().requires_grad_(True)
+    ref = ParetoExplorer(ref_x, lambda: ZDT2(ref_x), k=2, step=0.1, num_children=2, num_points=5, rhs="normal",
+                         optimize=opt, optimize_seed=False, seed=3).explore()
+    F = torch.stack([p.losses for p in out])
+    P = torch.stack([p.predicted for p in out[1:]])
+    assert F.device.type == "cuda" and P.device.type == "cuda" and len(out) == len(ref)
+    torch.testing.assert_close(F, torch.stack([p.losses for p in ref]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(P, torch.stack([p.predicted for p in ref[1:]]), rtol=0, atol=1e-12)

@@ -439,6 +439,43 @@ def test_trainer_heads_on_their_own_losses_is_the_documented_deviation():
         P.FewShotTrainer(model, x, y, method=tm.methods.PSST(region, epsilon=0.01), batch_size=16, aggregate_heads=1)
 
 
+def test_trainer_keeps_labels_and_patch_images_on_the_images_device():
+    # the batches are indexed on the images' device: labels given as a list (or on the CPU) and the patch
+    # images must follow the images there ("meta" checks devices as CUDA does)
+    model = _tiny_conv4()
+    x = torch.randn(16, 1, 16, 16).to("meta")
+    trainer = P.FewShotTrainer(model, x, [i % 3 for i in range(16)], aux=("rotation", "location"),
+                               method=[1.0, 1.0, 1.0], batch_size=16, patch_images=torch.randn(16, 1, 48, 48))
+    assert trainer.labels.device.type == "meta" and trainer.labels.dtype == torch.int64
+    assert trainer.patch_images.device.type == "meta" and trainer.patch_images.shape == (16, 1, 48, 48)
+    with pytest.raises(ValueError, match="patch_images"):
+        P.FewShotTrainer(model, x, torch.arange(16) % 3, aux=("rotation", "location"), batch_size=16,
+                         method=[1.0, 1.0, 1.0], patch_images=torch.randn(16, 48, 48))
+
+
+@pytest.mark.cuda
+def test_trainer_on_cuda_with_cpu_labels_and_patches_matches_the_cpu():
+    """CUDA images with labels given as a list and patch images on the CPU: an epoch runs on the GPU (it
+    used to index CPU labels with CUDA batch indices) and ends where the CPU run ends (float64)."""
+    g = torch.Generator().manual_seed(2)
+    x, xp = torch.randn(32, 1, 16, 16, generator=g, dtype=torch.float64), torch.randn(32, 1, 48, 48, generator=g,
+                                                                                     dtype=torch.float64)
+    labels = [i % 3 for i in range(32)]
+
+    def run(device):
+        model = _tiny_conv4().double().to(device)
+        trainer = P.FewShotTrainer(model, x.to(device), labels, aux=("rotation", "location"), method=[1.0, 0.5, 0.5],
+                                   epochs=1, batch_size=16, lr=0.01, patch_images=xp, seed=3)
+        stats = trainer.train_epoch()
+        return stats, tm.autograd.flatten(list(model.parameters())).detach().cpu()
+
+    (cpu, theta), (gpu, theta_c) = run("cpu"), run("cuda")
+    assert gpu["steps"] == cpu["steps"] == 2
+    for key in ("loss0", "loss1", "loss2"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-9)
+    torch.testing.assert_close(theta_c, theta, rtol=1e-9, atol=1e-12)
+
+
 # ---- self-supervised label generators -------------------------------------------------------------------------
 
 

@@ -164,6 +164,30 @@ def test_compose_is_deterministic_and_validates():
         D.compose_pairs(items.float(), items.float())
     with pytest.raises(ValueError, match="same shape"):
         D.compose_pairs(items, items[:3])
+    with pytest.raises(ValueError, match="one device"):
+        D.compose_pairs(items, items.to("meta"))
+
+
+def test_compose_works_on_the_items_device():
+    """Items on another device (here "meta", which checks devices as CUDA does) are composed there: the
+    gather masks, the corners and the output follow the items instead of staying on the CPU."""
+    items = torch.randint(0, 256, (5, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images, pos = D.compose_pairs(items.to("meta"), items.flip(0).to("meta"),
+                                  generator=torch.Generator().manual_seed(5), out_size=20)
+    assert images.device.type == "meta" and images.shape == (5, 20, 20) and images.dtype == torch.uint8
+    assert pos.device.type == "meta" and pos.shape == (5, 2, 2)
+
+
+@pytest.mark.cuda
+def test_compose_on_cuda_matches_the_cpu():
+    """CUDA items give the CPU's images and positions (the moves come from the same CPU generator)."""
+    g = torch.Generator().manual_seed(3)
+    left = torch.randint(0, 256, (300, 28, 28), generator=g, dtype=torch.uint8)
+    right = torch.randint(0, 256, (300, 28, 28), generator=g, dtype=torch.uint8)
+    images, pos = D.compose_pairs(left, right, generator=torch.Generator().manual_seed(1))
+    images_c, pos_c = D.compose_pairs(left.cuda(), right.cuda(), generator=torch.Generator().manual_seed(1))
+    assert images_c.device.type == "cuda" and pos_c.device.type == "cuda"
+    assert torch.equal(images_c.cpu(), images) and torch.equal(pos_c.cpu(), pos)
 
 
 # ---------------------------------------------------------------------------------- MultiMNIST

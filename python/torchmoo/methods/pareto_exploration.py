@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,6 +43,12 @@ from torchmoo.autograd import Losses, Params, _stack_losses, as_param_list, flat
 from torchmoo.methods.aggregator import Aggregator, gram_matrix
 from torchmoo.methods.mgda import MGDA, min_norm_weights
 from torchmoo.training import backward as _mtl_backward
+
+if TYPE_CHECKING:  # imported where used: continuous_front and matplotlib load only when needed
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from torchmoo.methods.continuous_front import ContinuousFront, ConvexHullFamily
 
 __all__ = [
     "Objectives",
@@ -98,6 +104,7 @@ class EvaluationCounter:
         return self.f + self.grad + self.hvp
 
     def copy(self) -> "EvaluationCounter":
+        """An independent copy (a snapshot: ``counter - snapshot`` is what was spent since)."""
         return dataclasses.replace(self)
 
     def __add__(self, other: "EvaluationCounter") -> "EvaluationCounter":
@@ -107,6 +114,7 @@ class EvaluationCounter:
         return EvaluationCounter(self.f - other.f, self.grad - other.grad, self.hvp - other.hvp)
 
     def as_dict(self) -> Dict[str, int]:
+        """``{"f": ..., "grad": ..., "hvp": ...}`` (``EvaluationCounter(**d)`` restores it)."""
         return {"f": self.f, "grad": self.grad, "hvp": self.hvp}
 
 
@@ -245,7 +253,16 @@ def pareto_optimize(
         counter: an :class:`EvaluationCounter` to add the evaluations to.
 
     Returns:
-        :class:`OptimizeResult`.
+        :class:`OptimizeResult`; its losses are detached, in the objectives' dtype and device.
+
+    Raises:
+        TypeError: ``objectives`` not callable; ``aggregator`` not an Aggregator; ``optimizer`` not a
+            ``torch.optim.Optimizer``; ``counter`` not an :class:`EvaluationCounter`; non-floating
+            objectives.
+        ValueError: ``params`` empty; ``max_iter`` not an int ``>= 0``; ``max_backtracks`` not an int
+            ``>= 1``; ``tol``, ``step``, ``decay``, ``armijo`` not finite or out of range (``tol >= 0``,
+            ``step > 0``, ``0 < decay < 1``, ``0 <= armijo <= 1``); objectives that are not finite or do
+            not require grad.
 
     Example:
         >>> x = torch.tensor([0.3, 1.2, -0.4], dtype=torch.float64, requires_grad=True)
@@ -381,7 +398,10 @@ class Expansion(NamedTuple):
 
 def sample_beta(m: int, num: int, rhs: str = "normal", *, generator: Optional[torch.Generator] = None,
                 dtype: torch.dtype = torch.float64) -> Tensor:
-    """``num`` right-hand-side weight vectors ``beta`` of length ``m``: ``(num, m)``, on the CPU.
+    """``num`` right-hand-side weight vectors ``beta`` of length ``m``: ``(num, m)`` in ``dtype``, on the CPU.
+
+    ``rhs`` chooses the distribution (:data:`RHS_SAMPLERS`); ``generator`` the random source (default:
+    torch's global generator).
 
     * ``"normal"``: :math:`\\beta \\sim N(0, I_m)` (supplement 2.2, MultiMNIST subset).
     * ``"simplex"``: uniform on the probability simplex (Dirichlet(1)): the right-hand side lies
@@ -390,6 +410,9 @@ def sample_beta(m: int, num: int, rhs: str = "normal", *, generator: Optional[to
       Census-Income and UTKFace): the right-hand side is the sum of a subset of the gradients. The
       ``2^m - 2`` label vectors are drawn without replacement (a fresh random order each time they
       are used up), so for ``m = 2`` and ``num = 2`` the two directions are ``e_1`` and ``e_2``.
+
+    Raises:
+        ValueError: ``m`` or ``num`` not an int ``>= 1``; an unknown ``rhs``; ``"binary"`` with ``m < 2``.
     """
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m must be an int >= 1, got {m!r}.")
@@ -523,11 +546,15 @@ def pareto_expand(
         counter: an :class:`EvaluationCounter` to add the evaluations to.
 
     Returns:
-        :class:`Expansion`.
+        :class:`Expansion`. The parameters are left where they were.
 
     Raises:
-        ValueError: fewer than 2 objectives, unknown ``rhs``/``sign``/``method``, bad ``beta`` shape,
-            non-finite objectives, objectives that do not depend on the parameters.
+        TypeError: ``objectives`` or ``hessian_objectives`` not callable; ``beta`` not real.
+        ValueError: fewer than 2 objectives, unknown ``rhs``/``sign``/``method``, ``k`` or
+            ``num_directions`` not an int ``>= 1``, ``perturbation <= 0``, bad ``beta`` shape or non-finite
+            ``beta``, ``parent_losses`` without ``m`` entries, ``sign="parent"`` without ``parent_losses``,
+            non-finite objectives, objectives that do not depend on the parameters; the errors of
+            :func:`torchmoo.ops.minres` (e.g. ``tol < 0``).
     """
     prob = _Problem(objectives, params, counter)
     if method not in _METHODS:
@@ -645,10 +672,12 @@ class ExploredPoint:
     alpha: Optional[Tensor] = None
 
     def as_dict(self) -> Dict[str, Any]:
+        """The fields as a dict (tensors are deep-copied), loadable with ``torch.load(weights_only=True)``."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ExploredPoint":
+        """The point of :meth:`as_dict` ``d`` (a ``TypeError`` for unknown or missing fields)."""
         return cls(**d)
 
 
@@ -705,6 +734,13 @@ class ParetoExplorer:
             as is, as in the authors' MultiMNIST code).
         optimize_seed: run ``optimize`` on the starting point first (Algorithm 1's first line).
         seed: seed of the random stream of the right-hand sides.
+
+    Raises:
+        TypeError: ``objectives``, ``hessian_objectives`` or ``optimize`` not callable.
+        ValueError: ``model`` without parameters; ``k`` or ``num_children`` not an int ``>= 1``;
+            ``num_points`` not an int ``>= 0``; ``step`` not a positive number; an unknown ``method``,
+            ``sign`` or ``rhs``; ``sign="parent"``; ``tol``, ``shift`` or ``perturbation`` not finite or out
+            of range (``tol >= 0``, ``perturbation > 0``).
 
     Attributes:
         points: the kept :class:`ExploredPoint` (index 0 is the seed).
@@ -839,6 +875,11 @@ class ParetoExplorer:
         Returns:
             :attr:`points`. The parameters of the model are left at the seed's values, its buffers as
             they were before the call.
+
+        Raises:
+            ValueError: ``num_points`` not an int ``>= 0``; the errors of :func:`pareto_expand` and of
+                ``optimize`` (the state stays consistent: calling :meth:`explore` again continues).
+            TypeError: ``optimize`` does not return an :class:`OptimizeResult`.
         """
         if num_points is not None:
             if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 0:
@@ -936,7 +977,14 @@ class ParetoExplorer:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restores a :meth:`state_dict` (the model's parameters are set to the seed's)."""
+        """Restores a :meth:`state_dict` (the model's parameters are set to the seed's).
+
+        Tensors loaded on the CPU are moved to the model's device.
+
+        Raises:
+            ValueError: ``state`` is not a ParetoExplorer state dict, or holds another number of
+                parameters than the model.
+        """
         try:
             points = [ExploredPoint.from_dict(d) for d in state["points"]]
             rejected = [ExploredPoint.from_dict(d) for d in state["rejected"]]
@@ -950,13 +998,17 @@ class ParetoExplorer:
         n = sum(p.numel() for p in self.params)
         if points and points[0].params.numel() != n:
             raise ValueError(f"the state holds {points[0].params.numel()} parameters, the model has {n}.")
-        # a checkpoint is loaded on the CPU: the points' parameters and the pending directions go back
-        # to the model's device (the random state stays with the CPU generator)
+        # a checkpoint is loaded on the CPU: every tensor of the points and of the expansion in progress
+        # goes back to the model's device, where the new points are made (the random state stays with
+        # the CPU generator)
         device = self.params[0].device if self.params else torch.device("cpu")
         for p in points + rejected:
-            p.params = p.params.to(device)
+            for f in ("params", "losses", "expanded_losses", "predicted", "alpha"):
+                if isinstance(getattr(p, f), Tensor):
+                    setattr(p, f, getattr(p, f).to(device))
         if pending is not None:
             pending["directions"] = pending["directions"].to(device)
+            pending["predicted"] = pending["predicted"].to(device)
         self.generator.set_state(generator)
         self.points, self.rejected, self._queue, self._pending = points, rejected, queue, pending
         self.counters, self.num_points = counters, num_points
@@ -969,9 +1021,13 @@ class ParetoExplorer:
         """Indices of the kept points expanded from point ``index``."""
         return [p.index for p in self.points if p.parent == index]
 
-    def family(self, index: int):
+    def family(self, index: int) -> ConvexHullFamily:
         """The convex hull of point ``index`` and its children (Eq. 7), a
-        :class:`~torchmoo.methods.continuous_front.ConvexHullFamily`."""
+        :class:`~torchmoo.methods.continuous_front.ConvexHullFamily` (center ``(n,)``, ``K`` children).
+
+        Raises:
+            ValueError: ``index`` out of range, or point ``index`` has no kept child.
+        """
         from torchmoo.methods.continuous_front import ConvexHullFamily
 
         if not 0 <= index < len(self.points):
@@ -981,11 +1037,16 @@ class ParetoExplorer:
             raise ValueError(f"point {index} has no kept children: its family is the point itself.")
         return ConvexHullFamily(self.points[index].params, torch.stack([self.points[i].params for i in kids]))
 
-    def front(self, *, objectives: Optional[Objectives] = None, resolution: int = 8):
+    def front(self, *, objectives: Optional[Objectives] = None, resolution: int = 8) -> ContinuousFront:
         """The stitched continuous front of this exploration
         (:func:`torchmoo.methods.continuous_front.stitch` of this explorer alone); kept for
         :meth:`solution`. ``objectives`` evaluates the samples (default: the exploration's closure,
-        e.g. pass test losses)."""
+        e.g. pass test losses); ``resolution``: samples per parent -> child segment.
+
+        Raises:
+            ValueError: nothing explored yet, ``resolution`` not an int ``>= 1``, not exactly two
+                objectives, or non-finite objectives at a sample.
+        """
         from torchmoo.methods.continuous_front import stitch
 
         self._front = stitch([self], objectives=objectives, resolution=resolution)
@@ -993,7 +1054,11 @@ class ParetoExplorer:
 
     def solution(self, t: float) -> List[Tensor]:
         """The parameters at ``t`` in [-1, 1] on the last :meth:`front` (built with defaults if
-        none), as tensors shaped like the model's parameters. ``t = -1`` favors the first objective."""
+        none), as tensors shaped like the model's parameters. ``t = -1`` favors the first objective.
+
+        Raises:
+            ValueError: ``t`` is not a number in [-1, 1]; the errors of :meth:`front`.
+        """
         if self._front is None:
             self.front()
         return unflatten(self._front.solution(t), self.params)
@@ -1004,11 +1069,13 @@ class ParetoExplorer:
             for p, v in zip(self.params, self.solution(t)):
                 p.copy_(v)
 
-    def plot(self, ax=None, *, front: bool = True, reference: Optional[Tensor] = None, objectives_labels=("f1", "f2")):
+    def plot(self, ax: Optional[Axes] = None, *, front: bool = True, reference: Optional[Tensor] = None,
+             objectives_labels: Sequence[str] = ("f1", "f2")) -> Figure:
         """Draws the exploration in objective space (two objectives): seed (star), kept points with an
         arrow from their parent through the expanded point, rejected points (grey), and the
         continuous front colored by ``t`` (when ``front``). ``reference``: an ``(p, 2)`` curve to
-        draw (e.g. an analytic Pareto front). Returns the matplotlib figure."""
+        draw (e.g. an analytic Pareto front). ``ax``: the matplotlib axes to draw on (default: a new
+        figure). Returns the matplotlib figure (matplotlib is imported on first use)."""
         from torchmoo.methods.continuous_front import plot_exploration
 
         fr = None
@@ -1018,5 +1085,11 @@ class ParetoExplorer:
 
 
 def pareto_explore(objectives: Objectives, params: Params, **kwargs: Any) -> List[ExploredPoint]:
-    """Algorithm 1 as a function: ``ParetoExplorer(params, objectives, **kwargs).explore()``."""
+    """Algorithm 1 as a function: ``ParetoExplorer(params, objectives, **kwargs).explore()``.
+
+    ``kwargs`` are the keyword arguments of :class:`ParetoExplorer` (``k``, ``step``, ``num_children``,
+    ``num_points``, ...). Returns the kept :class:`ExploredPoint` list (index 0 is the seed); the
+    parameters are left at the seed's values. Raises as :class:`ParetoExplorer` and
+    :meth:`ParetoExplorer.explore`.
+    """
     return ParetoExplorer(params, objectives, **kwargs).explore()

@@ -156,7 +156,12 @@ def initial_angles(best_losses: Union[Tensor, Sequence[float]]) -> Tensor:
         best_losses: ``(M,)`` non-negative losses, main task first, ``M >= 2``.
 
     Returns:
-        ``(M-1,)`` float64 angles in :math:`[0, \pi/2]` (radians).
+        ``(M-1,)`` float64 angles in :math:`[0, \pi/2)` (radians), on the CPU.
+
+    Raises:
+        TypeError: ``best_losses`` is not a tensor or sequence of real numbers.
+        ValueError: not ``(M,)`` with ``M >= 2``, not finite, negative, or a main-task loss that is 0 (or
+            negligible next to an auxiliary loss: the sector would be empty).
     """
     L = _check_loss_vector(best_losses, "best_losses")
     if float(L[0]) == 0.0:
@@ -189,7 +194,10 @@ def preference_vectors(best_losses: Union[Tensor, Sequence[float]], num_regions:
         num_regions: ``K >= 1``.
 
     Returns:
-        :class:`PreferenceVectors` (float64).
+        :class:`PreferenceVectors` (float64, on the CPU).
+
+    Raises:
+        ValueError: ``num_regions`` not an int ``>= 1``; the errors of :func:`initial_angles`.
 
     Example:
         >>> pv = preference_vectors([0.5, 0.5], 3)     # pi_0 = 45 degrees
@@ -266,6 +274,10 @@ class AngularRegion(PreferenceRegion):
     Args:
         lower: ``(M-1,)`` (or a number for ``M = 2``) lower angles in radians.
         upper: ``(M-1,)`` (or a number) upper angles, ``0 <= lower <= upper <= pi/2``.
+
+    Raises:
+        ValueError: ``lower`` and ``upper`` of different sizes or empty, not finite, or not
+            ``0 <= lower <= upper <= pi/2``.
     """
 
     def __init__(
@@ -290,10 +302,12 @@ class AngularRegion(PreferenceRegion):
         self._cos_lo, self._cos_hi = torch.cos(self.lower), torch.cos(self.upper)
 
     def constraints(self, losses: Tensor) -> Tensor:
+        """The ``2 (M-1)`` values ``[h^Q, h^R]`` at ``losses`` ``(M,)`` (``<= 0`` inside), differentiable."""
         c = _pair_cosines(losses)
         return torch.cat([self._cos_hi.to(c) - c, c - self._cos_lo.to(c)])
 
     def constraint_names(self) -> List[str]:
+        """``"angle(L0, Lm) <= upper"`` for each ``m``, then ``"angle(L0, Lm) >= lower"``."""
         aux = range(1, self.num_tasks)
         return [f"angle(L0, L{m}) <= upper" for m in aux] + [f"angle(L0, L{m}) >= lower" for m in aux]
 
@@ -324,6 +338,9 @@ def angular_regions(best_losses: Union[Tensor, Sequence[float]], num_regions: in
 
     Returns:
         A list of :class:`AngularRegion`.
+
+    Raises:
+        ValueError: as :func:`preference_vectors`.
     """
     pv = preference_vectors(best_losses, num_regions)
     K = pv.angles.shape[1] - 1
@@ -341,6 +358,12 @@ def partition_subsets(num_tasks: int) -> List[Tuple[Tuple[int, ...], Tuple[int, 
 
     Args:
         num_tasks: ``M >= 2`` (main task included).
+
+    Returns:
+        A list of ``(U, V)`` pairs of sorted index tuples.
+
+    Raises:
+        ValueError: ``num_tasks`` is not an int ``>= 2``.
     """
     M = _check_count("num_tasks", num_tasks)
     if M < 2:
@@ -368,6 +391,10 @@ class PartitionRegion(PreferenceRegion):
         U: the auxiliary tasks (indices in ``1..M-1``) that do worse than the scaled main task.
         rho0: :math:`\rho_0 > 0`.
         num_tasks: ``M``.
+
+    Raises:
+        ValueError: ``num_tasks`` not an int ``>= 2``; ``U`` empty, with repeats or outside ``1..M-1``;
+            ``rho0`` not positive and finite.
     """
 
     def __init__(self, U: Sequence[int], rho0: float, num_tasks: int) -> None:
@@ -385,6 +412,7 @@ class PartitionRegion(PreferenceRegion):
         self.rho0, self.num_tasks = rho0, M
 
     def constraints(self, losses: Tensor) -> Tensor:
+        """The ``M`` values of Eq. 2 at ``losses`` ``(M,)`` (``<= 0`` inside), differentiable."""
         M, r = self.num_tasks, self.rho0
         scaled = losses[0] / ((M - 1) * r)
         first = losses[0] / r - losses[1:].sum()
@@ -396,6 +424,7 @@ class PartitionRegion(PreferenceRegion):
         return torch.cat(parts)
 
     def constraint_names(self) -> List[str]:
+        """One readable name per constraint, in the order of :meth:`constraints`."""
         return (["L0 / rho0 <= sum_m Lm"] + [f"L0 / ((M-1) rho0) <= L{m}" for m in self.U]
                 + [f"L{m} <= L0 / ((M-1) rho0)" for m in self.V])
 
@@ -409,6 +438,15 @@ def partition_regions(best_losses: Union[Tensor, Sequence[float]]) -> List[Parti
 
     For ``M = 2`` there is one region, :math:`\rho \le \rho_0` (the whole sector :math:`[\pi_0, \pi/2]`,
     as A.3 remarks); use :func:`angular_regions` to divide it.
+
+    Args:
+        best_losses: ``(M,)`` losses of the best-overall solution, main task first.
+
+    Returns:
+        ``2 ** (M-1) - 1`` :class:`PartitionRegion` objects, in the order of :func:`partition_subsets`.
+
+    Raises:
+        TypeError / ValueError: as :func:`initial_angles`; a zero main-task loss or auxiliary sum.
     """
     L = _check_loss_vector(best_losses, "best_losses")
     if float(L[0]) == 0.0 or float(L[1:].sum()) == 0.0:
@@ -504,6 +542,12 @@ def psst_weights(
 
     Returns:
         :class:`PSSTStep` (weights in ``G``'s dtype and device, the rest float64 on the CPU).
+
+    Raises:
+        TypeError: ``G`` not a floating-point tensor; ``region`` not a :class:`PreferenceRegion`.
+        ValueError: ``G`` not ``(M, M)`` for the region's ``M``; ``losses`` not ``(M,)`` or not finite;
+            ``epsilon`` not a finite number ``>= 0`` (for an :class:`AngularRegion`, not below half its
+            smallest width); a non-finite ``G`` (from the QP).
     """
     G = check_gram(G)
     if not isinstance(region, PreferenceRegion):
@@ -553,7 +597,9 @@ def psst_direction(
     feasibility: bool = True,
 ) -> PSSTDirection:
     """The PSST direction for a Jacobian ``J`` ``(M, n)`` at loss values ``losses`` ``(M,)``: see
-    :func:`psst_weights`. Returns ``direction = weights @ J`` ``(n,)`` (subtract it) and the step."""
+    :func:`psst_weights`. Returns ``direction = weights @ J`` ``(n,)`` (subtract it; detached, in
+    ``J``'s dtype and device) and the step. Raises as :func:`psst_weights`, and ``TypeError`` /
+    ``ValueError`` for a ``J`` that is not a floating-point ``(M, n)`` tensor."""
     from torchmoo.methods.aggregator import check_jacobian
 
     J = check_jacobian(J)
@@ -601,6 +647,16 @@ class PSST(Aggregator):
     Attributes:
         weights: ``(M,)`` of the last call. last: the :class:`PSSTStep` of the last call.
         counts: ``{"constrained": n1, "feasibility": n2, "inside": n3}`` over the calls so far.
+
+    Raises:
+        TypeError: ``region`` is not a :class:`PreferenceRegion`.
+        ValueError: a bad ``epsilon`` (see :func:`psst_weights`); an unknown ``feasibility``; at a call,
+            missing losses and the errors of :func:`psst_weights`.
+
+    Example:
+        >>> regions = angular_regions(best_losses, num_regions=3)
+        >>> psst = PSST(regions[0], epsilon=0.01)
+        >>> tm.backward(losses, model.parameters(), psst); optimizer.step()
     """
 
     needs_losses = True
@@ -622,6 +678,12 @@ class PSST(Aggregator):
         self.counts: Dict[str, int] = {"constrained": 0, "feasibility": 0, "inside": 0}
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(M,)`` weights of :func:`psst_weights` from ``G`` (M, M) and the ``(M,)`` losses, in
+        ``G``'s dtype and device; updates :attr:`last` and :attr:`counts`.
+
+        Raises:
+            ValueError: ``losses`` is ``None``; the errors of :func:`psst_weights`.
+        """
         if losses is None:
             raise ValueError("PSST needs the loss values: call it as aggregator(J, losses) or through tm.backward.")
         restore = self.feasibility == "always" or (self.feasibility == "initial" and self.counts["inside"] == 0)
@@ -700,7 +762,12 @@ def explore_solution(
         hessian_objectives: optional closure for the Hessian only (e.g. a smaller batch).
 
     Returns:
-        :class:`PSSTExploration`.
+        :class:`PSSTExploration` (``params`` in the parameters' dtype and device).
+
+    Raises:
+        ValueError: ``step`` not ``None`` or a positive number; ``relative_change`` not positive; the
+            errors of :func:`torchmoo.methods.pareto_expand` (e.g. fewer than 2 objectives, a ``beta``
+            not ``(K, M)``).
     """
     plist = as_param_list(params)
     if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or not step > 0):
@@ -1000,7 +1067,8 @@ class FewShotTrainer:
     Args:
         model: a :class:`~torchmoo.zoo.models.Conv4SelfSupervised` (``trunk``, ``heads`` = [classifier,
             rotation, location]).
-        images: ``(N, C, S, S)`` base-class training images; labels: ``(N,)`` in ``0..num_classes-1``.
+        images: ``(N, C, S, S)`` base-class training images; labels: ``(N,)`` in ``0..num_classes-1``
+            (a tensor or a sequence; kept on the images' device, as ``patch_images``).
         aux: auxiliary tasks (:data:`AUX_TASKS`).
         method: weights or an aggregator (see above).
         epochs, batch_size, lr, momentum, weight_decay: B.3's routine.
@@ -1031,12 +1099,15 @@ class FewShotTrainer:
     ) -> None:
         self.aux = _check_aux(aux)
         self.model = model
-        self.images, self.labels = _check_images(images), torch.as_tensor(labels)
+        # the batches are indexed on the images' device: labels (e.g. a list) and patch images go there too
+        self.images = _check_images(images)
+        self.labels = torch.as_tensor(labels, device=self.images.device)
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}.")
         if "location" in self.aux and patch_images is None:
             raise ValueError("the location task needs patch_images.")
-        self.patch_images = patch_images
+        self.patch_images = None if patch_images is None else _check_images(patch_images, "patch_images").to(
+            self.images.device)
         M = 1 + len(self.aux)
         if isinstance(method, Aggregator):
             self.aggregator: Optional[Aggregator] = method

@@ -33,7 +33,8 @@ def _place(items: Tensor, corner: Tensor, sample: Tensor) -> Tensor:
     cols = sample.unsqueeze(0) - corner[:, 1:2]
     inside = ((rows >= 0) & (rows < d)).unsqueeze(2) & ((cols >= 0) & (cols < d)).unsqueeze(1)
     vals = items[
-        torch.arange(n).view(n, 1, 1), rows.clamp(0, d - 1).unsqueeze(2), cols.clamp(0, d - 1).unsqueeze(1)
+        torch.arange(n, device=items.device).view(n, 1, 1), rows.clamp(0, d - 1).unsqueeze(2),
+        cols.clamp(0, d - 1).unsqueeze(1),
     ]
     return vals.to(torch.int16) * inside
 
@@ -49,16 +50,23 @@ def compose_pairs(
     """Compose ``left[n]`` (upper-left) and ``right[n]`` (lower-right) into one image for every ``n``.
 
     Args:
-        left, right: ``(N, d, d)`` uint8 items.
+        left, right: ``(N, d, d)`` uint8 items, on one device.
         shift: largest move, in pixels, of each item along each axis (2 in Ma et al.).
-        generator: source of the random moves.
+        generator: source of the random moves, a CPU generator: the moves are drawn on the CPU, so
+            the images are the same on every device.
         out_size: side of the output; default ``d`` (the canvas is resized back to the item size).
 
     Returns:
-        ``images`` ``(N, out_size, out_size)`` uint8 and ``positions`` ``(N, 2, 2)`` int64, the
-        (row, column) of the top-left corner of the left (``[:, 0]``) and right (``[:, 1]``) item on the
-        canvas: the left corner lies in ``[0, 2 shift]``, the right one in ``[2 shift, 4 shift]`` along
-        each axis, and the two never coincide (that would hide one item under the other).
+        ``images`` ``(N, out_size, out_size)`` uint8 and ``positions`` ``(N, 2, 2)`` int64, both on the
+        items' device; ``positions`` holds the (row, column) of the top-left corner of the left
+        (``[:, 0]``) and right (``[:, 1]``) item on the canvas: the left corner lies in ``[0, 2 shift]``,
+        the right one in ``[2 shift, 4 shift]`` along each axis, and the two never coincide (that would
+        hide one item under the other).
+
+    Raises:
+        TypeError: ``left`` or ``right`` is not uint8.
+        ValueError: ``left`` and ``right`` not both ``(N, d, d)`` of one shape, or on different devices;
+            ``shift`` not an int ``>= 0``; ``out_size < 1``.
     """
     if left.dtype != torch.uint8 or right.dtype != torch.uint8:
         raise TypeError(f"compose_pairs takes uint8 items, got {left.dtype} and {right.dtype}.")
@@ -66,6 +74,8 @@ def compose_pairs(
         raise ValueError(
             f"left and right must both be (N, d, d) with the same shape, got {tuple(left.shape)} and {tuple(right.shape)}."
         )
+    if left.device != right.device:
+        raise ValueError(f"left and right must be on one device, got {left.device} and {right.device}.")
     if not isinstance(shift, int) or shift < 0:
         raise ValueError(f"shift must be a non-negative int, got {shift!r}.")
     n, d = left.shape[0], left.shape[1]
@@ -84,9 +94,11 @@ def compose_pairs(
             corners[same, 1] = torch.randint(0, span, (k, 2), generator=generator) + 2 * shift
             same = (corners[:, 0] == corners[:, 1]).all(dim=1)
     # Only the canvas pixels that the nearest-neighbour resize samples are computed: each output pixel
-    # gathers the item pixel under it (or 0 outside the item) from both items.
-    sample = nearest_indices(canvas_size, out_size)
-    images = torch.empty(n, out_size, out_size, dtype=torch.uint8)
+    # gathers the item pixel under it (or 0 outside the item) from both items. The indices and the
+    # output live on the items' device (CUDA items masked by CPU tensors would fail).
+    corners = corners.to(left.device)
+    sample = nearest_indices(canvas_size, out_size).to(left.device)
+    images = torch.empty(n, out_size, out_size, dtype=torch.uint8, device=left.device)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         total = _place(left[start:stop], corners[start:stop, 0], sample)
@@ -108,6 +120,9 @@ class PairedItems(Dataset):
         positions: ``(N, 2, 2)`` int64 corners of the two items on the canvas (see :func:`compose_pairs`).
         sources: ``(N, 2)`` int64 indices of the two items in their source sets.
         mean, std: the normalisation.
+
+    ``len(dataset)`` is ``N``; :attr:`num_tasks` is 2. The constructor stores its arguments as given
+    (the data sets below build them).
     """
 
     num_tasks = 2
