@@ -28,6 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "Params",
+    "Losses",
     "as_param_list",
     "flatten",
     "unflatten",
@@ -52,8 +53,17 @@ def as_param_list(params: Params, *, name: str = "params", require_grad: bool = 
     """``params`` as a list of distinct tensors. A module gives its trainable parameters (those that
     require grad): frozen layers are left alone, as ``loss.backward()`` and the optimizers leave them.
 
+    Args:
+        params: a tensor, an iterable of tensors (e.g. ``model.parameters()``, consumed once) or an
+            :class:`torch.nn.Module`.
+        name: the argument name used in error messages.
+        require_grad: reject tensors that do not require grad.
+
+    Returns:
+        The tensors themselves (not copies), in the given order; empty for an empty iterable.
+
     Raises:
-        TypeError: an element that is not a tensor.
+        TypeError: ``params`` is not a tensor, iterable or module, or an element is not a tensor.
         ValueError: a tensor that does not require grad (when ``require_grad``) or that appears twice.
     """
     if isinstance(params, torch.nn.Module):
@@ -80,15 +90,34 @@ def as_param_list(params: Params, *, name: str = "params", require_grad: bool = 
 
 
 def num_params(params: Params) -> int:
-    """Total number of scalar entries ``n`` of ``params`` (the length of :func:`flatten`)."""
+    """Total number of scalar entries ``n`` of ``params`` (the length of :func:`flatten`).
+
+    Unlike the other functions of this module, tensors that do not require grad are counted too
+    (a module still contributes only its parameters that require grad).
+
+    Raises:
+        TypeError: ``params`` is not a tensor, iterable of tensors or module.
+        ValueError: a tensor appears twice.
+    """
     return sum(p.numel() for p in as_param_list(params, require_grad=False))
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
     """Concatenate ``t.reshape(-1)`` over ``tensors``: a list of parameters (or gradients) -> ``(n,)``.
 
+    Args:
+        tensors: tensors of any shapes (a tensor, an iterable of tensors or a module); they need not
+            require grad. They must lie on one device.
+
+    Returns:
+        A new ``(n,)`` tensor, ``n`` the total number of entries, in the dtype that
+        :func:`torch.cat` promotes them to. It keeps the autograd graph of the inputs (``detach()``
+        it for a plain copy of parameter values).
+
     Raises:
-        ValueError: if ``tensors`` is empty (the dtype and device of the result would be unknown).
+        TypeError: an element is not a tensor.
+        ValueError: if ``tensors`` is empty (the dtype and device of the result would be unknown), or a
+            tensor appears twice.
     """
     ts = as_param_list(tensors, name="tensors", require_grad=False)
     if not ts:
@@ -103,9 +132,17 @@ def unflatten(vec: Tensor, like: Iterable[Tensor]) -> List[Tensor]:
     vectors gives tensors of shape ``(k, *p.shape)``). The results are views of ``vec`` when it is
     contiguous.
 
+    Args:
+        vec: ``(..., n)`` tensor.
+        like: the tensors whose shapes give the split (a tensor, an iterable of tensors or a module);
+            only their shapes are read.
+
+    Returns:
+        One tensor per entry of ``like``, shape ``(..., *p.shape)``, in ``vec``'s dtype and device.
+
     Raises:
         TypeError: ``vec`` is not a tensor.
-        ValueError: ``vec.shape[-1]`` differs from the total size ``n`` of ``like``.
+        ValueError: ``vec`` is 0-dim or ``vec.shape[-1]`` differs from the total size ``n`` of ``like``.
     """
     if not isinstance(vec, Tensor):
         raise TypeError(f"vec must be a torch.Tensor, got {type(vec).__name__}.")
@@ -181,7 +218,9 @@ def jacobian(
         get zeros in its row; an objective that does not require grad gets a zero row.
 
     Raises:
-        ValueError: the parameters are on several devices (:func:`jacobian_blocks` allows that).
+        TypeError: ``losses`` is not a tensor or a sequence of tensors, or ``params`` holds a non-tensor.
+        ValueError: ``losses`` is empty, not 1-D or holds a non-scalar; a parameter does not require grad
+            or appears twice; the parameters are on several devices (:func:`jacobian_blocks` allows that).
         RuntimeError: the batched pass failed after freeing the graph (possible only with
             ``retain_graph=False``), so no fallback was possible: the message says to pass
             ``batched=False``.
@@ -221,6 +260,15 @@ def jacobian_blocks(
     ``(m, n)`` matrix (a full copy of ``J``): ``jacobian(...)`` is the concatenation of
     ``block.reshape(m, -1)``. A parameter that no objective reaches gets ``None`` instead of a block
     of zeros. :func:`torchmoo.backward` works on the blocks directly.
+
+    Returns:
+        One entry per parameter: an ``(m, *p.shape)`` tensor in the parameter's dtype and on its
+        device (the parameters may lie on several devices here), or ``None``. A sparse gradient (e.g.
+        of ``nn.Embedding(sparse=True)`` with ``batched=False``) gives a sparse block.
+
+    Raises:
+        TypeError / ValueError: bad ``losses`` or ``params``, as for :func:`jacobian`.
+        RuntimeError: as for :func:`jacobian`.
     """
     return _jacobian(_stack_losses(losses), as_param_list(params), create_graph=create_graph,
                      retain_graph=retain_graph, batched=batched)[0]
@@ -425,9 +473,19 @@ def hvp(
         batched: as in :func:`jacobian`, for ``k > 1``.
 
     Returns:
-        ``H v`` with the shape of ``v``. Parameters the loss does not reach, or reaches linearly, give
-        zero blocks. The graph of ``loss`` is retained (the first gradient needs ``create_graph=True``),
-        so ``loss.backward()`` still works afterwards.
+        ``H v`` with the shape of ``v``, in the parameters' dtype and device. Parameters the loss does
+        not reach, or reaches linearly, give zero blocks. The graph of ``loss`` is retained (the first
+        gradient needs ``create_graph=True``), so ``loss.backward()`` still works afterwards.
+
+    Raises:
+        TypeError: ``loss`` or ``v`` is not a tensor, or ``params`` holds a non-tensor.
+        ValueError: ``loss`` is not a scalar; ``params`` is empty, holds a tensor that does not require
+            grad or holds one twice; ``v`` is not ``(n,)`` or ``(k, n)`` or lies on another device.
+
+    Example:
+        >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> hvp((x ** 3).sum(), x, torch.tensor([1.0, 0.0]))    # H = diag(6 x)
+        tensor([6., 0.])
     """
     return _GradientGraph(loss, params).apply(v, create_graph=create_graph, batched=batched)
 
@@ -438,6 +496,18 @@ def hvp_operator(loss: Tensor, params: Params, *, batched: Optional[bool] = None
     Each call costs one backward pass through the gradient's graph (about twice a plain backward),
     instead of the first-gradient pass plus that one for :func:`hvp`. ``v`` is ``(n,)`` or ``(k, n)``.
     The graphs stay alive as long as the returned function does.
+
+    Args:
+        loss: a scalar tensor.
+        params: the parameters (``n`` entries in total).
+        batched: as in :func:`hvp`.
+
+    Returns:
+        ``matvec(v) -> H v``, with ``H v`` of the shape of ``v`` in the parameters' dtype (the results do
+        not require grad). ``matvec`` raises as :func:`hvp` does for a bad ``v``.
+
+    Raises:
+        TypeError / ValueError: a bad ``loss`` or ``params``, as for :func:`hvp` (checked at once).
 
     Example:
         >>> matvec = hvp_operator(loss, model.parameters())   # e.g. the operator of a Krylov solve

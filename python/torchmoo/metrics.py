@@ -106,8 +106,18 @@ def nondominated(F: ArrayLike, *, maximize: Maximize = False, keep_weakly: bool 
 
     Returns:
         The rows of ``F`` that are non-dominated, ``(k, n_obj)``, as a tensor on ``F``'s device and dtype
-        when ``F`` is a tensor (else a numpy array); or the mask (bool tensor / array) when
-        ``return_mask`` is True.
+        when ``F`` is a tensor (else a float64 numpy array); or the mask (bool tensor on ``F``'s device /
+        array) when ``return_mask`` is True. An empty ``F`` (``(0, n_obj)``) gives an empty result.
+
+    Raises:
+        TypeError: ``F`` is not a tensor, array or nested sequence of real numbers.
+        ValueError: ``F`` is not ``(n_points, n_obj)`` with ``n_obj >= 1``, or is not finite; a
+            ``maximize`` that is not a bool or ``n_obj`` bools.
+
+    Example:
+        >>> nondominated(torch.tensor([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0]]))
+        tensor([[1., 2.],
+                [2., 1.]])
     """
     points = _points("F", F, allow_empty=True)
     if points.shape[0] == 0:
@@ -135,6 +145,15 @@ def hypervolume(F: ArrayLike, ref: Union[ArrayLike, float], *, maximize: Maximiz
 
     Returns:
         The hypervolume as a Python float.
+
+    Raises:
+        TypeError: ``F`` or ``ref`` does not hold real numbers.
+        ValueError: ``F`` not ``(n_points, n_obj)`` or not finite; ``ref`` not a scalar or ``(n_obj,)``,
+            or not finite; a bad ``maximize``.
+
+    Example:
+        >>> hypervolume([[0.2, 0.5], [0.5, 0.2]], ref=1.0)    # 0.8 * 0.5 + 0.5 * 0.3
+        0.55
     """
     points = _points("F", F, allow_empty=True)
     n_obj = points.shape[1]
@@ -166,6 +185,11 @@ def igd_plus(F: ArrayLike, reference_front: ArrayLike, *, maximize: Maximize = F
 
     Returns:
         IGD+ as a Python float.
+
+    Raises:
+        TypeError: ``F`` or ``reference_front`` does not hold real numbers.
+        ValueError: either is not ``(n, n_obj)`` with at least one point, or is not finite; their numbers
+            of objectives differ; a bad ``maximize``.
     """
     points = _points("F", F)
     ref = _points("reference_front", reference_front)
@@ -213,7 +237,17 @@ def worst_fraction_mean(losses: ArrayLike, fraction: float = 0.1, *, dim: int = 
         largest: True when larger values are worse (losses), False for accuracies.
 
     Returns:
-        A tensor of the other dims (0-dim for 1-D input), differentiable with respect to ``losses``.
+        A tensor of the other dims (0-dim for 1-D input), in ``losses``' dtype and device (float64 for
+        an array, the default dtype for an integer tensor), differentiable with respect to ``losses``.
+
+    Raises:
+        TypeError: ``losses`` does not hold real numbers.
+        ValueError: ``fraction`` not in (0, 1]; ``losses`` 0-dim, empty along ``dim`` or not finite;
+            ``dim`` out of range.
+
+    Example:
+        >>> worst_fraction_mean(torch.arange(30.0))     # mean of the 3 largest: 27, 28, 29
+        tensor(28.)
     """
     x = _as_float_tensor("losses", losses)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
@@ -267,7 +301,13 @@ def brier_score(probs: ArrayLike, labels: ArrayLike) -> Tensor:
         labels: ``(...)`` integer labels in ``[0, K)``.
 
     Returns:
-        0-dim tensor in ``probs``' dtype, differentiable with respect to ``probs``; 0 is perfect, 2 the worst.
+        0-dim tensor in ``probs``' dtype and device, differentiable with respect to ``probs``; 0 is
+        perfect, 2 the worst.
+
+    Raises:
+        TypeError: ``probs`` not real numbers; ``labels`` not integers.
+        ValueError: ``labels`` not of shape ``probs.shape[:-1]``, empty or out of ``[0, K)``; ``probs`` not
+            finite, outside [0, 1] or not summing to 1 over the last dim (e.g. logits).
     """
     p, y = _check_probs_labels(probs, labels)
     onehot = torch.nn.functional.one_hot(y.long(), p.shape[-1]).to(p.dtype)
@@ -275,8 +315,14 @@ def brier_score(probs: ArrayLike, labels: ArrayLike) -> Tensor:
 
 
 class CalibrationBins(NamedTuple):
-    """Per-bin statistics of a reliability diagram, each ``(n_bins,)``; empty bins have count 0 and
-    accuracy and confidence 0."""
+    """Per-bin statistics of a reliability diagram, each ``(n_bins,)`` on the device of ``probs``;
+    empty bins have count 0 and accuracy and confidence 0.
+
+    Attributes:
+        accuracy: float64, the fraction of correct predictions in each bin.
+        confidence: float64, the mean confidence in each bin.
+        count: int64, the number of samples in each bin.
+    """
 
     accuracy: Tensor
     confidence: Tensor
@@ -290,6 +336,17 @@ def calibration_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> C
     The bin edges ``m/M`` are rounded to the dtype of ``probs`` before the comparison, so that a
     confidence written as ``0.3`` in float32 (``0.30000001...``, the float32 nearest to 0.3) falls in
     ``(0.2, 0.3]`` as it does in float64.
+
+    Args:
+        probs: ``(..., K)`` predicted class probabilities; every leading index is a sample.
+        labels: ``(...)`` integer labels in ``[0, K)``.
+        n_bins: number of bins ``M``, ``>= 1``.
+
+    Returns:
+        :class:`CalibrationBins` (not differentiable).
+
+    Raises:
+        ValueError: ``n_bins`` not a positive int; the input errors of :func:`brier_score`.
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}.")
@@ -322,7 +379,11 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int 
         n_bins: number of bins ``M``.
 
     Returns:
-        0-dim tensor in ``probs``' dtype (not differentiable: binning is piecewise constant), in [0, 1].
+        0-dim tensor in ``probs``' dtype and device (float64 unless ``probs`` is a floating-point tensor;
+        not differentiable: binning is piecewise constant), in [0, 1].
+
+    Raises:
+        TypeError / ValueError: as :func:`calibration_bins`.
     """
     bins = calibration_bins(probs, labels, n_bins)
     count = bins.count.to(torch.float64)

@@ -116,6 +116,15 @@ def min_norm_simplex(
         optimal and ``w`` is uniform. Not differentiable: ``G`` and ``c`` are read as constants (``w``
         does not require grad). Works on meta tensors and under ``torch.compile``.
 
+    Raises:
+        TypeError: ``G`` or ``c`` is not a tensor or not of a supported floating dtype, ``c`` of another
+            dtype; a ``method`` that is not a str, a ``max_iter`` that is not an int, a ``tol`` that
+            is not a real number.
+        ValueError: ``G`` not ``(..., m, m)`` with ``m >= 1``, ``c`` not ``(..., m)`` or on another
+            device; NaN or infinity in ``G`` or ``c``; ``G`` not symmetric or not positive semi-definite
+            (beyond the tolerance above); an unknown ``method``, ``max_iter < 0``, a ``tol`` that is not
+            finite and ``> 0``.
+
     Example:
         >>> J = torch.randn(3, 100, dtype=torch.float64)   # 3 task gradients
         >>> w = min_norm_simplex(J @ J.T)
@@ -445,7 +454,8 @@ def stein_update(X: Tensor, S: Tensor, w: Tensor, h: float) -> Tensor:
     is formed. Work ``O(K M d + M^2 d)``.
 
     Args:
-        X: ``(M, d)`` particles, float32 or float64. S: ``(K, M, d)`` scores, same dtype and device.
+        X: ``(M, d)`` particles, float32 or float64, finite.
+        S: ``(K, M, d)`` scores, same dtype and device, finite.
         w: ``(K,)`` weights (MT-SGD: the simplex QP of :func:`stein_task_matrix`'s ``U``), same dtype and
             device, finite; any real values.
         h: bandwidth, a positive finite number.

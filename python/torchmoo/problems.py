@@ -72,6 +72,16 @@ class Problem:
         n_obj: number of objectives (all minimized).
         bounds: ``(lower, upper)`` float64 tensors of shape ``(n_var,)``, or None when the domain is
             all of ``R^n_var``.
+
+    Every method that takes ``x`` raises ``TypeError`` for a non-tensor or non-floating ``x`` and
+    ``ValueError`` for one whose last dim is not ``n_var``; those that take ``n_points`` raise
+    ``TypeError`` for a non-int and ``ValueError`` for ``n_points < 1``.
+
+    Example:
+        >>> zdt = ZDT2Variant()
+        >>> x = torch.randn(8, 3, requires_grad=True)
+        >>> f = zdt(x)                              # (8, 2), differentiable
+        >>> front = zdt.pareto_front(100)           # (100, 2) float64
     """
 
     n_var: int
@@ -79,6 +89,13 @@ class Problem:
     bounds: Optional[Tuple[Tensor, Tensor]] = None
 
     def __call__(self, x: Tensor) -> Tensor:
+        """The objectives ``(..., n_obj)`` of ``x`` ``(..., n_var)``, in ``x``'s dtype and device,
+        differentiable.
+
+        Raises:
+            TypeError: ``x`` is not a floating-point tensor.
+            ValueError: ``x`` is not ``(..., n_var)`` (and, for :class:`ZDT3`, outside its box).
+        """
         _check_x(x, self.n_var)
         return self._evaluate(x)
 

@@ -114,10 +114,14 @@ def backward(
         The ``(m,)`` weights of the combination (detached), also in ``aggregator.weights``.
 
     Raises:
-        ValueError: no loss requires grad; a loss is not a scalar; groups of parameters overlap; the
-            shared parameters lie on several devices (Jacobian aggregators); the Jacobian is not
-            finite without a ``grad_scaler``.
-        TypeError: ``aggregator`` is not an :class:`~torchmoo.methods.Aggregator`.
+        ValueError: no loss requires grad; ``losses`` is empty or a loss is not a scalar; a parameter
+            does not require grad; groups of parameters overlap; ``task_params`` does not have ``m``
+            entries; ``representation`` is not a tensor that requires grad; the shared parameters lie
+            on several devices (Jacobian aggregators); the Jacobian is not finite without a
+            ``grad_scaler``; and whatever the aggregator raises (e.g. a missing or non-positive loss
+            for a loss-normalized MGDA, a ``LinearScalarization`` with another number of weights).
+        TypeError: ``aggregator`` is not an :class:`~torchmoo.methods.Aggregator`; ``task_params`` is a
+            single tensor or module instead of a sequence; a loss or parameter is not a tensor.
 
     Example:
         >>> losses = [criterion(head(z), y) for head, y in zip(model.heads, targets)]

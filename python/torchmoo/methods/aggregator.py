@@ -22,7 +22,12 @@ __all__ = ["Aggregator", "gram_matrix", "blocks_gram", "check_jacobian", "check_
 
 
 def check_jacobian(J: Tensor) -> Tensor:
-    """Validate a Jacobian: a floating-point tensor of shape ``(m, n)`` with ``m >= 1``."""
+    """Validate a Jacobian: a floating-point tensor of shape ``(m, n)`` with ``m >= 1``; returns ``J``.
+
+    Raises:
+        TypeError: ``J`` is not a tensor or not floating-point.
+        ValueError: ``J`` is not 2-D or has no row.
+    """
     if not isinstance(J, Tensor):
         raise TypeError(f"J must be a torch.Tensor, got {type(J).__name__}.")
     if not J.is_floating_point():
@@ -33,7 +38,12 @@ def check_jacobian(J: Tensor) -> Tensor:
 
 
 def check_gram(G: Tensor) -> Tensor:
-    """Validate a Gram matrix: a floating-point tensor of shape ``(m, m)`` with ``m >= 1``."""
+    """Validate a Gram matrix: a floating-point tensor of shape ``(m, m)`` with ``m >= 1``; returns ``G``.
+
+    Raises:
+        TypeError: ``G`` is not a tensor or not floating-point.
+        ValueError: ``G`` is not square 2-D or is empty.
+    """
     if not isinstance(G, Tensor):
         raise TypeError(f"G must be a torch.Tensor, got {type(G).__name__}.")
     if not G.is_floating_point():
@@ -44,7 +54,13 @@ def check_gram(G: Tensor) -> Tensor:
 
 
 def check_losses(losses: Optional[Tensor], m: int, ref: Tensor) -> Optional[Tensor]:
-    """Validate optional loss values: ``(m,)``, detached, cast to ``ref``'s dtype and device."""
+    """Validate optional loss values: ``(m,)``, detached, cast to ``ref``'s dtype and device.
+
+    ``losses`` may be any tensor or sequence with ``m`` entries (it is flattened); ``None`` passes through.
+
+    Raises:
+        ValueError: ``losses`` does not have ``m`` entries.
+    """
     if losses is None:
         return None
     if not isinstance(losses, Tensor):
@@ -102,7 +118,13 @@ class Aggregator:
         return type(self).gram_weights is not Aggregator.gram_weights
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
-        """The ``(m,)`` weights from the Gram matrix ``G = J J^T`` (m, m), in ``G``'s dtype and device."""
+        """The ``(m,)`` weights from the Gram matrix ``G = J J^T`` (m, m), in ``G``'s dtype and device.
+
+        ``losses``: the ``(m,)`` loss values in ``G``'s dtype and device, or ``None``.
+
+        Raises:
+            NotImplementedError: the aggregator computes its weights from ``J`` (:meth:`compute_weights`).
+        """
         raise NotImplementedError(f"{type(self).__name__} computes its weights from J, not from J J^T.")
 
     def compute_weights(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
@@ -114,7 +136,7 @@ class Aggregator:
         return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
 
     def static_weights(self, m: int, *, dtype: torch.dtype, device: torch.device) -> Optional[Tensor]:
-        """Weights that do not depend on ``J`` (``None`` when they do).
+        """``(m,)`` weights in ``dtype`` on ``device`` that do not depend on ``J`` (``None`` when they do).
 
         When they do not, :func:`torchmoo.backward` skips the Jacobian and runs a single backward
         pass of ``weights @ losses``.
@@ -122,7 +144,21 @@ class Aggregator:
         return None
 
     def __call__(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
-        """The update direction ``d = w @ J`` (shape ``(n,)``); ``w`` is stored in :attr:`weights`."""
+        """The update direction ``d = w @ J`` (shape ``(n,)``); ``w`` is stored in :attr:`weights`.
+
+        Args:
+            J: ``(m, n)`` Jacobian, floating-point, any device (rows: per-objective gradients).
+            losses: optional ``(m,)`` loss values (a tensor or a sequence); required when
+                :attr:`needs_losses`.
+
+        Returns:
+            ``d`` ``(n,)`` in ``J``'s dtype and device (not differentiated through the weights).
+
+        Raises:
+            TypeError: ``J`` is not a floating-point tensor.
+            ValueError: ``J`` is not ``(m, n)`` with ``m >= 1``; ``losses`` does not have ``m`` entries,
+                or is missing when :attr:`needs_losses`; and the aggregator's own errors.
+        """
         J = check_jacobian(J)
         losses = check_losses(losses, J.shape[0], J)
         if self.needs_losses and losses is None:

@@ -24,10 +24,18 @@ class LinearScalarization(Aggregator):
     """Fixed weights: ``d = J^T w``, the gradient of ``sum_i w_i loss_i``.
 
     Args:
-        weights: ``m`` finite numbers (a sequence or a 1-D tensor); any sign is allowed.
+        weights: ``m`` finite numbers (a sequence or a tensor, flattened); any sign is allowed. They
+            are stored in float64 and cast to the Jacobian's dtype and device at each call.
 
     :func:`torchmoo.backward` recognizes fixed weights and runs a single backward pass of
     ``weights @ losses`` instead of computing the Jacobian.
+
+    Raises:
+        ValueError: ``weights`` is empty or not finite; at a call, ``J`` does not have ``m`` rows.
+
+    Example:
+        >>> agg = LinearScalarization([0.3, 0.7])
+        >>> d = agg(J)                      # == 0.3 * J[0] + 0.7 * J[1]
     """
 
     def __init__(self, weights: Union[Sequence[float], Tensor]) -> None:
@@ -38,11 +46,17 @@ class LinearScalarization(Aggregator):
         self._w = w
 
     def static_weights(self, m: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The fixed ``(m,)`` weights in ``dtype`` on ``device``.
+
+        Raises:
+            ValueError: ``m`` differs from the number of weights.
+        """
         if m != self._w.numel():
             raise ValueError(f"LinearScalarization has {self._w.numel()} weights but there are {m} objectives.")
         return self._w.to(dtype=dtype, device=device)
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The fixed ``(m,)`` weights in ``G``'s dtype and device (``G`` (m, m) only gives ``m``)."""
         return self.static_weights(check_gram(G).shape[0], dtype=G.dtype, device=G.device)
 
     def __repr__(self) -> str:
@@ -69,7 +83,11 @@ class PCGrad(Aggregator):
     Attributes:
         projected: ``(m, m)`` coefficients ``C`` of the last call: row ``i`` of ``C @ J`` is
             :math:`g_i^{PC}`.
-        orders: ``(m, m - 1)`` the order in which row ``i`` visited the other objectives, last call.
+        orders: ``(m, m - 1)`` int64 on the CPU: the order in which row ``i`` visited the other
+            objectives, last call.
+
+    Raises:
+        ValueError: ``reduction`` is not ``"sum"`` or ``"mean"``.
     """
 
     def __init__(self, seed: Optional[int] = None, reduction: str = "sum") -> None:
@@ -90,6 +108,11 @@ class PCGrad(Aggregator):
         return perms + (perms >= rows).long()  # skip index i itself
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(m,)`` weights ``1' C`` (or their mean) from ``G`` (m, m), in ``G``'s dtype and device.
+
+        The projections run in float64 on the CPU (``m`` is small); draws new random orders and
+        updates :attr:`projected` and :attr:`orders`.
+        """
         out = check_gram(G)
         G = G.double().cpu()
         m = G.shape[0]
@@ -174,14 +197,19 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
     Gram matrices are the rule when 0 is in the hull).
 
     Args:
-        G: ``(m, m)`` Gram matrix ``J J^T``, in the dtype it was computed in (solved in float64).
-        c: radius factor, ``c >= 0``.
+        G: ``(m, m)`` Gram matrix ``J J^T``, floating-point, in the dtype it was computed in (solved
+            in float64, on ``G``'s device; :class:`CAGrad` passes it on the CPU).
+        c: radius factor, ``c >= 0`` (validated by :class:`CAGrad`, not here).
         rtol: relative tolerance on ``||J'w(nu)|| = r nu`` at the root.
         max_iter: cap on bisection steps (each step solves one or two QPs).
 
     Returns:
-        ``(m,)`` float64 weights ``u`` with ``d = J^T u`` (``u = b + (r / ||J^T w*||) w*``, or
-        ``b + lambda`` in the limit case).
+        ``(m,)`` float64 weights ``u`` on ``G``'s device with ``d = J^T u`` (``u = b + (r / ||J^T w*||) w*``,
+        or ``b + lambda`` in the limit case; ``u = b`` when ``c = 0`` or the mean gradient is 0).
+
+    Raises:
+        ValueError: from :func:`torchmoo.ops.min_norm_simplex` / :func:`torchmoo.ops.nonneg_qp` for a
+            ``G`` that is not finite or far from positive semi-definite.
     """
     # entries of a Gram matrix carry rounding of order eps * max_i ||g_i||^2 (eps of its dtype)
     noise = 10.0 * G.shape[0] * torch.finfo(G.dtype).eps
@@ -268,6 +296,12 @@ class CAGrad(Aggregator):
     Args:
         c: radius factor, ``0 <= c < 1`` (the paper's convergence range; ``c = 0`` is the mean).
         rescale: 0, 1 or 2 (above).
+
+    The weights are computed from ``J J^T`` in float64 on the CPU and returned in ``J``'s dtype and
+    device; they are not on the simplex (before rescaling they sum to ``1 + r / ||J^T w*|| >= 1``).
+
+    Raises:
+        ValueError: ``c`` outside ``[0, 1)`` (or NaN); ``rescale`` not 0, 1 or 2.
     """
 
     def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
@@ -280,6 +314,7 @@ class CAGrad(Aggregator):
         self.rescale = rescale
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The rescaled ``(m,)`` CAGrad weights from ``G`` (m, m), in ``G``'s dtype and device."""
         w = cagrad_weights(check_gram(G).cpu(), self.c)  # a few tiny QPs: on the CPU, without syncs
         if self.rescale == 1:
             w = w / (1.0 + self.c**2)
@@ -305,6 +340,9 @@ class ImprovementFunction(Aggregator):
 
     Args:
         lam: the proximal weight :math:`\lambda' > 0`.
+
+    Raises:
+        ValueError: ``lam`` is not a positive finite number.
     """
 
     def __init__(self, lam: float = 1.0) -> None:
@@ -314,6 +352,7 @@ class ImprovementFunction(Aggregator):
         self.lam = float(lam)
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """``(m,)`` weights ``pi* / lam`` from ``G`` (m, m), in ``G``'s dtype and device."""
         return min_norm_weights(check_gram(G)) / self.lam
 
     def __repr__(self) -> str:

@@ -22,13 +22,19 @@ they jump to the other family, at the middle of the gap in objective space.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from torchmoo import metrics
-from torchmoo.autograd import _stack_losses, unflatten
+from torchmoo.autograd import Losses, _stack_losses, unflatten
+
+if TYPE_CHECKING:  # pareto_exploration imports this module; matplotlib loads only when plotting
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from torchmoo.methods.pareto_exploration import ParetoExplorer
 
 __all__ = ["ConvexHullFamily", "ContinuousFront", "stitch", "plot_exploration"]
 
@@ -42,6 +48,10 @@ class ConvexHullFamily:
 
     A point of the family is :math:`x_i + \sum_j r_j v_j` with :math:`v_j = x_{ij} - x_i`,
     :math:`r \ge 0`, :math:`\sum_j r_j \le 1`.
+
+    Raises:
+        TypeError: ``center`` or ``children`` is not a tensor.
+        ValueError: ``center`` not ``(n,)`` or ``children`` not ``(K, n)`` with ``K >= 1``.
     """
 
     def __init__(self, center: Tensor, children: Tensor) -> None:
@@ -57,10 +67,12 @@ class ConvexHullFamily:
 
     @property
     def num_children(self) -> int:
+        """``K``, the number of children (vertices besides the center)."""
         return self.vectors.shape[0]
 
-    def point(self, r: Any) -> Tensor:
-        """Parameters at hull coordinates ``r`` (``(K,)`` -> ``(n,)``, or ``(B, K)`` -> ``(B, n)``).
+    def point(self, r: Union[Tensor, Sequence[float], Sequence[Sequence[float]]]) -> Tensor:
+        """Parameters at hull coordinates ``r`` (``(K,)`` -> ``(n,)``, or ``(B, K)`` -> ``(B, n)``), in the
+        dtype and on the device of ``center``.
 
         Raises:
             ValueError: ``r`` of the wrong length, negative, or summing to more than 1 (outside Eq. 7).
@@ -76,7 +88,11 @@ class ConvexHullFamily:
         return self.center + r @ self.vectors
 
     def sample(self, num: int, *, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
-        """``num`` points uniform in the hull (simplex coordinates Dirichlet(1)): ``(points (num, n), r (num, K))``."""
+        """``num`` points uniform in the hull (simplex coordinates Dirichlet(1)): ``(points (num, n), r (num, K))``.
+
+        Raises:
+            ValueError: ``num`` is not an int ``>= 1``.
+        """
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ValueError(f"num must be an int >= 1, got {num!r}.")
         u = torch.rand(num, self.num_children + 1, generator=generator, dtype=torch.float64)
@@ -101,6 +117,12 @@ class ContinuousFront:
         segment: ``(L - 1,)`` bool: consecutive kept samples joined by a segment of one family (True)
             or by a stitching point (False).
         evaluations: objective evaluations spent building the front.
+
+    Built by :func:`stitch` (its constructor takes the sampled segments; it is not meant to be called
+    directly). ``len(front)`` is the number ``L`` of kept samples.
+
+    Raises:
+        ValueError: the values do not have two objectives (a scalar ``t`` parametrizes a curve).
     """
 
     def __init__(self, node_params: Tensor, node_owner: List[Tuple[int, int]], edges: Tensor, sample_a: Tensor,
@@ -170,7 +192,11 @@ class ContinuousFront:
         return (1.0 - r) * self.node_params[a] + r * self.node_params[b]
 
     def point_t(self, point: int, explorer: int = 0) -> Optional[float]:
-        """``t`` of an explored point, or ``None`` when it was cropped (dominated by another family)."""
+        """``t`` of an explored point, or ``None`` when it was cropped (dominated by another family).
+
+        Raises:
+            ValueError: no point ``point`` of explorer ``explorer`` in this front.
+        """
         try:
             node = self.node_owner.index((explorer, point))
         except ValueError:
@@ -195,7 +221,11 @@ class ContinuousFront:
         return i, i + 1, lam
 
     def solution(self, t: float) -> Tensor:
-        """``(n,)`` parameters at ``t`` in [-1, 1]: linear along a segment, the nearer end across a stitch."""
+        """``(n,)`` parameters at ``t`` in [-1, 1]: linear along a segment, the nearer end across a stitch.
+
+        Raises:
+            ValueError: ``t`` is not a number in [-1, 1], or the front is empty.
+        """
         i, j, lam = self._locate(t)
         u, v = int(self.order[i]), int(self.order[j])
         if i == j:
@@ -207,19 +237,20 @@ class ContinuousFront:
     def objectives_at(self, t: float) -> Tensor:
         """``(2,)`` the objective values at ``t`` interpolated between the samples (a first-order
         estimate along a segment, the nearer end across a stitch); evaluate :meth:`solution` for
-        exact values."""
+        exact values. Float64 on the CPU; raises as :meth:`solution`."""
         i, j, lam = self._locate(t)
         u, v = int(self.order[i]), int(self.order[j])
         if i == j or not bool(self.segment[i]):
             return self.values[u if lam <= 0.5 else v].clone()
         return (1.0 - lam) * self.values[u] + lam * self.values[v]
 
-    def hypervolume(self, ref: Any) -> float:
-        """Hypervolume of the kept samples (minimization) with reference point ``ref``."""
+    def hypervolume(self, ref: Union[Tensor, Sequence[float], float]) -> float:
+        """Hypervolume of the kept samples (minimization) with reference point ``ref`` (``(2,)`` or a
+        scalar), by :func:`torchmoo.metrics.hypervolume` (which raises ``ValueError`` for a bad ``ref``)."""
         return metrics.hypervolume(self.front_values, ref)
 
 
-def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] = None,
+def stitch(explorers: Sequence[ParetoExplorer], *, objectives: Optional[Callable[[], Losses]] = None,
            resolution: int = 8) -> ContinuousFront:
     """Builds the continuous front of one or several explorations (families from different seeds).
 
@@ -238,6 +269,16 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
 
     Returns:
         :class:`ContinuousFront`. The model's parameters (and the explorers' buffers) are restored afterwards.
+
+    Raises:
+        ValueError: no explorer, an explorer without points, explorers over different numbers of
+            parameters, ``resolution`` not an int ``>= 1``, objectives that are not finite at a sample, or
+            other than two objectives.
+        TypeError: ``objectives`` is not callable.
+
+    Example:
+        >>> front = stitch([explorer_a, explorer_b], resolution=8)   # two seeds, one front
+        >>> x = front.solution(0.0)                                  # (n,) parameters mid-front
     """
     explorers = list(explorers)
     if not explorers:
@@ -328,9 +369,9 @@ def stitch(explorers: Sequence[Any], *, objectives: Optional[Callable[[], Any]] 
     )
 
 
-def plot_exploration(explorers: Sequence[Any], front: Optional[ContinuousFront] = None, *, ax=None,
-                     reference: Optional[Tensor] = None, labels: Sequence[str] = ("f1", "f2"),
-                     colorbar: bool = True):
+def plot_exploration(explorers: Sequence[ParetoExplorer], front: Optional[ContinuousFront] = None, *,
+                     ax: Optional[Axes] = None, reference: Optional[Tensor] = None,
+                     labels: Sequence[str] = ("f1", "f2"), colorbar: bool = True) -> Figure:
     """Draws explorations and their continuous front in the plane of two objectives.
 
     Seeds are red stars, kept points red circles, rejected children grey crosses; when the front

@@ -76,7 +76,15 @@ def _lp_simplex(c: np.ndarray, A_ub: np.ndarray, b_ub: np.ndarray) -> Optional[n
 
 
 def epo_weights(G: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float = 1e-4, relax: bool = False):
-    """EPO's weights ``m * beta`` (numpy float64), the mode (``"balance"``/``"descent"``/``"fallback"``) and ``mu``."""
+    """EPO's weights ``m * beta`` (numpy float64), the mode (``"balance"``/``"descent"``/``"fallback"``) and ``mu``.
+
+    Args:
+        G: ``(m, m)`` Gram matrix ``J J^T``, float64. losses: ``(m,)`` positive loss values.
+        r: ``(m,)`` positive preference. eps, relax: as :class:`EPO`. None of them is validated here.
+
+    Returns:
+        ``(weights (m,), mode, mu)``; ``weights = m r / sum(r)`` in ``"fallback"`` mode.
+    """
     m = losses.shape[0]
     rl, mu, a = _adjustments(losses, r)
     C = G
@@ -109,12 +117,29 @@ class EPO(Aggregator):
     r"""EPO search direction toward the ratio preference ``r`` (:math:`r_1\ell_1 = \dots = r_m\ell_m`).
 
     Args:
-        preference: ``r``, ``m`` positive numbers.
+        preference: ``r``, ``m`` positive numbers (a sequence or a tensor).
         eps: non-uniformity below which EPO switches from balancing to common descent (authors': 1e-4).
         relax: drop the constraint that keeps the ratio in descent mode.
 
     The losses must be positive (``tm.backward`` passes them). ``d = weights @ J``; :attr:`mode` and
-    :attr:`non_uniformity` describe the last step.
+    :attr:`non_uniformity` describe the last step. The LP runs in float64 on the CPU (with more than two
+    objectives it needs SciPy); the ``(m,)`` weights, ``m * beta`` (they sum to ``m``), are returned in
+    ``J``'s dtype and device.
+
+    Attributes:
+        mode: ``"balance"``, ``"descent"`` or ``"fallback"`` (LP infeasible: weights ``m r / sum(r)``)
+            for the last call; ``None`` before the first.
+        non_uniformity: :math:`\mu` of the last call (a float).
+
+    Raises:
+        ValueError: ``preference`` empty, not finite or not positive; ``eps`` not a number ``>= 0``; at
+            a call, a Jacobian with another number of rows, missing losses, or losses that are not
+            positive and finite.
+
+    Example:
+        >>> epo = EPO([1.0, 2.0])          # aims at l_1 = 2 l_2
+        >>> d = epo(J, losses)             # or tm.backward(losses, params, epo)
+        >>> epo.mode, epo.non_uniformity
     """
 
     needs_losses = True
@@ -133,6 +158,12 @@ class EPO(Aggregator):
         self.non_uniformity: Optional[float] = None
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(m,)`` EPO weights from ``G`` (m, m) and the ``(m,)`` losses, in ``G``'s dtype and device.
+
+        Raises:
+            ValueError: ``G`` is not ``(m, m)`` for the preference's ``m``; ``losses`` is ``None`` or not
+                positive and finite.
+        """
         G = check_gram(G)
         m = G.shape[0]
         if m != self.preference.size:

@@ -40,7 +40,11 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 def min_norm_weights(G: Tensor) -> Tensor:
-    """MGDA weights ``w* = argmin_{w in simplex} w'Gw`` from a Gram matrix ``G`` (m, m), exactly."""
+    """MGDA weights ``w* = argmin_{w in simplex} w'Gw`` from a Gram matrix ``G`` (m, m), exactly.
+
+    Returns ``(m,)`` weights in ``G``'s dtype and device (:func:`torchmoo.ops.min_norm_simplex`, whose
+    errors it raises: e.g. ``ValueError`` for a non-symmetric, indefinite or non-finite ``G``).
+    """
     return ops.min_norm_simplex(G)
 
 
@@ -60,6 +64,10 @@ class MGDA(Aggregator):
     Shapes: ``J`` (m, n) -> ``d`` (n,), :attr:`weights` (m,), on the simplex. The weights are exact
     (active-set QP, KKT residual about 1e-15); a zero gradient among the rows gives ``d = 0``.
 
+    Raises:
+        ValueError: an unknown ``normalization``; at a call, ``"loss"`` / ``"loss+"`` without the loss
+            values or with a loss that is not positive and finite.
+
     Example:
         >>> agg = MGDA()
         >>> d = agg(J)                      # (n,)
@@ -74,6 +82,11 @@ class MGDA(Aggregator):
         self.needs_losses = normalization in ("loss", "loss+")
 
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """The ``(m,)`` min-norm weights of the (normalized) Gram matrix ``G`` (m, m), in ``G``'s dtype.
+
+        Raises:
+            ValueError: ``losses`` is ``None`` or not positive and finite with a loss normalization.
+        """
         G = check_gram(G)
         if self.normalization != "none":
             s = self._normalizers(G, losses)
@@ -113,6 +126,10 @@ def pareto_stationarity(J: Tensor) -> float:
 
     Returns:
         A Python float, ``>= 0``.
+
+    Raises:
+        TypeError: ``J`` is not a floating-point tensor.
+        ValueError: ``J`` is not ``(m, n)`` with ``m >= 1``, or is not finite.
     """
     J = check_jacobian(J).detach()
     w = min_norm_weights(gram_matrix(J))
@@ -141,7 +158,12 @@ def min_norm_correction(J: Tensor) -> MinNormCorrection:
         J: ``(m, n)`` Jacobian at (approximately) Pareto-stationary parameters.
 
     Returns:
-        :class:`MinNormCorrection` ``(weights (m,), correction (n,))``.
+        :class:`MinNormCorrection` ``(weights (m,), correction (n,))``, both in ``J``'s dtype and device,
+        detached.
+
+    Raises:
+        TypeError: ``J`` is not a floating-point tensor.
+        ValueError: ``J`` is not ``(m, n)`` with ``m >= 1``, or is not finite.
     """
     J = check_jacobian(J).detach()
     alpha = min_norm_weights(gram_matrix(J)).to(J.dtype)

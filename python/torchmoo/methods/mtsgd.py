@@ -110,6 +110,13 @@ def median_bandwidth(X: Tensor) -> float:
     ``med`` is the median of the pairwise distances of the particles ``X`` ``(M, d)``; ``log M`` is
     replaced by ``log(M + 1)`` so that ``M = 1`` works, and ``h = 1`` is returned when all particles
     coincide.
+
+    Returns:
+        ``h`` as a Python float (``> 0``; float16 / bfloat16 particles are measured in float32).
+
+    Raises:
+        TypeError: ``X`` is not a floating-point tensor.
+        ValueError: ``X`` is not ``(M, d)`` with ``M, d >= 1``, or is not finite.
     """
     _check_particles(X)
     M = X.shape[0]
@@ -166,6 +173,13 @@ def stein_directions(X: Tensor, S: Tensor, h: float) -> Tensor:
     Args:
         X: ``(M, d)`` particles. S: ``(K, M, d)`` scores ``grad log p_i(x_a)``, dtype and device of ``X``.
         h: RBF bandwidth, ``k = exp(-r^2 / h)``.
+
+    Returns:
+        ``(K, M, d)`` in ``X``'s dtype and device (an ``(M, M)`` kernel matrix is formed; for the combined
+        direction alone, :func:`stein_update` is cheaper).
+
+    Raises:
+        TypeError / ValueError: as :func:`stein_task_matrix`.
     """
     _check_particles(X)
     _check_scores(X, S)
@@ -210,9 +224,22 @@ def stein_task_matrix(X: Tensor, S: Tensor, h: float) -> Tensor:
 def stein_update(X: Tensor, S: Tensor, h: float, w: Tensor) -> Tensor:
     r"""``(M, d)`` combined update ``phi*(x_a) = sum_i w_i mean_b [k(x_b, x_a) S[i, b] + grad_{x_b} k(x_b, x_a)]``.
 
+    Note the argument order ``(X, S, h, w)``; the operator :func:`torchmoo.ops.stein_update` takes
+    ``(X, S, w, h)``.
+
     Args:
-        X: ``(M, d)``; S: ``(K, M, d)``; h: bandwidth; w: ``(K,)`` weights (MT-SGD: the simplex QP of
-        :func:`stein_task_matrix`'s ``U``). With ``K = 1`` and ``w = [1]`` this is the SVGD update.
+        X: ``(M, d)`` particles, floating (float16 / bfloat16 are computed in float32).
+        S: ``(K, M, d)`` scores, same dtype and device.
+        h: bandwidth (positive).
+        w: ``(K,)`` weights (MT-SGD: the simplex QP of :func:`stein_task_matrix`'s ``U``), any real
+            dtype, same device (read as constants). With ``K = 1`` and ``w = [1]`` this is the SVGD update.
+
+    Returns:
+        ``phi`` ``(M, d)`` in ``X``'s dtype and device (particles move along ``+phi``); not differentiable.
+
+    Raises:
+        TypeError: as :func:`stein_task_matrix`, and ``w`` not a tensor.
+        ValueError: as :func:`stein_task_matrix`, and ``w`` not ``(K,)`` or not finite.
     """
     _check_particles(X)
     _check_scores(X, S, finite=False)
@@ -339,6 +366,7 @@ class _ParticleMethod:
         return self.bandwidth if self.bandwidth is not None else median_bandwidth(X)
 
     def compute(self) -> SteinStep:
+        """The :class:`SteinStep` at the current particles, without touching ``.grad``."""
         raise NotImplementedError
 
     def backward(self) -> SteinStep:
@@ -364,6 +392,16 @@ class MTSGD(_ParticleMethod):
             callables ``module -> scalar loss`` (targets ``p_i ~ exp(-loss_i)``).
         bandwidth: the RBF ``h``; ``None`` uses :func:`median_bandwidth` at every step.
 
+    Attributes:
+        last: the :class:`SteinStep` of the last :meth:`backward` (``None`` before).
+
+    Raises:
+        TypeError: ``particles`` neither a tensor nor a non-empty sequence of modules; ``targets`` not a
+            callable or a non-empty sequence of callables; a non-numeric ``bandwidth``.
+        ValueError: a particle tensor that is not a floating ``(M, d)`` leaf requiring grad; modules with
+            different (or no) trainable parameter shapes; a ``bandwidth`` that is not positive and
+            finite. At a step: a target of the wrong shape or with a non-finite score.
+
     Example::
 
         X = toy.initial_particles(50).requires_grad_()
@@ -373,6 +411,8 @@ class MTSGD(_ParticleMethod):
     """
 
     def compute(self) -> SteinStep:
+        """Scores, ``U``, the weights ``w*`` ``(K,)`` and ``phi*`` ``(M, d)`` at the current particles
+        (``.grad`` untouched; :meth:`backward` writes it)."""
         X, S, lp = self.scores()
         h = self._h(X)
         U = _task_matrix(X, S, h)  # X, S are detached and checked by scores(); float64
@@ -386,9 +426,17 @@ class MOOSVGD(_ParticleMethod):
     At particle ``a``: ``w_a = argmin_{w in simplex} |sum_i w_i S[i, a]|^2`` (all ``M`` QPs in one batched
     :func:`torchmoo.ops.min_norm_simplex` call on the Gram matrices from :func:`torchmoo.ops.gram`),
     ``g_a = sum_i w_ai S[i, a]``, and the update is ``phi(x_a) = mean_b [k(x_b, x_a) g_b + alpha
-    grad_{x_b} k(x_b, x_a)]``. Arguments as :class:`MTSGD`, plus ``alpha`` (repulsion weight, default 1)
-    and ``batched_qp``: ``False`` solves the ``M`` QPs one call at a time, as the authors' code does (same
-    weights; only for measuring what the batched call saves).
+    grad_{x_b} k(x_b, x_a)]``.
+
+    Args:
+        particles, targets, bandwidth: as :class:`MTSGD`.
+        alpha: repulsion weight, ``>= 0`` (default 1).
+        batched_qp: ``False`` solves the ``M`` QPs one call at a time, as the authors' code does (same
+            weights; only for measuring what the batched call saves).
+
+    Raises:
+        As :class:`MTSGD`, and ``ValueError`` for an ``alpha`` that is not a finite number ``>= 0``,
+        ``TypeError`` for a ``batched_qp`` that is not a bool.
     """
 
     def __init__(self, particles: Union[Tensor, Sequence[torch.nn.Module]], targets: Targets, *,
@@ -402,6 +450,8 @@ class MOOSVGD(_ParticleMethod):
         self.batched_qp = batched_qp
 
     def compute(self) -> SteinStep:
+        """Scores, the per-particle weights ``(M, K)`` and ``phi`` ``(M, d)`` at the current particles
+        (``.grad`` untouched; :meth:`backward` writes it)."""
         X, S, lp = self.scores()
         h = self._h(X)
         # (M, K, K), one Gram matrix per particle; gram reads the strided view in place. Half-precision

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import _jacobian, as_param_list, unflatten
+from torchmoo.autograd import Losses, Params, _jacobian, as_param_list, unflatten
 from torchmoo.methods.aggregator import Aggregator, blocks_gram, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
@@ -92,7 +92,7 @@ def _check_method(method: str) -> str:
 def gram_stationarity(G: Tensor) -> Tensor:
     r""":math:`g(\theta) = \min_{w \in \Delta} w^\top G w` (Eq. 1) from Gram matrices ``G`` (..., m, m).
 
-    Returns a tensor of shape ``(...)``, clamped at 0. (From ``J`` itself,
+    Returns a tensor of shape ``(...)`` in ``G``'s dtype and device, clamped at 0. (From ``J`` itself,
     :func:`torchmoo.methods.pareto_stationarity` avoids the cancellation of ``w'Gw`` for tiny values.)
     """
     w = ops.min_norm_simplex(G)
@@ -109,9 +109,15 @@ def png_dual(G: Tensor, b: Tensor, phi: Tensor, *, method: str = "active_set") -
         method: ``"active_set"`` (exact) or ``"frank_wolfe"``, see :func:`torchmoo.ops.nonneg_qp`.
 
     Returns:
-        ``lambda`` ``(..., m)``, in ``G``'s dtype. Only the problems with finite ``phi`` are solved (in one
-        batched call); with ``phi = alpha * g(theta) > 0`` each of them is bounded (0 is not in the
-        convex hull of the gradients).
+        ``lambda`` ``(..., m)``, in ``G``'s dtype and device. Only the problems with finite ``phi`` are
+        solved (in one batched call); with ``phi = alpha * g(theta) > 0`` each of them is bounded (0 is
+        not in the convex hull of the gradients).
+
+    Raises:
+        TypeError: ``G`` or ``b`` is not a floating-point tensor.
+        ValueError: ``G`` not ``(..., m, m)``; ``b`` or ``phi`` of the wrong shape; ``phi`` NaN or
+            ``+inf``; an unknown ``method`` (checked when some ``phi`` is finite); and the errors of
+            :func:`torchmoo.ops.nonneg_qp` (e.g. an unbounded problem).
     """
     G = _as_tensor(G, "G")
     b = _as_tensor(b, "b")
@@ -183,8 +189,14 @@ def png_direction(
         method: dual solver, see :func:`png_dual`.
 
     Returns:
-        :class:`PNGDirection`. Where the control is on, :math:`\langle\nabla\ell_i, v\rangle \ge \phi`
-        for every ``i``; where it is off, :math:`v = \nabla F`.
+        :class:`PNGDirection`, detached, in ``J``'s dtype and device (``control`` bool). Where the
+        control is on, :math:`\langle\nabla\ell_i, v\rangle \ge \phi` for every ``i``; where it is
+        off, :math:`v = \nabla F`.
+
+    Raises:
+        TypeError: ``J`` or ``grad_F`` is not a floating-point tensor.
+        ValueError: ``J`` not ``(..., m, n)`` with ``m >= 1``; ``grad_F`` not ``(..., n)``; ``alpha`` or
+            ``threshold`` not a finite number ``>= 0``; the errors of :func:`png_dual`.
 
     Example:
         >>> J = torch.randn(2, 10, dtype=torch.float64); gF = torch.randn(10, dtype=torch.float64)
@@ -299,7 +311,14 @@ class PNG(Aggregator):
         e0: ``(N,)`` float64 running average (``None`` before the first step).
         steps: number of steps taken.
         stats: :class:`PNGStats` of the last step.
-        weights: ``(k,)`` weights of the last single-model step (Aggregator interface).
+        weights: ``(k,)`` weights of the last single-model step (Aggregator interface; ``None`` after
+            a step of ``N`` models).
+
+    Raises:
+        TypeError: ``criterion`` is neither a :class:`Criterion`, a callable nor ``None``.
+        ValueError: ``alpha``, ``gamma``, ``threshold`` not finite numbers ``>= 0`` (``alpha`` may be a
+            callable); ``decay`` outside ``[0, 1)``; an unknown ``method``; ``criterion_clip`` not
+            ``None`` or a finite number ``> 0``.
     """
 
     needs_losses = True
@@ -347,6 +366,12 @@ class PNG(Aggregator):
         return {"e0": None if self.e0 is None else self.e0.clone(), "steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``e0`` and the step count from a :meth:`state_dict` (the diagnostics are not restored).
+
+        Raises:
+            KeyError: ``state`` lacks ``"e0"`` or ``"steps"``.
+            ValueError: ``e0`` is not ``None`` or 1-D, or ``steps`` is not an integer ``>= 0``.
+        """
         e0 = state["e0"]
         e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64).clone()
         if e0 is not None and e0.dim() != 1:
@@ -357,7 +382,11 @@ class PNG(Aggregator):
         self.e0, self.steps = e0, int(steps)
 
     def alpha_at(self, step: int) -> float:
-        """:math:`\\alpha_t` at step ``t``."""
+        """:math:`\\alpha_t` at step ``t`` (a float).
+
+        Raises:
+            ValueError: ``alpha`` (or ``alpha(step)``) is not a finite number ``>= 0``.
+        """
         a = self.alpha(step) if callable(self.alpha) else self.alpha
         if not (_is_number(a) and a >= 0):
             raise ValueError(f"alpha({step}) must be a finite number >= 0, got {a!r}.")
@@ -375,8 +404,16 @@ class PNG(Aggregator):
             criterion_value: value of the parameter-dependent part of ``F`` (for :attr:`stats` only).
 
         Returns:
-            ``(N, k)`` weights, in ``G``'s dtype: model ``k``'s direction is ``weights[k] @ J_k``.
-            Updates ``e0``, :attr:`steps` and :attr:`stats` (none of them when it raises).
+            ``(N, k)`` weights, in ``G``'s dtype and device: model ``k``'s direction is
+            ``weights[k] @ J_k``. Updates ``e0``, :attr:`steps` and :attr:`stats` (none of them when it
+            raises).
+
+        Raises:
+            TypeError: ``G`` or ``losses`` is not floating-point.
+            ValueError: ``G`` not ``(N, k, k)``; ``losses`` not ``(N, m)`` with ``m >= 1`` and
+                ``k`` in ``(m, m + 1)``; ``k = m`` with ``criterion=None``; inf or NaN entries; another
+                ``N`` than the previous steps' (call :meth:`reset`); the errors of the criterion and of
+                :func:`png_dual`.
         """
         return self._step(G, losses, criterion_value=criterion_value, single=False)
 
@@ -448,8 +485,12 @@ class PNG(Aggregator):
 
     # ---- Aggregator interface (one model, through tm.backward or png(J, losses)) --------------------
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
-        """One model: ``G`` (k, k) and ``losses`` (k,) -> weights (k,). With ``criterion=None`` the last
-        row is the criterion's (its value is the last entry of ``losses``)."""
+        """One model: ``G`` (k, k) and ``losses`` (k,) -> weights (k,) in ``G``'s dtype. With
+        ``criterion=None`` the last row is the criterion's (its value is the last entry of ``losses``).
+
+        Raises:
+            ValueError: ``losses`` is ``None`` or does not have ``k`` entries; as :meth:`batch_weights`.
+        """
         G = check_gram(G)
         if losses is None:
             raise ValueError("PNG needs the loss values: call png(J, losses) or use tm.backward / PNG.backward.")
@@ -465,8 +506,8 @@ class PNG(Aggregator):
     # ---- backward ----------------------------------------------------------------------------------
     def backward(
         self,
-        losses: Union[Tensor, Sequence[Tensor], Sequence[Sequence[Tensor]], Sequence[Callable[[], Any]]],
-        params: Any,
+        losses: Union[Tensor, Sequence[Tensor], Sequence[Sequence[Tensor]], Sequence[Callable[[], Losses]]],
+        params: Union[Params, Sequence[Params]],
         *,
         criterion_value: Optional[Tensor] = None,
         retain_graph: bool = False,
@@ -494,7 +535,17 @@ class PNG(Aggregator):
             batched: passed to :func:`torchmoo.autograd.jacobian_blocks`.
 
         Returns:
-            The weights: ``(k,)`` for one model, ``(N, k)`` for ``N`` models (``k = m`` or ``m + 1``).
+            The weights: ``(k,)`` for one model, ``(N, k)`` for ``N`` models (``k = m`` or ``m + 1``),
+            float64 (the Gram matrices are summed in float64) on the first model's device.
+
+        Raises:
+            TypeError: ``criterion_value`` is not a scalar tensor; ``losses`` of the wrong kind (e.g. loss
+                closures for one model, or a closure that does not return ``m`` scalar losses).
+            ValueError: ``criterion_value`` missing with ``criterion=None``; models sharing a tensor;
+                as many loss rows (or closures) as parameter groups is required, and the same number
+                of losses per model; no loss requires grad; a model's losses reach none of its
+                parameters; the errors of :meth:`batch_weights`.
+            RuntimeError: closures whose graphs share nodes, without ``retain_graph=True``.
 
         Example (``N`` models, closures)::
 

@@ -67,6 +67,13 @@ class Criterion:
         raise NotImplementedError
 
     def __call__(self, losses: Tensor) -> Tensor:
+        """``F`` (0-dim, in ``losses``' dtype and device, differentiable) at ``losses`` ``(m,)`` or ``(N, m)``.
+
+        Raises:
+            TypeError: ``losses`` is not a floating-point tensor.
+            ValueError: ``losses`` is not ``(m,)`` or ``(N, m)`` with ``m >= 1``; a multi-point criterion
+                got fewer than 2 models; the criterion does not return a scalar; its own domain errors.
+        """
         losses = _check_losses(losses)
         if self.multi_point and (losses.dim() != 2 or losses.shape[0] < 2):
             raise ValueError(
@@ -79,7 +86,14 @@ class Criterion:
         return value
 
     def value_and_grad(self, losses: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(F, dF/dlosses)`` at the (detached) loss values; the gradient has the shape of ``losses``."""
+        """``(F, dF/dlosses)`` at the (detached) loss values; the gradient has the shape of ``losses``.
+
+        Both are detached, in ``losses``' dtype and device (``F`` 0-dim).
+
+        Raises:
+            ValueError: ``F`` or its gradient is not finite (outside the criterion's domain), and the
+                errors of :meth:`__call__`.
+        """
         losses = _check_losses(losses)
         with torch.enable_grad():
             x = losses.detach().clone().requires_grad_(True)
@@ -134,10 +148,15 @@ class WeightedDistance(_ReferenceCriterion):
     r"""Weighted squared distance to a reference point: :math:`F_{wd} = \sum_i (\ell_i - r_i)^2 / r_i`.
 
     Args:
-        reference: ``r`` with positive entries, ``(m,)`` or ``(N, m)``.
+        reference: ``r`` with positive entries, ``(m,)`` or ``(N, m)`` (one row per model).
+
+    Raises:
+        ValueError: ``reference`` not ``(m,)`` / ``(N, m)``, not finite or not positive; at a call,
+            losses whose shape does not match it.
     """
 
     def evaluate(self, losses: Tensor) -> Tensor:
+        """:math:`F_{wd}` summed over the models (0-dim)."""
         r = self._r(losses)
         return ((losses - r) ** 2 / r).sum()
 
@@ -159,6 +178,9 @@ class ComplexCosine(_ReferenceCriterion):
     Args:
         reference: ``r``, ``(2,)`` or ``(N, 2)`` (the paper takes ``r_2 = 1 - r_1``).
         form: ``"product"`` or ``"sum"``.
+
+    Raises:
+        ValueError: ``reference`` without 2 entries per model or not finite; an unknown ``form``.
     """
 
     positive_reference = False
@@ -174,6 +196,7 @@ class ComplexCosine(_ReferenceCriterion):
         self.form = form
 
     def evaluate(self, losses: Tensor) -> Tensor:
+        """:math:`F_{cs}` summed over the models (0-dim)."""
         r = self._r(losses)
         first = torch.cos(math.pi * (losses[..., 0] - r[..., 0]) / 2)
         second = (torch.cos(math.pi * (losses[..., 1] - r[..., 1])) + 1) ** 2
@@ -194,9 +217,13 @@ class NonUniformity(_ReferenceCriterion):
 
     Args:
         reference: the preference ``r`` (positive), ``(m,)`` or ``(N, m)``.
+
+    Raises:
+        ValueError: as :class:`WeightedDistance`; at a call, a loss ``<= 0``.
     """
 
     def evaluate(self, losses: Tensor) -> Tensor:
+        """:math:`F_{NU}` summed over the models (0-dim); raises ``ValueError`` for a loss ``<= 0``."""
         r = self._r(losses)
         if not bool((losses > 0).all()):
             raise ValueError(f"NonUniformity takes logarithms of the losses, which must be > 0; got "
@@ -215,6 +242,10 @@ class EnergyDistance(Criterion):
     Args:
         eps: added to every squared distance, :math:`(\|\ell_i - \ell_j\|^2 + \epsilon)^{-1}`; with the
             default ``0`` two models with equal losses make ``F`` infinite (an error).
+
+    Raises:
+        ValueError: ``eps`` is not a finite number ``>= 0``; at a call, two models with identical losses
+            (with ``eps = 0``) or fewer than 2 models.
     """
 
     multi_point = True
@@ -225,6 +256,7 @@ class EnergyDistance(Criterion):
         self.eps = float(eps)
 
     def evaluate(self, losses: Tensor) -> Tensor:
+        """The energy of the ``(N, m)`` losses (0-dim)."""
         N = losses.shape[0]
         diff = losses[:, None, :] - losses[None, :, :]
         sq = (diff**2).sum(-1) + self.eps
@@ -243,8 +275,15 @@ class LossCriterion(Criterion):
     """A user-supplied criterion: ``fn(losses) -> scalar tensor``, differentiable by autograd.
 
     Args:
-        fn: called with the losses ``(m,)`` (or ``(N, m)``).
+        fn: called with the losses ``(m,)`` (or ``(N, m)``); must return a one-element tensor.
         multi_point: set when ``fn`` couples several models.
+
+    Raises:
+        TypeError: ``fn`` is not callable; at a call, ``fn`` does not return a tensor.
+
+    Example:
+        >>> F = LossCriterion(lambda l: (l - 0.5).pow(2).sum())
+        >>> png = PNG(F)
     """
 
     def __init__(self, fn: Callable[[Tensor], Tensor], multi_point: bool = False) -> None:
@@ -254,6 +293,7 @@ class LossCriterion(Criterion):
         self.multi_point = bool(multi_point)
 
     def evaluate(self, losses: Tensor) -> Tensor:
+        """``fn(losses)`` as a 0-dim tensor."""
         value = self.fn(losses)
         if not isinstance(value, Tensor):
             raise TypeError(f"the criterion callable must return a tensor, got {type(value).__name__}.")

@@ -71,6 +71,11 @@ def soft_improvement_objective(weights: Tensor, J: Tensor, lambda1: float = 1.0,
         :math:`\min_d \frac1B\sum_\tau r_\tau \langle g_\tau, d\rangle + \frac{\lambda'}{2}\|d\|^2`.
         Computed on ``weights``' device in the wider of the two dtypes and at least float32 (a float16
         Gram matrix overflows as soon as ``||g_tau||^2 > 65504``); the gradient flows back to ``weights``.
+
+    Raises:
+        TypeError: ``weights`` or ``J`` is not a floating-point tensor.
+        ValueError: ``weights`` not ``(B,)`` or ``J`` not ``(B, n)`` with ``B >= 1``; ``lambda1`` not
+            positive and finite, ``lambda2`` not finite and ``>= 0``.
     """
     lam1 = _check_positive("lambda1", lambda1)
     lam2 = float(lambda2)
@@ -107,6 +112,10 @@ class ReweightingNetwork(nn.Module):
             output ``r`` and its gradient both vanish, and neither ``w`` nor ``theta`` would ever move.
 
     Shapes: ``(B, in_features)`` -> ``(B,)``.
+
+    Raises:
+        ValueError: ``in_features`` or an entry of ``hidden`` not a positive int; ``init_output`` not
+            positive and finite.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (32, 32), init_output: float = 1.0) -> None:
@@ -127,6 +136,7 @@ class ReweightingNetwork(nn.Module):
         self.net = nn.Sequential(*layers, last)
 
     def forward(self, features: Tensor) -> Tensor:
+        """``(B, in_features)`` task features -> ``(B,)`` weights ``>= 0``; ``ValueError`` if not 2-D."""
         if features.dim() != 2:
             raise ValueError(f"features must be (B, in_features), got {tuple(features.shape)}.")
         return self.net(features).squeeze(-1) ** 2
@@ -139,6 +149,9 @@ class TaskTableWeights(nn.Module):
     ``init_output`` (> 0) is every weight's start; ``theta = 0`` is a stationary point of ``theta^2``.
 
     Shapes: integer task indices ``(B,)`` -> ``(B,)`` weights.
+
+    Raises:
+        ValueError: ``num_tasks`` not a positive int; ``init_output`` not positive and finite.
     """
 
     def __init__(self, num_tasks: int, init_output: float = 1.0) -> None:
@@ -149,6 +162,12 @@ class TaskTableWeights(nn.Module):
         self.theta = nn.Parameter(torch.full((num_tasks,), math.sqrt(init)))
 
     def forward(self, tasks: Tensor) -> Tensor:
+        """Integer task indices (any shape) -> their weights :math:`\\theta_\\tau^2`, same shape.
+
+        Raises:
+            TypeError: ``tasks`` is not an integer tensor.
+            IndexError: an index is out of range.
+        """
         if not isinstance(tasks, Tensor) or tasks.is_floating_point() or tasks.is_complex():
             raise TypeError("tasks must be a tensor of integer task indices (a float tensor would be truncated).")
         return self.theta[tasks.long()] ** 2
@@ -171,13 +190,20 @@ class SIMOL(Aggregator):
         lambda1: :math:`\lambda'` (> 0).
         lambda2: :math:`\lambda''` (>= 0).
 
-    Example:
-        >>> simol = SIMOL(ReweightingNetwork(10), lambda1=1.0, lambda2=1.0)
-        >>> r = simol.set_weights(features)              # (B,)
-        >>> J, losses = learner.task_jacobian(tasks)       # (B, n), at w^s
-        >>> learner.write_grad(simol(J)); opt_w.step()     # w^{s+1}
-        >>> J1, _ = learner.task_jacobian(tasks)           # at w^{s+1}
-        >>> opt_theta.zero_grad(); simol.reweight_backward(r, J1); opt_theta.step()
+    Raises:
+        TypeError: ``reweighting_net`` is not a module.
+        ValueError: ``lambda1`` not positive and finite, ``lambda2`` not finite and ``>= 0``.
+
+    Example (``tasks = (x_support, y_support, x_query, y_query)``, ``meta`` a :class:`MetaLearner`)::
+
+        simol = SIMOL(ReweightingNetwork(10), lambda1=1.0, lambda2=1.0)
+        r = simol.set_weights(features)                 # (B,)
+        J, losses = learner.task_jacobian(*tasks)       # (B, n), at w^s
+        meta.write_grad(simol.direction(J, r)); opt_w.step()   # w^{s+1}
+        J1, _ = learner.task_jacobian(*tasks)           # at w^{s+1}
+        opt_theta.zero_grad(); simol.reweight_backward(r, J1); opt_theta.step()
+
+    :meth:`MetaLearner.step` runs these lines.
     """
 
     def __init__(self, reweighting_net: nn.Module, lambda1: float = 1.0, lambda2: float = 1.0) -> None:
@@ -193,7 +219,11 @@ class SIMOL(Aggregator):
         self._r: Optional[Tensor] = None
 
     def set_weights(self, task_features: Tensor) -> Tensor:
-        """Evaluate :math:`r_\\theta` on the mini-batch; returns ``(B,)`` weights, differentiable in ``theta``."""
+        """Evaluate :math:`r_\\theta` on the mini-batch; returns ``(B,)`` weights, differentiable in ``theta``.
+
+        Raises:
+            ValueError: the reweighting network does not return a 1-D tensor.
+        """
         r = self.reweighting_net(task_features)
         if r.dim() != 1:
             raise ValueError(f"the reweighting network must return (B,) weights, got {tuple(r.shape)}.")
@@ -201,6 +231,12 @@ class SIMOL(Aggregator):
         return r
 
     def compute_weights(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
+        """``r / B`` ``(B,)`` from the last :meth:`set_weights` (detached), in ``J``'s dtype and device.
+
+        Raises:
+            RuntimeError: :meth:`set_weights` was not called.
+            ValueError: the number of weights differs from the ``B`` rows of ``J``.
+        """
         if self._r is None:
             raise RuntimeError("call set_weights(task_features) before aggregating.")
         if self._r.shape[0] != J.shape[0]:
@@ -208,7 +244,14 @@ class SIMOL(Aggregator):
         return self._r.detach().to(dtype=J.dtype, device=J.device) / J.shape[0]
 
     def direction(self, J: Tensor, weights: Tensor) -> Tensor:
-        r"""``(1/B) sum_tau r_tau g_tau`` (n,): the meta-update of Algorithm 1 (line 6), ``weights`` detached."""
+        r"""``(1/B) sum_tau r_tau g_tau`` (n,): the meta-update of Algorithm 1 (line 6), ``weights`` detached.
+
+        ``J``: ``(B, n)``, ``weights``: ``(B,)``; the result is in ``J``'s dtype and device, and
+        ``weights / B`` is stored in :attr:`weights`.
+
+        Raises:
+            ValueError: ``weights`` not ``(B,)`` or ``J`` not ``(B, n)``.
+        """
         if weights.dim() != 1 or J.dim() != 2 or weights.shape[0] != J.shape[0]:
             raise ValueError(f"weights must be (B,) and J (B, n), got {tuple(weights.shape)} and {tuple(J.shape)}.")
         w = weights.detach().to(dtype=J.dtype, device=J.device) / J.shape[0]
@@ -220,7 +263,11 @@ class SIMOL(Aggregator):
         return soft_improvement_objective(weights, J, self.lambda1, self.lambda2)
 
     def reweight_backward(self, weights: Tensor, J: Tensor) -> Tensor:
-        r"""Back-propagate :math:`-\tilde K_B` into the reweighting network's ``.grad``; returns :math:`\tilde K_B`."""
+        r"""Back-propagate :math:`-\tilde K_B` into the reweighting network's ``.grad``; returns :math:`\tilde K_B`.
+
+        ``weights`` ``(B,)`` from :meth:`set_weights` (with their graph), ``J`` ``(B, n)``; ``.grad`` is
+        accumulated into. Returns a detached 0-dim tensor. Raises as :func:`soft_improvement_objective`.
+        """
         K = self.objective(weights, J)
         (-K).backward()
         return K.detach()
@@ -253,7 +300,11 @@ class BaseLearner:
 
         Returns:
             ``J`` (B, n) with row ``tau`` = :math:`\nabla_w \mathcal{L}_\tau(w_\tau^*(w))` flattened in
-            parameter order, and the ``(B,)`` task losses (both detached).
+            parameter order, and the ``(B,)`` task losses (both detached, in the parameters' dtype).
+
+        Raises:
+            ValueError: an input is not a tensor with at least 2 dims, or the four do not have the same
+                number of tasks.
         """
         for name, t in (("x_support", x_support), ("y_support", y_support), ("x_query", x_query),
                         ("y_query", y_query)):
@@ -277,6 +328,10 @@ class ProtoNet(BaseLearner):
     Args:
         model: the embedding network ``f_w``: ``(N, ...)`` -> ``(N, d)``.
         n_way: number of classes per task; labels are ``0 .. n_way - 1`` (long tensors).
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: ``n_way`` is not an int ``>= 2``.
     """
 
     def __init__(self, model: nn.Module, n_way: int) -> None:
@@ -288,6 +343,8 @@ class ProtoNet(BaseLearner):
 
     def task_loss(self, params: Dict[str, Tensor], x_support: Tensor, y_support: Tensor, x_query: Tensor,
                   y_query: Tensor) -> Tensor:
+        """Cross-entropy (0-dim) of the ``(Q, ...)`` queries against the prototypes of the ``(K N, ...)``
+        support set of one task, as a pure function of ``params``."""
         emb_s = functional_call(self.model, params, (x_support,))
         emb_q = functional_call(self.model, params, (x_query,))
         # one-hot by comparison (F.one_hot checks its input's values, which vmap does not allow)
@@ -311,6 +368,10 @@ class MAML(BaseLearner):
         inner_lr: :math:`\alpha > 0`.
         inner_steps: number of inner gradient steps (>= 1).
         first_order: drop second-order terms.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: ``inner_lr`` not positive and finite; ``inner_steps`` not an int ``>= 1``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, inner_lr: float = 0.01, inner_steps: int = 1,
@@ -350,11 +411,16 @@ class MetaLearner:
     Args:
         maml: the base learner (:class:`MAML` or :class:`ProtoNet`).
         optimizer: ``torch.optim`` optimizer over ``maml.model``'s parameters (the outer learning rate ``beta``).
-        method: an :class:`Aggregator` (``LinearScalarization([1/B]*B)`` or ``mean`` = MAML, ``MGDA()``,
-            ``PCGrad()``, ``CAGrad()``, ``ImprovementFunction()``) or a :class:`SIMOL`.
+        method: ``None`` (MAML: the mean of the task gradients), an :class:`Aggregator` (``MGDA()``,
+            ``PCGrad()``, ``CAGrad()``, ``ImprovementFunction()``, ``LinearScalarization([1/B]*B)``) or
+            a :class:`SIMOL`.
         reweight_optimizer: optimizer of SIMOL's reweighting network (``beta'``); required with SIMOL.
         theta_at: ``"next"`` (Algorithm 1: ``J`` recomputed at ``w^{s+1}`` for the ascent on ``theta``)
             or ``"current"`` (Eq. 13: reuse ``J`` at ``w^s``; SIMOL then costs the same as MAML).
+
+    Raises:
+        TypeError: ``method`` is neither ``None`` nor an Aggregator.
+        ValueError: SIMOL without ``reweight_optimizer``; an unknown ``theta_at``.
     """
 
     def __init__(self, maml: BaseLearner, optimizer: torch.optim.Optimizer, method: Optional[Aggregator] = None,
@@ -369,14 +435,30 @@ class MetaLearner:
         self.reweight_optimizer, self.theta_at = reweight_optimizer, theta_at
 
     def write_grad(self, d: Tensor) -> None:
-        """Write the flat direction ``d`` (n,) into the ``.grad`` of the meta-parameters."""
+        """Write the flat direction ``d`` (n,) into the ``.grad`` of the meta-parameters (replacing it).
+
+        Raises:
+            ValueError: ``d`` does not have the ``n`` entries of the meta-parameters.
+        """
         params = list(self.maml.params().values())
         for p, g in zip(params, unflatten(d, params)):
             p.grad = g.detach().clone()
 
     def step(self, x_support: Tensor, y_support: Tensor, x_query: Tensor, y_query: Tensor,
              task_features: Optional[Tensor] = None) -> Dict[str, float]:
-        """One outer step on a mini-batch of ``B`` tasks; returns the mean task loss (and SIMOL's ``K``)."""
+        """One outer step on a mini-batch of ``B`` tasks (shapes as :meth:`BaseLearner.task_jacobian`).
+
+        Args:
+            x_support, y_support, x_query, y_query: ``(B, K, ...)`` support and ``(B, Q, ...)`` query tensors.
+            task_features: ``(B, ...)`` input of SIMOL's reweighting network (required with SIMOL).
+
+        Returns:
+            ``{"loss": mean task loss before the step}``; with SIMOL also ``"K"`` (:math:`\tilde K_B`)
+            and ``"mean_weight"`` (the mean of ``r``).
+
+        Raises:
+            ValueError: SIMOL without ``task_features``; the errors of the base learner and the method.
+        """
         batch = (x_support, y_support, x_query, y_query)
         J, losses = self.maml.task_jacobian(*batch)
         out = {"loss": float(losses.mean())}

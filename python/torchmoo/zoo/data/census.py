@@ -66,6 +66,7 @@ class CensusEncoding:
 
     @property
     def num_features(self) -> int:
+        """The length of an encoded row: one per continuous column plus one per category."""
         return len(self.continuous) + sum(len(c) for _, c in self.categorical)
 
     def feature_names(self) -> List[str]:
@@ -74,6 +75,16 @@ class CensusEncoding:
 
     @classmethod
     def fit(cls, table: CSVTable, exclude: Sequence[str] = (), standardize: bool = True) -> "CensusEncoding":
+        """The encoding of ``table``'s columns, except the task sources (age, education, marital
+        status), the sampling weight and ``exclude`` (names compare as :func:`normalise_name` does).
+
+        Numeric UCI measurements, and unnamed columns whose cells are all numbers, become standardised
+        features (mean and population std of this table; ``standardize=False`` keeps them as they are);
+        every other column is one-hot over its sorted categories.
+
+        Raises:
+            CSVFormatError: a numeric column holds a cell that is not a finite number.
+        """
         skip = set(_LABEL_COLUMNS) | set(_DROPPED) | {normalise_name(c) for c in exclude}
         categorical, continuous = [], []
         for name in table.columns:
@@ -90,7 +101,11 @@ class CensusEncoding:
         return cls(tuple(categorical), tuple(continuous))
 
     def transform(self, table: CSVTable) -> np.ndarray:
-        """``(rows, num_features)`` float32; a category not seen when fitting encodes as all zeros."""
+        """``(rows, num_features)`` float32; a category not seen when fitting encodes as all zeros.
+
+        Raises:
+            CSVFormatError: ``table`` lacks a column of the encoding, or a numeric cell is not a finite number.
+        """
         table.require([c for c, _, _ in self.continuous] + [c for c, _ in self.categorical])
         out = np.zeros((len(table.rows), self.num_features), dtype=np.float32)
         for j, (name, mean, std) in enumerate(self.continuous):
@@ -148,6 +163,11 @@ class CensusIncome(Dataset):
         encoding: a fitted :class:`CensusEncoding`; None fits one on this file.
         exclude: more columns to leave out of the features.
         standardize: standardise the numeric columns (when fitting).
+
+    Raises:
+        DataNotFoundError: no path given or found, or the expected file is not in the folder.
+        CSVFormatError: a malformed file, a missing column, or an education value that is not a UCI level.
+        ValueError: an unknown ``split``.
     """
 
     TASKS = ("age>=40", "education>=college", "never_married")
@@ -185,6 +205,7 @@ class CensusIncome(Dataset):
 
     @property
     def num_features(self) -> int:
+        """The length of a feature vector (that of :attr:`encoding`)."""
         return self.features.shape[1]
 
     def __len__(self) -> int:

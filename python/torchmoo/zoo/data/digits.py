@@ -39,7 +39,11 @@ def load_sklearn_digits() -> Tuple[Tensor, Tensor]:
 
 def render_digits(digits: Tensor) -> Tensor:
     """``(N, 8, 8)`` intensities in ``[0, 16]`` -> ``(N, 28, 28)`` uint8 items: ``round(v * 255 / 16)``,
-    each pixel a 3 x 3 block, 2 pixels of margin."""
+    each pixel a 3 x 3 block, 2 pixels of margin. Values outside ``[0, 16]`` are clamped.
+
+    Raises:
+        ValueError: ``digits`` is not ``(N, 8, 8)``.
+    """
     if digits.dim() != 3 or tuple(digits.shape[1:]) != (8, 8):
         raise ValueError(f"render_digits expects (N, 8, 8) digits, got {tuple(digits.shape)}.")
     v = torch.round(digits.float().clamp(0, 16) * (255.0 / 16.0))
@@ -82,6 +86,12 @@ class MultiDigits(PairedItems):
     Attributes (besides :class:`PairedItems`'): ``sources`` index the 1,797 digits of
     ``sklearn.datasets.load_digits``; ``mean`` and ``std`` are the pixel statistics of the training
     split (for both splits).
+
+    Raises:
+        ValueError: an unknown ``split``; ``seed`` not an int ``>= 0``; ``test_fraction`` outside
+            ``(0, 1)`` or leaving a split without sources; ``num_images`` not ``None`` or a positive int;
+            a bad ``shift``.
+        ImportError: scikit-learn is not installed.
     """
 
     def __init__(

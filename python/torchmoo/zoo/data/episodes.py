@@ -13,7 +13,7 @@ __all__ = ["labels_of", "EpisodeSampler", "split_episode"]
 
 def labels_of(dataset: Dataset) -> Tensor:
     """The ``(N,)`` integer labels of a data set: its ``targets`` attribute when it has one, else the
-    second element of every item."""
+    second element of every item (which loads every item once), as a tensor."""
     targets = getattr(dataset, "targets", None)
     if targets is None:
         targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
@@ -38,6 +38,17 @@ class EpisodeSampler(Sampler[List[int]]):
         n_query: query examples per class.
         num_episodes: episodes per iteration.
         seed: seed of the episodes.
+
+    Raises:
+        TypeError: ``labels`` are not integers.
+        ValueError: ``labels`` not 1-D; a count that is not an int of the allowed range (``n_way``,
+            ``k_shot``, ``num_episodes >= 1``, ``n_query >= 0``), ``seed`` not an int ``>= 0``; fewer than
+            ``n_way`` classes with ``k_shot + n_query`` examples.
+
+    Example:
+        >>> sampler = EpisodeSampler(dataset, n_way=5, k_shot=1, n_query=15, num_episodes=600)
+        >>> for x, _ in DataLoader(dataset, batch_sampler=sampler):
+        ...     xs, ys, xq, yq = split_episode(x, 5, 1, 15)
     """
 
     def __init__(
@@ -102,7 +113,16 @@ class EpisodeSampler(Sampler[List[int]]):
 
 def split_episode(x: Tensor, n_way: int, k_shot: int, n_query: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Cut an episode batch ``(n_way * (k_shot + n_query), ...)`` laid out by :class:`EpisodeSampler`
-    into ``(x_support, y_support, x_query, y_query)`` with episode labels in ``0..n_way-1``."""
+    into ``(x_support, y_support, x_query, y_query)`` with episode labels in ``0..n_way-1``.
+
+    Returns:
+        ``x_support`` ``(n_way * k_shot, ...)`` and ``x_query`` ``(n_way * n_query, ...)`` (views of
+        ``x``), ``y_support`` ``(n_way * k_shot,)`` and ``y_query`` ``(n_way * n_query,)`` int64 on
+        ``x``'s device.
+
+    Raises:
+        ValueError: ``x`` does not have ``n_way * (k_shot + n_query)`` rows.
+    """
     n_support = n_way * k_shot
     if x.shape[0] != n_way * (k_shot + n_query):
         raise ValueError(

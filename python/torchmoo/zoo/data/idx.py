@@ -50,6 +50,9 @@ def read_idx(path: Union[str, "os.PathLike[str]"]) -> Tensor:
     The header is two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
     0x0D float32, 0x0E float64), the number of dimensions, then one big-endian uint32 per dimension.
 
+    Returns:
+        A CPU tensor of the declared shape and dtype (uint8, int8, int16, int32, float32 or float64).
+
     Raises:
         FileNotFoundError: the file does not exist.
         IDXError: (a ``ValueError``) the file is truncated, has extra bytes, or has a bad header;
@@ -98,7 +101,12 @@ def read_idx(path: Union[str, "os.PathLike[str]"]) -> Tensor:
 
 def write_idx(path: Union[str, "os.PathLike[str]"], tensor: Tensor, compress: bool = False) -> None:
     """Write ``tensor`` (uint8, int8, int16, int32, float32 or float64; at least 1-D) as an IDX file,
-    gzip-compressed when ``compress`` is True."""
+    gzip-compressed when ``compress`` is True; :func:`read_idx` reads it back exactly.
+
+    Raises:
+        TypeError: ``tensor`` is not a tensor, or of a dtype IDX cannot store.
+        ValueError: ``tensor`` is 0-dim or has more than 255 dims.
+    """
     if not isinstance(tensor, Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}.")
     if tensor.dtype not in _TORCH_TO_CODE:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from torchmoo.zoo.data._paths import DataNotFoundError
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "resize_square"]
 
 #: File suffixes read as images (case-insensitive); every other file is ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -106,7 +106,9 @@ def _to_rgb(im):
 
 def resize_square(x: Tensor, size: int) -> Tensor:
     """Square images ``(N, C, S, S)`` resized to ``(N, C, size, size)``: whole-pixel blocks when ``size`` is a
-    multiple of ``S`` (nearest neighbour, e.g. 8x8 digits to 32x32), bilinear otherwise."""
+    multiple of ``S`` (nearest neighbour, e.g. 8x8 digits to 32x32), bilinear otherwise
+    (:func:`torch.nn.functional.interpolate`). ``x`` itself is returned when ``S == size``; the dtype
+    and device are kept."""
     if x.shape[-1] == size:
         return x
     if size % x.shape[-1] == 0:  # whole pixel blocks (nearest neighbour)

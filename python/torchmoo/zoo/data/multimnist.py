@@ -121,6 +121,16 @@ class MultiMNIST(PairedItems):
         split: ``"train"`` or ``"test"``.
         seed: the pairing and the moves are a function of ``(seed, split)``.
         shift: largest move of each item in each direction (2 in the paper).
+
+    Raises:
+        DataNotFoundError: neither ``root`` nor the environment variable points to an existing folder,
+            or the IDX files are not in it.
+        IDXError: a malformed IDX file, or images that are not ``(N, 28, 28)`` uint8 with labels in 0..9.
+        ValueError: an unknown ``split``; ``seed`` not an int ``>= 0``; ``shift`` not an int ``>= 0``.
+
+    Example:
+        >>> train = MultiMNIST("~/data/mnist", split="train")     # or set $TORCHMOO_MNIST_DIR
+        >>> images, targets = train.tensors()                      # (60000, 1, 28, 28), (60000, 2)
     """
 
     def __init__(self, root: Optional[PathLike] = None, split: str = "train", seed: int = 0, shift: int = 2) -> None:
@@ -133,7 +143,7 @@ class MultiMNIST(PairedItems):
 
 class MultiFashion(PairedItems):
     """MultiFashion: MultiMNIST's construction on Fashion-MNIST (``root`` or ``$TORCHMOO_FASHION_MNIST_DIR``,
-    also ``root/raw`` and ``root/FashionMNIST/raw``). Same arguments and items as :class:`MultiMNIST`."""
+    also ``root/raw`` and ``root/FashionMNIST/raw``). Same arguments, items and errors as :class:`MultiMNIST`."""
 
     def __init__(self, root: Optional[PathLike] = None, split: str = "train", seed: int = 0, shift: int = 2) -> None:
         salt = _split_info(split)[1]
@@ -151,7 +161,7 @@ class MultiFashionMNIST(PairedItems):
         fashion_root: Fashion-MNIST folder (or ``$TORCHMOO_FASHION_MNIST_DIR``).
         split, seed, shift: as :class:`MultiMNIST`.
 
-    Labels: ``target[0]`` the digit, ``target[1]`` the Fashion-MNIST class.
+    Labels: ``target[0]`` the digit, ``target[1]`` the Fashion-MNIST class. Raises as :class:`MultiMNIST`.
     """
 
     def __init__(
@@ -178,6 +188,15 @@ class MultiMNISTSubset(PairedItems):
     ``dataset[i]`` is ``(image (1, 14, 14) float32, target (2,) int64)``; :meth:`tensors` gives the
     whole set at once (the paper evaluates both losses on all 2,048 images).
     ``indices`` ``(size,)`` holds the positions of the chosen images in :class:`MultiMNIST` (same seed).
+    ``images`` are float32 (area averages of the uint8 pixels).
+
+    Args:
+        root, seed: as :class:`MultiMNIST` (the training split is read).
+        size: number of images, in ``[1, len(MultiMNIST train)]``.
+        image_size: side of the downsampled images, in ``[1, 28]``.
+
+    Raises:
+        ValueError: ``size`` or ``image_size`` out of range; as :class:`MultiMNIST`.
     """
 
     def __init__(self, root: Optional[PathLike] = None, size: int = 2048, seed: int = 0, image_size: int = 14) -> None:

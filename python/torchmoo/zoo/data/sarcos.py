@@ -20,7 +20,11 @@ _IN, _OUT = 21, 7
 
 
 class SarcosStats(NamedTuple):
-    """Standardisation of inputs and targets: ``(x - x_mean) / x_std``, ``(y - y_mean) / y_std``."""
+    """Standardisation of inputs and targets: ``(x - x_mean) / x_std``, ``(y - y_mean) / y_std``.
+
+    ``x_mean``, ``x_std``: ``(21,)``; ``y_mean``, ``y_std``: ``(7,)``; float64 in :attr:`Sarcos.stats`
+    (any float dtype is accepted as ``stats=``).
+    """
 
     x_mean: Tensor
     x_std: Tensor
@@ -57,6 +61,17 @@ class Sarcos(Dataset):
         standardize: standardise inputs and targets.
         stats: the :class:`SarcosStats` to standardise with (the training set's, for the test set);
             None computes them on this file.
+
+    Attributes:
+        inputs: ``(N, 21)`` float32. targets: ``(N, 7)`` float32. stats: the :class:`SarcosStats` used.
+        path: the file read.
+
+    Raises:
+        DataNotFoundError: no path given or found, or the expected file is not in the folder.
+        CSVFormatError: a malformed file, another number of columns than 28 without column names, a
+            missing column, or a cell that is not a finite number.
+        ValueError: an unknown ``split``; only one of ``input_columns`` / ``target_columns``, or not 21
+            and 7 names.
     """
 
     num_tasks = _OUT

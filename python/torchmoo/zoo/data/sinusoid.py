@@ -48,6 +48,11 @@ class SinusoidTasks(Dataset):
 
     Attributes:
         amplitude, phase: ``(num_tasks,)`` float32 parameters of the tasks.
+
+    Raises:
+        ValueError: ``num_tasks`` or ``num_support`` not an int ``>= 1``, ``num_query`` not an int ``>= 0``,
+            ``seed`` not an int ``>= 0``, a range that is not a finite ``(low, high)`` with ``low <= high``.
+        IndexError: (indexing) a task index out of range.
     """
 
     def __init__(

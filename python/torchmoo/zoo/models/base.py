@@ -19,6 +19,9 @@ class MultiTaskModel(nn.Module):
     Args:
         trunk: the shared feature extractor.
         heads: one module per task, each applied to the trunk's output.
+
+    Raises:
+        ValueError: ``heads`` is empty.
     """
 
     def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]) -> None:
@@ -38,6 +41,7 @@ class MultiTaskModel(nn.Module):
         return self.trunk(x)
 
     def forward(self, x: Tensor) -> List[Tensor]:
+        """``[head_0(z), ..., head_{m-1}(z)]`` with ``z = trunk(x)``: one output per task."""
         z = self.trunk(x)
         return [head(z) for head in self.heads]
 
@@ -46,7 +50,12 @@ class MultiTaskModel(nn.Module):
         return list(self.trunk.parameters())
 
     def task_parameters(self, i: int) -> List[nn.Parameter]:
-        """The parameters that only task ``i`` uses (its head)."""
+        """The parameters that only task ``i`` uses (its head).
+
+        Raises:
+            TypeError: ``i`` is not an int.
+            ValueError: ``i`` is not in ``0 .. num_tasks - 1``.
+        """
         if not isinstance(i, int) or isinstance(i, bool):
             raise TypeError(f"task index must be an int, got {type(i).__name__}.")
         if not 0 <= i < len(self.heads):
@@ -55,7 +64,8 @@ class MultiTaskModel(nn.Module):
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    """The number of (trainable) scalar parameters of ``module``."""
+    """The number of scalar parameters of ``module``: those that require grad, or all of them when
+    ``trainable_only`` is False (buffers are never counted)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 

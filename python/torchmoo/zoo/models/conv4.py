@@ -24,6 +24,13 @@ class Conv4(nn.Module):
         in_channels: input channels.
         channels: output channels of the four blocks.
         flatten: return ``(B, C * h * w)`` features instead of the ``(B, C, h, w)`` map.
+
+    Input ``(B, in_channels, H, W)``; output ``(B, channels[-1] * h * w)`` (``flatten``) or
+    ``(B, channels[-1], h, w)``, with ``h = H // 2 ** len(channels)`` (:meth:`output_side`).
+
+    Raises:
+        TypeError: a size that is not an int.
+        ValueError: a size below 1, or ``channels`` empty.
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (64, 64, 64, 64), flatten: bool = True) -> None:
@@ -48,6 +55,7 @@ class Conv4(nn.Module):
         return side
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` -> the flattened features or the feature map (see the class)."""
         z = self.blocks(x)
         return z.flatten(1) if self.flatten else z
 
@@ -58,6 +66,9 @@ class RotationHead(nn.Module):
     four rotations {0, 90, 180, 270} degrees.
 
     Input: the backbone's feature map ``(B, in_channels, h, w)``; output ``(B, num_rotations)``.
+
+    Raises:
+        TypeError / ValueError: a size that is not a positive int, or ``channels`` empty.
     """
 
     def __init__(self, in_channels: int = 64, channels: Sequence[int] = (128, 256), num_rotations: int = 4) -> None:
@@ -74,6 +85,7 @@ class RotationHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, feature_map: Tensor) -> Tensor:
+        """``(B, in_channels, h, w)`` -> logits ``(B, num_rotations)``; ``ValueError`` if not 4-D."""
         if feature_map.dim() != 4:
             raise ValueError(f"RotationHead expects a (B, C, h, w) feature map, got shape {tuple(feature_map.shape)}.")
         return self.net(feature_map)
@@ -86,6 +98,14 @@ class RelativePatchLocationHead(nn.Module):
     through ``Linear(2d, hidden) -> BN -> ReLU -> Linear(hidden, 8)`` (hidden 256 for Conv-4-64).
     Patches are numbered row-major over the 3 x 3 grid, the centre is number 4; neighbour ``p`` of
     ``(0, 1, 2, 3, 5, 6, 7, 8)`` has the label ``0..7`` in that order.
+
+    Args:
+        feature_dim: ``d``, the size of one patch's features.
+        hidden: width of the hidden layer.
+        num_positions: outputs of the classifier (8 neighbours).
+
+    Raises:
+        TypeError / ValueError: an argument that is not a positive int.
     """
 
     NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
@@ -107,7 +127,7 @@ class RelativePatchLocationHead(nn.Module):
 
     def forward(self, patch_features: Tensor) -> Tensor:
         """``(B, 9, d)`` features of the 3 x 3 patch grid -> ``(B, 8, 8)`` logits; the target of
-        ``[:, k]`` is ``k`` (see :meth:`targets`)."""
+        ``[:, k]`` is ``k`` (see :meth:`targets`). ``ValueError`` for another shape."""
         if patch_features.dim() != 3 or patch_features.shape[1:] != (9, self.feature_dim):
             raise ValueError(
                 f"RelativePatchLocationHead expects (B, 9, {self.feature_dim}) patch features, "
@@ -121,7 +141,8 @@ class RelativePatchLocationHead(nn.Module):
 
     @staticmethod
     def targets(batch_size: int, device: Optional[torch.device] = None) -> Tensor:
-        """The labels ``(B, 8)`` matching :meth:`forward`: ``targets[b, k] = k``."""
+        """The int64 labels ``(B, 8)`` matching :meth:`forward`: ``targets[b, k] = k`` (an expanded,
+        read-only view: ``.clone()`` it to write)."""
         return torch.arange(8, device=device).expand(batch_size, 8)
 
 
@@ -142,6 +163,10 @@ class Conv4SelfSupervised(MultiTaskModel):
         rotation_channels: the two conv widths of the rotation head (128, 256 for Conv-4-64).
         location_hidden: hidden width of the location head (256 for Conv-4-64).
         scale: initial inverse temperature of the cosine classifier.
+
+    Raises:
+        TypeError / ValueError: a size that is not a positive int; ``image_size`` or ``patch_size``
+            below ``2 ** len(channels)``; a bad ``scale``.
     """
 
     def __init__(
@@ -172,6 +197,8 @@ class Conv4SelfSupervised(MultiTaskModel):
         self.image_size, self.patch_size = image_size, patch_size
 
     def forward(self, images: Tensor, patches: Optional[Tensor] = None) -> List[Tensor]:  # type: ignore[override]
+        """``images`` ``(B, C, S, S)`` (and ``patches`` ``(B, 9, C, p, p)``) -> ``[class (B, num_classes),
+        rotation (B, 4)]`` (+ ``location (B, 8, 8)``). ``ValueError`` for patches of another shape."""
         fmap = self.trunk(images)
         outs = [self.heads[0](fmap.flatten(1)), self.heads[1](fmap)]
         if patches is not None:

@@ -27,6 +27,10 @@ class CosineClassifier(nn.Module):
         learn_scale: whether ``scale`` is a parameter.
 
     Input ``(B, d)``; output ``(B, num_classes)``.
+
+    Raises:
+        TypeError: ``in_features`` or ``num_classes`` is not an int.
+        ValueError: ``in_features`` or ``num_classes`` below 1; ``scale`` not positive and finite.
     """
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 10.0, learn_scale: bool = True) -> None:
@@ -42,13 +46,21 @@ class CosineClassifier(nn.Module):
             self.register_buffer("scale", s)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of features ``(B, d)``; ``ValueError`` for another shape."""
         if x.dim() != 2 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(f"CosineClassifier expects (B, {self.weight.shape[1]}) features, got {tuple(x.shape)}.")
         return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
 
     @torch.no_grad()
     def set_prototypes(self, prototypes: Tensor) -> None:
-        """Replace the class weights by ``prototypes`` ``(num_classes', d)``, e.g. novel-class feature means."""
+        """Replace the class weights by ``prototypes`` ``(num_classes', d)``, e.g. novel-class feature means.
+
+        The new weight is a new parameter (an optimizer built before does not update it), in the old
+        weight's dtype and device.
+
+        Raises:
+            ValueError: ``prototypes`` is not ``(num_classes', d)``.
+        """
         if prototypes.dim() != 2 or prototypes.shape[1] != self.weight.shape[1]:
             raise ValueError(
                 f"prototypes must be (num_classes, {self.weight.shape[1]}), got {tuple(prototypes.shape)}."
@@ -56,4 +68,5 @@ class CosineClassifier(nn.Module):
         self.weight = nn.Parameter(prototypes.detach().to(self.weight).clone())
 
     def extra_repr(self) -> str:
+        """``in_features`` and ``num_classes``, for ``repr``."""
         return f"in_features={self.weight.shape[1]}, num_classes={self.weight.shape[0]}"

@@ -29,6 +29,11 @@ class MultiLeNet(MultiTaskModel):
 
     Input ``(B, in_channels, image_size, image_size)``; output a list of ``num_tasks`` tensors
     ``(B, num_classes)`` (logits).
+
+    Raises:
+        TypeError: an argument that is not an int.
+        ValueError: an argument below 1, or an ``image_size`` too small for the two convolutions and
+            poolings.
     """
 
     def __init__(
@@ -65,7 +70,16 @@ class MultiLeNetSubset(MultiTaskModel):
     ``conv(5x5, 10, stride 2) -> ReLU -> maxpool 2 -> FC 40 -> 20 -> ReLU`` shared, then one
     ``FC 20 -> 10`` head per task: 260 + 820 + 2 x 210 = 1,500 parameters.
 
-    Input ``(B, 1, 14, 14)``; output a list of ``num_tasks`` tensors ``(B, num_classes)``.
+    Args:
+        num_tasks: number of heads.
+        num_classes: classes per task.
+        image_size: side of the square single-channel input (14 in the paper; at least 7).
+
+    Input ``(B, 1, image_size, image_size)``; output a list of ``num_tasks`` tensors ``(B, num_classes)``.
+
+    Raises:
+        TypeError: an argument that is not an int.
+        ValueError: an argument below 1, or ``image_size < 7``.
     """
 
     def __init__(self, num_tasks: int = 2, num_classes: int = 10, image_size: int = 14) -> None:

@@ -45,6 +45,9 @@ class ResNet18(nn.Module):
         bn_momentum: BatchNorm momentum (0.1, as in Ma et al.).
 
     Input ``(B, in_channels, H, W)``; output ``(B, 512)``.
+
+    Raises:
+        TypeError / ValueError: ``in_channels`` not a positive int; an unknown ``stem``.
     """
 
     out_features = 512
@@ -77,6 +80,7 @@ class ResNet18(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` -> pooled features ``(B, 512)``."""
         return self.pool(self.stages(self.stem(x)))
 
 
@@ -87,6 +91,13 @@ class MultiHeadResNet18(MultiTaskModel):
     race): 11,176,512 + 4,104 = 11,180,616 parameters, the paper's count.
 
     Input ``(B, in_channels, H, W)``; output a list of ``(B, head_dims[i])`` tensors.
+
+    Args:
+        head_dims: output size of each task's head.
+        in_channels, stem, bn_momentum: as :class:`ResNet18`.
+
+    Raises:
+        TypeError / ValueError: ``head_dims`` empty or not positive ints; as :class:`ResNet18`.
     """
 
     def __init__(

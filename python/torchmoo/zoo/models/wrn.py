@@ -56,6 +56,11 @@ class WideResNet(nn.Module):
         num_classes: add a linear classifier with this many outputs; ``None`` returns features.
 
     Input ``(B, in_channels, H, W)``; output ``(B, 64k)`` features or ``(B, num_classes)`` logits.
+
+    Raises:
+        TypeError / ValueError: ``depth``, ``widen_factor``, ``in_channels`` or ``num_classes`` not a
+            positive int; ``depth`` not ``6n + 4`` with ``n >= 1``; ``strides`` not three values in {1, 2};
+            ``dropout`` outside [0, 1).
     """
 
     def __init__(
@@ -101,10 +106,15 @@ class WideResNet(nn.Module):
         return F.relu(self.bn(self.groups(self.conv(x))))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` -> features ``(B, 64k)``, or logits ``(B, num_classes)``."""
         z = self.feature_map(x).mean(dim=(2, 3))
         return z if self.fc is None else self.fc(z)
 
 
 def wrn28_10(in_channels: int = 3, strides: Sequence[int] = (1, 2, 2), num_classes: Optional[int] = None) -> WideResNet:
-    """WRN-28-10 (28 layers, width 10): the largest backbone of PSST."""
+    """WRN-28-10 (28 layers, width 10): the largest backbone of PSST, without dropout.
+
+    ``in_channels``, ``strides`` and ``num_classes`` as :class:`WideResNet`; output ``(B, 640)`` features
+    (36,472,784 parameters) or ``(B, num_classes)`` logits.
+    """
     return WideResNet(28, 10, in_channels, strides, 0.0, num_classes)
