@@ -760,3 +760,11 @@ def test_backward_retain_graph():
         tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), retain_graph=True,
                     representation=z if use_z else None)
         sum(losses).backward()  # still possible
+
+
+def test_cagrad_weights_checks_c():
+    G = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=F64)
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="c must be a finite number >= 0"):
+            cagrad_weights(G, bad)
+    torch.testing.assert_close(cagrad_weights(G, 0.0), torch.full((2,), 0.5, dtype=F64))  # c = 0: d = g0

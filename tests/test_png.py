@@ -780,3 +780,12 @@ def test_closures_free_each_models_graph_and_explain_a_shared_one():
     for a, b in zip(ms, ms_ref):
         torch.testing.assert_close(tm.autograd.flatten([p.grad for p in a.parameters()]),
                                    tm.autograd.flatten([p.grad for p in b.parameters()]), rtol=1e-12, atol=0)
+
+
+def test_png_dual_checks_the_method_even_when_the_control_is_off():
+    G = torch.eye(2, dtype=torch.float64)[None]
+    b = torch.zeros(1, 2, dtype=torch.float64)
+    off = torch.tensor([-math.inf], dtype=torch.float64)
+    assert torch.equal(png_dual(G, b, off), torch.zeros(1, 2, dtype=torch.float64))  # control off: lambda = 0
+    with pytest.raises(ValueError, match="method"):
+        png_dual(G, b, off, method="active-set")

@@ -199,7 +199,8 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
     Args:
         G: ``(m, m)`` Gram matrix ``J J^T``, floating-point, in the dtype it was computed in (solved
             in float64, on ``G``'s device; :class:`CAGrad` passes it on the CPU).
-        c: radius factor, ``c >= 0`` (validated by :class:`CAGrad`, not here).
+        c: radius factor, a finite ``c >= 0`` (:class:`CAGrad` also requires ``c < 1``, the paper's
+            range for convergence; the inner problem itself is defined for any ``c >= 0``).
         rtol: relative tolerance on ``||J'w(nu)|| = r nu`` at the root.
         max_iter: cap on bisection steps (each step solves one or two QPs).
 
@@ -208,9 +209,17 @@ def cagrad_weights(G: Tensor, c: float, *, rtol: float = 1e-12, max_iter: int = 
         or ``b + lambda`` in the limit case; ``u = b`` when ``c = 0`` or the mean gradient is 0).
 
     Raises:
-        ValueError: from :func:`torchmoo.ops.min_norm_simplex` / :func:`torchmoo.ops.nonneg_qp` for a
-            ``G`` that is not finite or far from positive semi-definite.
+        ValueError: ``c`` negative or not finite; from :func:`torchmoo.ops.min_norm_simplex` /
+            :func:`torchmoo.ops.nonneg_qp` for a ``G`` that is not finite or far from positive
+            semi-definite.
     """
+    try:
+        c_value = float(c) if not isinstance(c, (bool, str)) else math.nan
+    except (TypeError, ValueError):
+        c_value = math.nan
+    if not math.isfinite(c_value) or c_value < 0:
+        raise ValueError(f"c must be a finite number >= 0, got {c!r}.")
+    c = c_value
     # entries of a Gram matrix carry rounding of order eps * max_i ||g_i||^2 (eps of its dtype)
     noise = 10.0 * G.shape[0] * torch.finfo(G.dtype).eps
     G = G.to(torch.float64)

@@ -116,11 +116,12 @@ def png_dual(G: Tensor, b: Tensor, phi: Tensor, *, method: str = "active_set") -
     Raises:
         TypeError: ``G`` or ``b`` is not a floating-point tensor.
         ValueError: ``G`` not ``(..., m, m)``; ``b`` or ``phi`` of the wrong shape; ``phi`` NaN or
-            ``+inf``; an unknown ``method`` (checked when some ``phi`` is finite); and the errors of
+            ``+inf``; an unknown ``method``; and the errors of
             :func:`torchmoo.ops.nonneg_qp` (e.g. an unbounded problem).
     """
     G = _as_tensor(G, "G")
     b = _as_tensor(b, "b")
+    method = _check_method(method)  # also when the control is off everywhere: a typo must not pass
     phi = torch.as_tensor(phi, dtype=G.dtype, device=G.device)
     if G.dim() < 2 or G.shape[-1] != G.shape[-2]:
         raise ValueError(f"G must have shape (..., m, m), got {tuple(G.shape)}.")
@@ -138,7 +139,7 @@ def png_dual(G: Tensor, b: Tensor, phi: Tensor, *, method: str = "active_set") -
     if bool(on.any()):
         idx = on.nonzero().squeeze(1)
         c = bf[idx] - pf[idx, None]
-        lam[idx] = ops.nonneg_qp(Gf[idx].contiguous(), c.contiguous(), method=_check_method(method))
+        lam[idx] = ops.nonneg_qp(Gf[idx].contiguous(), c.contiguous(), method=method)
     return lam.reshape(*batch, m)
 
 
