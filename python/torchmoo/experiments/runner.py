@@ -74,6 +74,13 @@ def default_out(name: str, seed: int, full: bool = False) -> Path:
     return Path("runs") / f"{name}-seed{seed}{'-full' if full else ''}"
 
 
+def synchronize(device: Union[str, torch.device]) -> None:
+    """Waits for the device's queued work (CUDA), so that a clock read after it times the work itself."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def check_device(device: Union[str, torch.device]) -> torch.device:
     """``device`` as a ``torch.device``; ``ValueError`` with a readable message when it is not a device
     string or names an accelerator this machine does not have."""

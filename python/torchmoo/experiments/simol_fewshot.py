@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchmoo as tm
-from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.experiments.runner import Experiment, RunContext, register, synchronize
 from torchmoo.zoo.data.image_folder import resize_square
 
 FEWSHOT_ENV = "TORCHMOO_FEWSHOT_DIR"
@@ -413,9 +413,11 @@ def _timing_unit(shots: int, cfg: Config, ctx: RunContext, data: EpisodeData) ->
     t0 = time.perf_counter()
     for _ in ctx.progress(range(cfg.timing_repeats), desc=unit, total=cfg.timing_repeats):
         for v in variants:
+            synchronize(ctx.device)
             t = time.perf_counter()
             for _ in range(cfg.timing_steps):
                 _step(learners[v], batch, cfg.n_way)
+            synchronize(ctx.device)  # GPU steps are asynchronous: time them to their end
             times[v].append((time.perf_counter() - t) / cfg.timing_steps)
     result = {"shots": shots, "seconds_per_step": {v: statistics.median(ts) for v, ts in times.items()},
               "rounds": times}

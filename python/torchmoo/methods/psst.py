@@ -1260,7 +1260,7 @@ def fewshot_accuracy(
     if isinstance(n_way, bool) or not isinstance(n_way, int) or n_way < 2:
         # a 1-way episode has nothing to tell apart: its accuracy would be 1 whatever the features
         raise ValueError(f"n_way must be an int >= 2, got {n_way!r}.")
-    sampler = EpisodeSampler(labels, n_way, k_shot, n_query, episodes, seed)
+    sampler = EpisodeSampler(torch.as_tensor(labels).cpu(), n_way, k_shot, n_query, episodes, seed)  # host-side indexing
     idx = torch.tensor([sampler.episode(e) for e in range(episodes)], device=features.device)  # (E, n(k+q))
     normalized = F.normalize(features.double(), dim=-1)
     ns = n_way * k_shot
