@@ -14,8 +14,9 @@ TORCH_LIBRARY(torchmoo, m) {
   m.def(
       "nonneg_qp(Tensor G, Tensor c, str method='active_set', int max_iter=-1, float tol=-1.0, float radius=-1.0)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
-  // G = J J^T for J of shape (..., m, n): (..., m, m), exactly symmetric, one pass over J.
-  m.def("gram(Tensor J) -> Tensor");
+  // G = J J^T for J of shape (..., m, n): (..., m, m), exactly symmetric, one pass over J. check_finite=False
+  // skips the finiteness check (on CUDA a stream synchronization), leaving inf / NaN in G.
+  m.def("gram(Tensor J, bool check_finite=True) -> Tensor");
   // MINRES for (H - shift I) x = b over a matvec that runs in Python (torchmoo.ops.minres drives the loop).
   // minres_init(b (k, n), max_iter) -> (y, yprev, w, wprev, x, state, history); minres_step consumes
   // hv = H y and advances every right-hand side by one iteration in place, returning how many still run
@@ -30,8 +31,8 @@ TORCH_LIBRARY(torchmoo, m) {
   // particles X (M, d) and scores S (K, M, d); stein_update: phi (M, d) = sum_i w_i phi_i at the particles.
   m.def("stein_task_matrix(Tensor X, Tensor S, float h) -> Tensor");
   m.def("stein_update(Tensor X, Tensor S, Tensor w, float h) -> Tensor");
-  // d = sum_i w_i J_i for J (..., m, n), w (..., m): (..., n), one pass over J.
-  m.def("combine(Tensor J, Tensor w) -> Tensor");
+  // d = sum_i w_i J_i for J (..., m, n), w (..., m): (..., n), one pass over J (check_finite as for gram).
+  m.def("combine(Tensor J, Tensor w, bool check_finite=True) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -222,3 +222,15 @@ class TestCuda:
         # the operator itself (not only the wrapper) checks devices before taking a CUDA guard
         with pytest.raises(ValueError, match="device"):
             torch.ops.torchmoo.combine(J.cpu(), w)
+
+
+def test_check_finite_false_returns_non_finite_entries_instead_of_raising():
+    J = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    w = torch.tensor([0.2, 0.3, 0.5])
+    torch.testing.assert_close(tm.ops.combine(J, w, check_finite=False), tm.ops.combine(J, w), rtol=0, atol=0)
+    J[2, 4] = float("inf")
+    with pytest.raises(ValueError, match="J must be finite"):
+        tm.ops.combine(J, w)
+    d = tm.ops.combine(J, w, check_finite=False)
+    assert d[4] == float("inf") and bool(torch.isfinite(torch.cat([d[:4], d[5:]])).all())
+    torch.library.opcheck(torch.ops.torchmoo.combine.default, (J.clone().fill_(1.0), w, False))

@@ -328,3 +328,53 @@ class TestCuda:
     def test_gradient(self):
         J = randn(3, 20, dtype=F64, seed=20).cuda().requires_grad_()
         assert torch.autograd.gradcheck(tm.ops.gram, (J,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_check_finite_false_returns_non_finite_entries_instead_of_raising(dtype):
+    """check_finite=False (for callers that check a sum of Gram matrices once) gives the product with its
+    NaN / infinity where it stands; the default raises; finite inputs give the same G either way."""
+    J = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)).to(dtype)
+    torch.testing.assert_close(tm.ops.gram(J, check_finite=False), tm.ops.gram(J), rtol=0, atol=0)
+    J[1, 7] = float("nan")
+    with pytest.raises(ValueError, match="J must be finite"):
+        tm.ops.gram(J)
+    G = tm.ops.gram(J, check_finite=False)
+    assert bool(torch.isnan(G[1]).all()) and bool(torch.isnan(G[:, 1]).all())
+    assert bool(torch.isfinite(G[0, 0])) and bool(torch.isfinite(G[2, [0, 2]]).all())
+    # schema, fake and autograd registrations agree (on a finite J: opcheck compares outputs, NaN != NaN)
+    torch.library.opcheck(torch.ops.torchmoo.gram.default, (torch.nan_to_num(J).float().requires_grad_(), False))
+
+
+def test_blocks_gram_checks_the_sum_once_and_names_the_block_at_fault():
+    from torchmoo.methods.aggregator import blocks_gram
+
+    blocks = [torch.randn(2, 5, dtype=torch.float64), None, torch.randn(2, 3, dtype=torch.float64)]
+    torch.testing.assert_close(blocks_gram(blocks, 2, torch.device("cpu")),
+                               sum(b @ b.T for b in blocks if b is not None))
+    blocks[2][0, 1] = float("inf")
+    with pytest.raises(ValueError, match="J must be finite"):
+        blocks_gram(blocks, 2, torch.device("cpu"))
+    huge = [torch.full((2, 4), 1e300, dtype=torch.float64)]  # J J^T of the block itself overflows
+    with pytest.raises(ValueError, match="J J\\^T overflows"):
+        blocks_gram(huge, 2, torch.device("cpu"))
+    big = [torch.full((2, 1), 1.2e154, dtype=torch.float64)] * 2  # each Gram finite (1.44e308), their sum not
+    with pytest.raises(ValueError, match="the sum of the Gram matrices"):
+        blocks_gram(big, 2, torch.device("cpu"))
+
+
+@pytest.mark.cuda
+def test_gram_and_combine_without_the_check_do_not_synchronize():
+    """On CUDA the finiteness check reads a flag back to the host; check_finite=False queues the kernels
+    only (torch's sync debug mode turns any synchronization into an error)."""
+    J = torch.randn(4, 10_000, device="cuda")
+    w = torch.full((4,), 0.25, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        G = tm.ops.gram(J, check_finite=False)
+        d = tm.ops.combine(J, w, check_finite=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(G, tm.ops.gram(J))
+    torch.testing.assert_close(d, tm.ops.combine(J, w))

@@ -115,7 +115,7 @@ int64_t gram_kernel(const at::Tensor& J3, at::Tensor& G3, gram_simd::ChunkFn<T> 
   return bad < B ? bad : -1;
 }
 
-at::Tensor gram_cpu(const at::Tensor& J) {
+at::Tensor gram_cpu(const at::Tensor& J, bool check) {
   const gram_host::GramProblem p = gram_host::prepare(J);
   const int64_t B = p.B, m = p.m, n = p.n;
   const at::ScalarType dtype = J.scalar_type();
@@ -134,12 +134,12 @@ at::Tensor gram_cpu(const at::Tensor& J) {
     G3 = at::empty({B, m, m}, J.options().dtype(compute));
     const int64_t bad =
         compute == at::kDouble ? gram_kernel<double>(Jc, G3, k.f64) : gram_kernel<float>(Jc, G3, k.f32);
-    if (bad >= 0) gram_host::raise_non_finite(p, bad);
+    if (bad >= 0 && check) gram_host::raise_non_finite(p, bad);
   }
   if (compute != dtype) {
     G3 = G3.to(dtype);
-    gram_host::check_finite(p, G3);  // the rounding to float16 / bfloat16 can overflow
-  } else if (!use_kernel) {
+    if (check) gram_host::check_finite(p, G3);  // the rounding to float16 / bfloat16 can overflow
+  } else if (!use_kernel && check) {
     gram_host::check_finite(p, G3);
   }
   return G3.reshape(gram_host::out_shape(p));

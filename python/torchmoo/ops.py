@@ -223,7 +223,7 @@ torch.library.register_fake("torchmoo::min_norm_simplex")(_min_norm_simplex_fake
 torch.library.register_fake("torchmoo::nonneg_qp")(_nonneg_qp_fake)
 
 
-def gram(J: Tensor) -> Tensor:
+def gram(J: Tensor, *, check_finite: bool = True) -> Tensor:
     r"""Gram matrix :math:`G = J J^\top` of the rows of ``J``, batched, in one pass over ``J``.
 
     The first step of MGDA and of every method that solves a QP over task gradients: for a Jacobian
@@ -236,6 +236,9 @@ def gram(J: Tensor) -> Tensor:
         J: ``(..., m, n)`` tensor, float32 or float64 (float16 / bfloat16: computed in float32 and
             returned in the input dtype; on the CPU this makes one float32 copy of ``J``), any strides
             (a last dim with stride other than 1 is copied once), on CPU or CUDA.
+        check_finite: raise for NaN / infinity in ``J`` or an overflowing ``G`` (default). On CUDA the
+            check synchronizes the stream; ``False`` skips it and returns such entries as they are (for
+            a caller that checks a sum of many Gram matrices once, as :func:`torchmoo.backward` does).
 
     Returns:
         ``G`` of shape ``(..., m, m)``, dtype and device of ``J``, exactly symmetric (``G[i, j]`` and
@@ -274,20 +277,19 @@ def gram(J: Tensor) -> Tensor:
         >>> d = w @ J                               # common descent direction
     """
     _check_tensor("J", J)
-    return _ops.gram.default(J)
+    return _ops.gram.default(J, bool(check_finite))
 
 
 def _gram_setup_context(ctx, inputs, output) -> None:
-    (J,) = inputs
-    ctx.save_for_backward(J)
+    ctx.save_for_backward(inputs[0])
 
 
-def _gram_backward(ctx, grad: Tensor) -> Tensor:
+def _gram_backward(ctx, grad: Tensor):
     (J,) = ctx.saved_tensors
-    return (grad + grad.mT) @ J
+    return (grad + grad.mT) @ J, None
 
 
-def _gram_fake(J: Tensor) -> Tensor:
+def _gram_fake(J: Tensor, check_finite: bool = True) -> Tensor:
     # Shape propagation for meta tensors and torch.compile.
     return J.new_empty((*J.shape[:-1], J.shape[-2]))
 
@@ -301,7 +303,7 @@ torch.library.register_fake("torchmoo::gram")(_gram_fake)
 # --------------------------------------------------------------------------------------------------
 
 
-def combine(J: Tensor, w: Tensor) -> Tensor:
+def combine(J: Tensor, w: Tensor, *, check_finite: bool = True) -> Tensor:
     r"""The combination :math:`d = \sum_i w_i J_i = w^\top J` of the rows of ``J``, batched, in one pass over ``J``.
 
     The last step of MGDA and of every aggregator: the update direction from the Jacobian ``J`` (``m``
@@ -314,6 +316,8 @@ def combine(J: Tensor, w: Tensor) -> Tensor:
             copied once), on CPU or CUDA.
         w: ``(..., m)`` with the batch dims of ``J`` (no broadcasting: expand a shared ``w`` first),
             same dtype and device.
+        check_finite: raise for NaN / infinity in the result (default); ``False`` skips the check,
+            which on CUDA synchronizes the stream.
 
     Returns:
         ``d`` of shape ``(..., n)``, dtype and device of ``J``. ``m = 0`` gives zeros.
@@ -342,22 +346,21 @@ def combine(J: Tensor, w: Tensor) -> Tensor:
     _check_tensor("w", w)
     if w.device != J.device:
         raise ValueError(f"combine: w is on {w.device} but J is on {J.device}; pass both on the same device.")
-    return _ops.combine.default(J, w)
+    return _ops.combine.default(J, w, bool(check_finite))
 
 
 def _combine_setup_context(ctx, inputs, output) -> None:
-    J, w = inputs
-    ctx.save_for_backward(J, w)
+    ctx.save_for_backward(inputs[0], inputs[1])
 
 
 def _combine_backward(ctx, grad: Tensor):
     J, w = ctx.saved_tensors
     dJ = w.unsqueeze(-1) * grad.unsqueeze(-2) if ctx.needs_input_grad[0] else None
     dw = (J @ grad.unsqueeze(-1)).squeeze(-1) if ctx.needs_input_grad[1] else None
-    return dJ, dw
+    return dJ, dw, None
 
 
-def _combine_fake(J: Tensor, w: Tensor) -> Tensor:
+def _combine_fake(J: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
     return J.new_empty((*J.shape[:-2], J.shape[-1]))
 
 

@@ -253,13 +253,16 @@ def _aggregate_blocks(
         # the losses in G's dtype and device, as Aggregator.__call__ passes them to compute_weights
         w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
         aggregator.weights = w.detach()
-        # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales
+        # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales. G and
+        # w are finite, so no block is checked again (on CUDA each check would synchronize the stream); an
+        # overflow of the combination reaches .grad as inf, where GradScaler sees it
         if J_flat is not None:
-            pieces = unflatten(ops.combine(J_flat, w.to(J_flat.dtype)), shared)
+            pieces = unflatten(ops.combine(J_flat, w.to(J_flat.dtype), check_finite=False), shared)
             _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
         else:
-            _accumulate(shared, [None if b is None else _sparse_rows(ops.combine(b, w.to(b.dtype)), reached_rows[k], p)
-                                 if k in reached_rows else ops.combine(b, w.to(b.dtype))
+            _accumulate(shared, [None if b is None else _sparse_rows(ops.combine(b, w.to(b.dtype), check_finite=False),
+                                                                     reached_rows[k], p)
+                                 if k in reached_rows else ops.combine(b, w.to(b.dtype), check_finite=False)
                                  for k, (b, p) in enumerate(zip(flat, shared))])
     else:
         if J.dtype in _HALF:  # unscaling in half precision would flush small entries to zero

@@ -638,7 +638,7 @@ class PNG(Aggregator):
         )
         for plist, blocks, J, w in zip(groups, all_blocks, jacobians, W):
             if J is not None:
-                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype))
+                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype), check_finite=False)  # G, w checked
                 pieces = unflatten(d, plist)  # views of d
             else:
                 pieces = [None if b is None else (w.to(device=b.device, dtype=b.dtype) @ b) for b in blocks]
