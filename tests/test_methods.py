@@ -768,3 +768,29 @@ def test_cagrad_weights_checks_c():
         with pytest.raises(ValueError, match="c must be a finite number >= 0"):
             cagrad_weights(G, bad)
     torch.testing.assert_close(cagrad_weights(G, 0.0), torch.full((2,), 0.5, dtype=F64))  # c = 0: d = g0
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_backward_overflowing_direction_raises_without_a_scaler(batched):
+    """G and w finite, d = w @ J beyond float16 (w = 1000 on a gradient of entries 300): tm.backward raises
+    as aggregator(J) does, before writing .grad (the blocks are combined without ops.combine's check and
+    checked once); under a GradScaler the inf reaches .grad instead, and the scaler skips the step."""
+    A = torch.tensor([[300.0] * 4 + [1.0] * 4, [150.0] * 4 + [0.5] * 4], dtype=torch.float16)
+    with pytest.raises(ValueError, match="overflows"):
+        ImprovementFunction(lam=1e-3)(A)
+    p, q = (torch.zeros(4, dtype=torch.float16, requires_grad=True) for _ in range(2))
+    L = A @ torch.cat([p, q])
+    with pytest.raises(ValueError, match="overflows"):  # two blocks, or one (m, n) tensor with batched=False
+        tm.backward([L[0], L[1]], [p, q], ImprovementFunction(lam=1e-3), batched=batched)
+    assert p.grad is None and q.grad is None
+    # float32 under a GradScaler: w = 1e30 on a gradient of 1e9 overflows float32 in d, not in G
+    x = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    B = torch.tensor([[1e9, 2e9, 1.0], [5e8, 1e9, 0.5]])
+    Lx = B @ x
+    tm.backward([Lx[0], Lx[1]], [x], ImprovementFunction(lam=1e-30), grad_scaler=scaler, batched=batched)
+    assert bool(torch.isinf(x.grad[:2]).all())
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(x.detach(), torch.zeros(3)) and scaler.get_scale() < 2.0

@@ -789,3 +789,63 @@ def test_png_dual_checks_the_method_even_when_the_control_is_off():
     assert torch.equal(png_dual(G, b, off), torch.zeros(1, 2, dtype=torch.float64))  # control off: lambda = 0
     with pytest.raises(ValueError, match="method"):
         png_dual(G, b, off, method="active-set")
+
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_backward_raises_for_an_overflowing_direction_and_writes_nothing(batched):
+    """float16 parameters, a criterion gradient of 2e4 (reference 1e-4): d = w @ J reaches 1.8e5 > 65504
+    though G and w are finite. PNG.backward raises as png(J, losses) does (its combinations skip
+    ops.combine's own check and are checked together), before any .grad is written and without advancing
+    the state; for N models, the finite direction of model 0 is not written either."""
+    A = 4 * torch.tensor([[1.0, 0.5, -0.25, 2.0], [0.5, -1.0, 1.0, 0.25]], dtype=torch.float16)
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    png = PNG(WeightedDistance([1e-4, 1e-4]))
+    assert png.compute_weights(A, A @ p.detach() + 1.0).tolist() == [2e4, 2e4]
+    with pytest.raises(ValueError, match="overflows"):
+        PNG(WeightedDistance([1e-4, 1e-4]))(A, A @ p.detach() + 1.0)
+    png = PNG(WeightedDistance([1e-4, 1e-4]))
+    with pytest.raises(ValueError, match="overflows"):
+        png.backward(A @ p + 1.0, [p], batched=batched)
+    assert p.grad is None and png.steps == 0 and png.e0 is None and png.stats is None
+    q, r = (torch.zeros(4, dtype=torch.float16, requires_grad=True) for _ in range(2))
+    png = PNG(WeightedDistance([[1.0, 1.0], [1e-4, 1e-4]]))  # model 0 sits at its reference: u = 0
+    with pytest.raises(ValueError, match="overflows"):
+        png.backward([A @ q + 1.0, A @ r + 1.0], [[q], [r]], batched=batched)
+    assert q.grad is None and r.grad is None and png.steps == 0 and png.e0 is None
+
+
+class _NumpyTanh(torch.autograd.Function):
+    """tanh whose backward goes through numpy: fine one pass at a time, impossible under vmap."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.from_numpy(g.detach().numpy() * (1.0 - y.detach().numpy() ** 2))
+
+
+def test_closures_whose_batched_pass_fails_are_not_said_to_share_a_graph():
+    """Model 1's backward cannot be vmapped: with the graph freed after each model, jacobian's batched
+    attempt leaves nothing for the loop fallback. The error is jacobian's (pass batched=False), not a
+    claim that the closures share graph nodes (they share none); batched=False takes the step."""
+    x, y = _data(5)
+    models = [_TwoHead(70 + k) for k in range(3)]
+
+    def closure(k):
+        z = models[k].trunk[0](x)
+        z = _NumpyTanh.apply(z) if k == 1 else torch.tanh(z)
+        return [((h(z).squeeze(1) - y[:, i]) ** 2).mean() + 0.1 for i, h in enumerate(models[k].heads)]
+
+    with pytest.raises(RuntimeError, match="batched backward pass failed") as info:
+        PNG(EnergyDistance()).backward([lambda k=k: closure(k) for k in range(3)], models)
+    assert "shares nodes" not in str(info.value) and "batched=False" in str(info.value)
+    for m in models:
+        m.zero_grad(set_to_none=True)
+    W = PNG(EnergyDistance()).backward([lambda k=k: closure(k) for k in range(3)], models, batched=False)
+    assert W.shape == (3, 2) and all(p.grad is not None for p in models[1].parameters())

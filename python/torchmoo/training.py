@@ -29,7 +29,7 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import Losses, Params, _jacobian, _stack_losses, as_param_list, jacobian, unflatten
-from torchmoo.methods.aggregator import Aggregator, blocks_gram, check_losses
+from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_losses
 
 __all__ = ["backward"]
 
@@ -117,9 +117,11 @@ def backward(
         ValueError: no loss requires grad; ``losses`` is empty or a loss is not a scalar; a parameter
             does not require grad; groups of parameters overlap; ``task_params`` does not have ``m``
             entries; ``representation`` is not a tensor that requires grad; the shared parameters lie
-            on several devices (Jacobian aggregators); the Jacobian is not finite without a
-            ``grad_scaler``; and whatever the aggregator raises (e.g. a missing or non-positive loss
-            for a loss-normalized MGDA, a ``LinearScalarization`` with another number of weights).
+            on several devices (Jacobian aggregators); the Jacobian, or the direction ``d = w @ J`` in
+            the parameters' dtype, is not finite without a ``grad_scaler`` (with one, an overflowing
+            ``d`` reaches ``.grad`` as ``inf`` and the scaler skips the step); and whatever the
+            aggregator raises (e.g. a missing or non-positive loss for a loss-normalized MGDA, a
+            ``LinearScalarization`` with another number of weights).
         TypeError: ``aggregator`` is not an :class:`~torchmoo.methods.Aggregator`; ``task_params`` is a
             single tensor or module instead of a sequence; a loss or parameter is not a tensor.
 
@@ -163,7 +165,9 @@ def backward(
             Jz = jacobian(L, [representation], retain_graph=True, batched=batched)
             w = _aggregate_weights(aggregator, Jz, loss_values, scale, amp=amp)
         if shared:
-            if bool(torch.isnan(w).any()):  # AMP overflow: poison the step so that the scaler skips it
+            # AMP overflow of the Jacobian w.r.t. z: poison the step so that the scaler skips it (fixed
+            # weights are finite: no check, which on CUDA would synchronize the stream every step)
+            if static is None and bool(torch.isnan(w).any()):
                 _accumulate(shared, [torch.full_like(p, float("nan")) for p in shared])
             else:
                 total = (L * w.to(dtype=L.dtype, device=L.device)).sum()
@@ -254,16 +258,21 @@ def _aggregate_blocks(
         w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales. G and
-        # w are finite, so no block is checked again (on CUDA each check would synchronize the stream); an
-        # overflow of the combination reaches .grad as inf, where GradScaler sees it
+        # w are finite, so the blocks are combined without ops.combine's check (on CUDA each check would
+        # synchronize the stream). Under AMP an overflow of the combination reaches .grad as inf, where
+        # GradScaler sees it; without a scaler it raises, as aggregator(J) does, with one check for all
+        # the blocks and before any .grad is written
+        combined = [None if b is None else ops.combine(b, w.to(b.dtype), check_finite=False) for b in flat]
+        if not amp and not _all_finite(combined):
+            bad = next(d for d in combined if d is not None and not bool(torch.isfinite(d).all()))
+            raise ValueError(f"The combination w @ J of the Jacobian overflows {bad.dtype} (weights {w.tolist()}): "
+                             "an entry exceeds the largest finite value of the dtype.")
         if J_flat is not None:
-            pieces = unflatten(ops.combine(J_flat, w.to(J_flat.dtype), check_finite=False), shared)
+            pieces = unflatten(combined[0], shared)
             _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
         else:
-            _accumulate(shared, [None if b is None else _sparse_rows(ops.combine(b, w.to(b.dtype), check_finite=False),
-                                                                     reached_rows[k], p)
-                                 if k in reached_rows else ops.combine(b, w.to(b.dtype), check_finite=False)
-                                 for k, (b, p) in enumerate(zip(flat, shared))])
+            _accumulate(shared, [None if d is None else _sparse_rows(d, reached_rows[k], p) if k in reached_rows else d
+                                 for k, (d, p) in enumerate(zip(combined, shared))])
     else:
         if J.dtype in _HALF:  # unscaling in half precision would flush small entries to zero
             J = J.float()

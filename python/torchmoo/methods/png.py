@@ -54,7 +54,7 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import Losses, Params, _jacobian, as_param_list, unflatten
-from torchmoo.methods.aggregator import Aggregator, blocks_gram, check_gram
+from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
     Criterion,
@@ -545,7 +545,8 @@ class PNG(Aggregator):
             ValueError: ``criterion_value`` missing with ``criterion=None``; models sharing a tensor;
                 as many loss rows (or closures) as parameter groups is required, and the same number
                 of losses per model; no loss requires grad; a model's losses reach none of its
-                parameters; the errors of :meth:`batch_weights`.
+                parameters; the errors of :meth:`batch_weights`; a direction ``w @ J`` that overflows the
+                parameters' dtype (no ``.grad`` is written then, and the state is not advanced).
             RuntimeError: closures whose graphs share nodes, without ``retain_graph=True``.
 
         Example (``N`` models, closures)::
@@ -609,7 +610,10 @@ class PNG(Aggregator):
             try:
                 blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched)
             except RuntimeError as err:
-                if closures and k_model > 0 and "second time" in str(err):
+                # (not when jacobian's batched pass failed and took the graph with it: its message says
+                # what to do, and the graphs need not share anything)
+                if closures and k_model > 0 and "second time" in str(err) and not str(err).startswith(
+                        "torchmoo.autograd.jacobian: the batched backward pass failed"):
                     raise RuntimeError(
                         f"the graph of model {k_model}'s losses shares nodes with an earlier model's, whose graph "
                         "PNG.backward freed after that model's backward passes: pass retain_graph=True when "
@@ -632,16 +636,26 @@ class PNG(Aggregator):
             del rows
         # the models may live on different devices: the m x m step runs on the first one's
         device = grams[0].device
+        state = (self.e0, self.steps, self.stats)  # put back if no step is taken (an overflowing combination)
         W = self._step(
             torch.stack([G.to(device) for G in grams]), torch.stack([r.to(device) for r in loss_rows]),
             criterion_value=None if criterion_value is None else float(criterion_value.detach()), single=not multi,
         )
+        # G and W are finite: the combinations skip ops.combine's check (on CUDA a synchronization each) and
+        # are checked together, once per device, before any .grad is written (as png(J, losses) raises)
+        all_pieces = []
         for plist, blocks, J, w in zip(groups, all_blocks, jacobians, W):
             if J is not None:
-                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype), check_finite=False)  # G, w checked
-                pieces = unflatten(d, plist)  # views of d
+                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype), check_finite=False)
+                all_pieces.append((unflatten(d, plist), d))  # views of d
             else:
                 pieces = [None if b is None else (w.to(device=b.device, dtype=b.dtype) @ b) for b in blocks]
+                all_pieces.append((pieces, None))
+        if not _all_finite([t for pieces, d in all_pieces for t in ([d] if d is not None else pieces)]):
+            self.e0, self.steps, self.stats = state
+            raise ValueError("PNG.backward: the combination w @ J of a model's Jacobian overflows its dtype (an entry "
+                             "exceeds the largest finite value); no .grad was written.")
+        for plist, blocks, (pieces, _) in zip(groups, all_blocks, all_pieces):
             for p, blk, piece in zip(plist, blocks, pieces):
                 if blk is None:  # no loss reaches p: its .grad is left as it was
                     continue
