@@ -607,3 +607,6 @@ def test_resume_on_another_device_is_refused(finished_run):
             tm.experiments.run_experiment("mgda-multidigits", out=str(out), progress=False, config=tiny_config())
     finally:
         path.write_text(saved)
+    from torchmoo.experiments.runner import _device_key
+
+    assert _device_key("cuda") == _device_key("cuda:0") != _device_key("cuda:1")  # cuda is cuda:0 in a new process

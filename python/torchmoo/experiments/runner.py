@@ -373,12 +373,15 @@ def _holds_work(out_dir: Path, results: Dict[str, Any]) -> bool:
 
 
 def _device_key(device: Union[str, torch.device]) -> str:
-    """A device as results.json records it, ``cpu:0`` and ``cpu`` alike (one CPU device)."""
+    """A device as results.json records it: ``cpu:0`` and ``cpu`` alike (one CPU device), ``cuda`` as
+    ``cuda:0`` (the device a fresh process picks for it)."""
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError):
         return str(device)
-    return "cpu" if d.type == "cpu" else str(d)
+    if d.type == "cpu":
+        return "cpu"
+    return f"{d.type}:{0 if d.index is None else d.index}"
 
 
 def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: torch.device, out_dir: Path,
