@@ -849,3 +849,23 @@ def test_closures_whose_batched_pass_fails_are_not_said_to_share_a_graph():
         m.zero_grad(set_to_none=True)
     W = PNG(EnergyDistance()).backward([lambda k=k: closure(k) for k in range(3)], models, batched=False)
     assert W.shape == (3, 2) and all(p.grad is not None for p in models[1].parameters())
+
+
+@pytest.mark.parametrize("seed", [28, 66, 87])
+def test_float32_gram_of_dependent_gradients_is_accepted(seed):
+    """5 float32 gradients in R^3: G = J J^T (float32) is PSD only up to float32 rounding, below the float64
+    QPs' tolerance for these seeds (they raised "not positive semi-definite"). The step goes through G's
+    PSD part: g(theta) agrees with the float64 Gram's and the primal constraints of Eq. 7 hold."""
+    from torchmoo.methods.png import gram_stationarity
+
+    J = torch.randn(5, 3, generator=torch.Generator().manual_seed(seed))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        gram_stationarity(tm.ops.gram(J).double()[None])  # the failure this test is about
+    losses = torch.rand(5, generator=torch.Generator().manual_seed(seed)) + 0.5
+    png = PNG(WeightedDistance([0.2] * 5), alpha=0.5, gamma=0.1)
+    d = png(J, losses).double()
+    Jd = J.double()
+    g_exact = float(gram_stationarity((Jd @ Jd.T)[None])[0])
+    assert abs(float(png.stats.g[0]) - g_exact) <= 1e-6 * float((Jd @ Jd.T).abs().max())
+    if bool(png.stats.control[0]):
+        assert float((Jd @ d - png.stats.phi[0]).min()) >= -1e-5 * float((Jd @ Jd.T).abs().max())

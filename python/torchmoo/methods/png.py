@@ -143,6 +143,14 @@ def png_dual(G: Tensor, b: Tensor, phi: Tensor, *, method: str = "active_set") -
     return lam.reshape(*batch, m)
 
 
+def _psd_part(G: Tensor) -> Tensor:
+    """The nearest positive semi-definite matrices (negative eigenvalues set to 0) of symmetric ``G``
+    ``(..., k, k)``, exactly symmetric."""
+    evals, evecs = torch.linalg.eigh(G)
+    P = (evecs * evals.clamp_min(0.0).unsqueeze(-2)) @ evecs.mT
+    return 0.5 * (P + P.mT)
+
+
 def _as_tensor(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
@@ -443,6 +451,17 @@ class PNG(Aggregator):
         if not bool(torch.isfinite(Gd).all()) or not bool(torch.isfinite(Ld).all()):
             raise ValueError("PNG: the Gram matrices or the losses have inf or NaN entries.")
         Gl = Gd[:, :m, :m]
+        try:
+            g = gram_stationarity(Gl)
+        except ValueError as err:
+            if "positive semi-definite" not in str(err):
+                raise
+            # A Gram matrix formed in float32 (or summed from float32 blocks) is PSD only up to float32
+            # rounding; when the gradients are nearly collinear (or m > n) that can fall below the
+            # float64 QPs' tolerance. Its PSD part differs from it by that rounding only.
+            Gd = _psd_part(Gd)
+            Gl = Gd[:, :m, :m]
+            g = gram_stationarity(Gl)
         if self.criterion is not None:
             if single:  # one model: the criterion is a function of its (m,) losses
                 F, u = self.criterion.value_and_grad(Ld[0])
@@ -471,7 +490,6 @@ class PNG(Aggregator):
                                  "to start over.")
             e0 = self.decay * self.e0.to(s.device) + (1.0 - self.decay) * s
         e = torch.full_like(s, self.threshold) if self.threshold is not None else self.gamma * e0
-        g = gram_stationarity(Gl)
         alpha = self.alpha_at(self.steps)
         control = g > e
         phi = torch.where(control, alpha * g, torch.full_like(g, -math.inf))
