@@ -120,8 +120,10 @@ QPOutputs finish_qp(const at::Tensor& x, const at::Tensor& iterations, const at:
         TORCH_CHECK_VALUE(false, op, ": G must be symmetric; |G - G^T| exceeds ", options.sym_tol, " * max|G|", where,
                           ". Symmetrize it with (G + G.mT) / 2 if the asymmetry is round-off.");
       case kQPNotPSD:
-        TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where, ": it has an eigenvalue below -",
-                          options.psd_shift, " * max|G| (a Gram matrix J J^T never does; rounding stays far above it).");
+        TORCH_CHECK_VALUE(false, op, ": G must be positive semi-definite", where, ": the solver met a curvature below -",
+                          options.psd_shift, " * max|G| (an eigenvalue about that negative). A Gram matrix J J^T "
+                          "computed in G's dtype never has one; one rounded in a lower precision (a float32 Gram "
+                          "passed as float64) can: pass G in the dtype it was computed in.");
       case kQPUnbounded:
         TORCH_CHECK_VALUE(false, op, ": the problem is unbounded below", where,
                           ": G is singular and c has a negative component along a non-negative direction of its "
