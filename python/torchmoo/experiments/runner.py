@@ -515,7 +515,9 @@ def report(paths: Sequence[str]) -> str:
     """Markdown report of one or more result folders.
 
     A file that is not a readable torchmoo results file is named in the report and the others are
-    reported; ``ValueError`` when no file is readable."""
+    reported. When no file is readable, the first file's error is raised (``ValueError`` for a file that
+    is not a torchmoo results file, ``OSError`` for one that cannot be read); ``ValueError`` when no
+    results file is found."""
     parts, unreadable = [], []
     for path in find_results(paths):
         try:
