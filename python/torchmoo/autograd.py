@@ -350,7 +350,8 @@ def _jacobian_loop(
             # a sparse gradient: stack per parameter, the rows written so far included
             one_tensor = False
             if flat is not None:
-                rows = [_unflatten_row(flat[j], plist, done) for j, done in enumerate(rows)]
+                rows = [tuple(g if d else None for g, d in zip(unflatten(flat[j], plist), done))
+                        for j, done in enumerate(rows)]
                 flat = None
         if one_tensor:
             if flat is None:
@@ -363,12 +364,8 @@ def _jacobian_loop(
         else:
             rows.append(row)
         del row
-    if one_tensor and flat is not None:
-        blocks, offset = [], 0
-        for k, p in enumerate(plist):
-            blocks.append(flat[:, offset:offset + p.numel()].view(m, *p.shape) if reached[k] else None)
-            offset += p.numel()
-        return blocks, flat
+    if one_tensor and flat is not None:  # the blocks are views of flat
+        return [b if r else None for b, r in zip(unflatten(flat, plist), reached)], flat
     blocks: List[Optional[Tensor]] = []
     for k, p in enumerate(plist):
         column = [row[k] for row in rows]
@@ -377,13 +374,28 @@ def _jacobian_loop(
     return blocks, None
 
 
-def _unflatten_row(row: Tensor, plist: List[Tensor], done: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
-    """A row of the ``(m, n)`` Jacobian back as per-parameter gradients (``None`` where ``done`` is False)."""
-    out, offset = [], 0
-    for p, d in zip(plist, done):
-        out.append(row[offset:offset + p.numel()].view(p.shape) if d else None)
-        offset += p.numel()
-    return tuple(out)
+
+def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
+    """``p.grad += g`` (created when ``None``, in the parameter's layout), like the autograd engine."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)) stays sparse
+            g = g.detach().to(p.dtype)
+            if p.grad is None:
+                p.grad = g
+            elif p.grad.layout == torch.strided:
+                p.grad.add_(g)
+            else:
+                p.grad = p.grad + g
+            continue
+        g = g.detach().reshape(p.shape).to(p.dtype)
+        if p.grad is None:
+            p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+        elif p.grad.layout != torch.strided:  # sparse + dense is dense, as in the autograd engine
+            p.grad = g + p.grad
+        else:
+            p.grad.add_(g)
 
 
 def _check_vectors(v: Tensor, n: int, ref: Tensor) -> Tensor:

@@ -143,11 +143,20 @@ def nonneg_kkt_residual(G: Tensor, c: Tensor, lam: Tensor) -> Tensor:
         ``(...)`` float64 CPU tensor of residuals (a 0-d tensor for a single problem).
     """
     G, c, lam = _as_problem(G, c, lam)
+    return _nonneg_residual(G, c, lam, relative_complementarity=False)
+
+
+def _nonneg_residual(G: Tensor, c: Tensor, lam: Tensor, *, relative_complementarity: bool) -> Tensor:
+    """The residual of :func:`nonneg_kkt_residual` for float64 ``G (..., m, m)``, ``c`` and ``lam``
+    ``(..., m)``; ``relative_complementarity`` divides the complementarity term once more by
+    ``max(1, max lam)`` (see :func:`_nonneg_acceptance_residual`)."""
     s = _scale(G, c)
     g = (G @ lam.unsqueeze(-1)).squeeze(-1) + c
     lam_max = lam.amax(dim=-1).clamp_min(1.0)
     dual = (-g).clamp_min(0.0).amax(dim=-1) / (s * lam_max)
     complementarity = (lam * g.abs()).amax(dim=-1) / (s * lam_max)
+    if relative_complementarity:
+        complementarity = complementarity / lam_max
     negativity = (-lam.amin(dim=-1)).clamp_min(0.0)
     return torch.maximum(torch.maximum(dual, complementarity), negativity)
 
@@ -235,13 +244,7 @@ def _nonneg_acceptance_residual(G: Tensor, c: Tensor, lam: Tensor) -> Tensor:
     candidate once ``max(lam)`` is around 1e7 (nearly parallel rows of ``G``), and the enumeration would
     then find no KKT point and call a bounded problem unbounded. Here both terms are relative.
     """
-    s = _scale(G, c)
-    g = lam @ G.mT + c
-    lam_max = lam.amax(dim=-1).clamp_min(1.0)
-    dual = (-g).clamp_min(0.0).amax(dim=-1) / (s * lam_max)
-    complementarity = (lam * g.abs()).amax(dim=-1) / (s * lam_max * lam_max)
-    negativity = (-lam.amin(dim=-1)).clamp_min(0.0)
-    return torch.maximum(torch.maximum(dual, complementarity), negativity)
+    return _nonneg_residual(G, c, lam, relative_complementarity=True)
 
 
 def _solve_by_enumeration(G: Tensor, c: Tensor, simplex: bool) -> Optional[Tensor]:

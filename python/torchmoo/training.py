@@ -28,36 +28,15 @@ import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import Losses, Params, _jacobian, _stack_losses, as_param_list, jacobian, unflatten
+from torchmoo.autograd import (
+    Losses, Params, _accumulate, _jacobian, _stack_losses, as_param_list, jacobian, unflatten,
+)
 from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_losses
 
 __all__ = ["backward"]
 
 
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
-    """``p.grad += g`` (created when ``None``, in the parameter's layout), like the autograd engine."""
-    for p, g in zip(params, grads):
-        if g is None:
-            continue
-        if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)) stays sparse
-            g = g.detach().to(p.dtype)
-            if p.grad is None:
-                p.grad = g
-            elif p.grad.layout == torch.strided:
-                p.grad.add_(g)
-            else:
-                p.grad = p.grad + g
-            continue
-        g = g.detach().reshape(p.shape).to(p.dtype)
-        if p.grad is None:
-            p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
-        elif p.grad.layout != torch.strided:  # sparse + dense is dense, as in the autograd engine
-            p.grad = g + p.grad
-        else:
-            p.grad.add_(g)
 
 
 def backward(

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import torchmoo as tm
-from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.experiments.runner import Experiment, RunContext, check_unique_units, register
 
 CHANCE_LOSS = math.log(10.0)  # cross-entropy of a uniform 10-way prediction
 
@@ -130,8 +130,7 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     if not cfg.weights or any(not 0.0 <= w <= 1.0 for w in cfg.weights):
         raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {cfg.weights}.")
     names = [f"linear w={w:g}" for w in cfg.weights]
-    if len(set(names)) < len(names):  # one unit name for two weights: the second would reuse the first's model
-        raise ValueError(f"weights must differ in their first 6 significant digits, got {cfg.weights}.")
+    check_unique_units(names, f"weights must differ in their first 6 significant digits, got {cfg.weights}.")
     data = _data(cfg, ctx.seed, ctx.device)
     units: List[Tuple[str, Any]] = [
         (name, tm.methods.LinearScalarization([w, 1.0 - w])) for name, w in zip(names, cfg.weights)

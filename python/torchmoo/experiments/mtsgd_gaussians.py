@@ -135,8 +135,8 @@ def _timing(name: str, M: int, cfg: Config, ctx: RunContext, toy) -> Dict[str, A
 
 def _timed_steps(method, opt: torch.optim.Optimizer, steps: int, device: torch.device) -> List[float]:
     per_step = []
+    synchronize(device)
     for _ in range(steps):
-        synchronize(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         method.backward()

@@ -75,7 +75,7 @@ import torch.nn.functional as F
 
 import torchmoo as tm
 from torchmoo.experiments import storage
-from torchmoo.experiments.runner import Experiment, RunContext, file_name, register
+from torchmoo.experiments.runner import Experiment, RunContext, check_unique_units, register
 from torchmoo.methods import EvaluationCounter, ParetoExplorer, pareto_optimize, stitch
 
 CHANCE_LOSS = math.log(10.0)
@@ -152,10 +152,6 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[
     }
 
 
-def _model_path(ctx: RunContext, name: str):
-    return ctx.out / "models" / f"{file_name(name)}.pt"
-
-
 def _seed_names(cfg: Config) -> List[str]:
     names = [f"linear w={w:g}" for w in cfg.seed_weights]
     if cfg.mgda_seed:
@@ -211,7 +207,7 @@ def _train_seed(name: str, cfg: Config, ctx: RunContext, model, train, test) -> 
         seconds += time.perf_counter() - t0
         ctx.save_state(unit, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                               "seconds": seconds, "scheduler": sched.state_dict() if sched is not None else {}})
-    storage.save_checkpoint(_model_path(ctx, unit), {"model": model.state_dict()})
+    storage.save_checkpoint(ctx.model_path(unit), {"model": model.state_dict()})
     images = cfg.seed_epochs * n  # one gradient per image per epoch (MGDA: one Jacobian, counted once)
     result = {"seed": name, "train": _evaluate(model, x, y), "test": _evaluate(model, *test),
               "train_image_evaluations": images, "train_epochs": cfg.seed_epochs}
@@ -251,7 +247,7 @@ def _explorer(cfg: Config, ctx: RunContext, model, objectives, hessian_objective
 
 def _expand(name: str, cfg: Config, ctx: RunContext, model, train, test) -> Dict[str, Any]:
     unit = f"expand {name}"
-    model.load_state_dict(storage.load_checkpoint(_model_path(ctx, f"seed {name}"))["model"])
+    model.load_state_dict(storage.load_checkpoint(ctx.model_path(f"seed {name}"))["model"])
     objectives, hobj, test_obj, calls, h = _closures(cfg, ctx, model, train, test)
     ex = _explorer(cfg, ctx, model, objectives, hobj, unit)
     state = ctx.load_state(unit)
@@ -281,7 +277,7 @@ def _expand(name: str, cfg: Config, ctx: RunContext, model, train, test) -> Dict
     if bar is not None:
         bar.close()
     seconds += time.perf_counter() - t0
-    storage.save_checkpoint(_model_path(ctx, unit), {"explorer": ex.state_dict()})
+    storage.save_checkpoint(ctx.model_path(unit), {"explorer": ex.state_dict()})
     n = train[0].shape[0]
     images = _expansion_images(ex.counters["expand"] + ex.counters["optimize"], calls["hessian"], n, h)
     test_losses = []
@@ -345,7 +341,7 @@ def _weighted_sum(unit: str, w: List[float], lr: float, budget: int, cfg: Config
         seen += sizes[steps % per_epoch]
         steps += 1
     marks = sorted({max(1, round(steps * (i + 1) / cfg.ws_snapshots)) for i in range(cfg.ws_snapshots)})
-    model.load_state_dict(storage.load_checkpoint(_model_path(ctx, f"seed {seed_name}"))["model"])
+    model.load_state_dict(storage.load_checkpoint(ctx.model_path(f"seed {seed_name}"))["model"])
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     weights = torch.tensor(w, dtype=x.dtype, device=x.device)
@@ -383,23 +379,22 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"data must be one of {DATA_SETS}, got {cfg.data!r}.")
     if cfg.seed_optimizer not in ("adam", "sgd"):
         raise ValueError(f"seed_optimizer must be 'adam' or 'sgd', got {cfg.seed_optimizer!r}.")
-    if not _seed_names(cfg):
+    names = _seed_names(cfg)
+    if not names:
         raise ValueError("no seed: give seed_weights or mgda_seed=True.")
     if any(not 0.0 <= w <= 1.0 for w in cfg.seed_weights):
         raise ValueError(f"seed_weights must lie in [0, 1], got {cfg.seed_weights}.")
-    if len(set(_seed_names(cfg))) < len(_seed_names(cfg)):  # one unit name for two seeds: one would be lost
-        raise ValueError(f"seed_weights must differ in their first 6 significant digits, got {cfg.seed_weights}.")
-    if not 0 <= cfg.ws_from < len(_seed_names(cfg)):
-        raise ValueError(f"ws_from={cfg.ws_from} is not the index of a seed (0..{len(_seed_names(cfg)) - 1}).")
+    check_unique_units(names, f"seed_weights must differ in their first 6 significant digits, got {cfg.seed_weights}.")
+    if not 0 <= cfg.ws_from < len(names):
+        raise ValueError(f"ws_from={cfg.ws_from} is not the index of a seed (0..{len(names) - 1}).")
     for name in ("seed_epochs", "batch_size", "k", "num_children", "hessian_images", "ws_snapshots",
                  "front_resolution"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
     if any(len(w) != 2 for w in cfg.ws_weights):
         raise ValueError(f"ws_weights must be pairs of task weights, got {cfg.ws_weights}.")
-    units = [_ws_unit(w, lr) for w in cfg.ws_weights for lr in cfg.ws_lrs]
-    if len(set(units)) < len(units):
-        raise ValueError(f"ws_weights and ws_lrs must not repeat a pair, got {cfg.ws_weights} and {cfg.ws_lrs}.")
+    check_unique_units([_ws_unit(w, lr) for w in cfg.ws_weights for lr in cfg.ws_lrs],
+                       f"ws_weights and ws_lrs must not repeat a pair, got {cfg.ws_weights} and {cfg.ws_lrs}.")
 
 
 def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
@@ -429,7 +424,7 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     explorers = []
     for name in names:
         ex = _explorer(cfg, ctx, model, objectives, hobj, f"expand {name}")
-        ex.load_state_dict(storage.load_checkpoint(_model_path(ctx, f"expand {name}"))["explorer"])
+        ex.load_state_dict(storage.load_checkpoint(ctx.model_path(f"expand {name}"))["explorer"])
         explorers.append(ex)
     front = stitch(explorers, objectives=test_obj, resolution=cfg.front_resolution)
     ref = [CHANCE_LOSS, CHANCE_LOSS]

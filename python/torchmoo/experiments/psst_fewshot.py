@@ -120,7 +120,7 @@ import torch
 
 import torchmoo as tm
 from torchmoo.experiments import storage
-from torchmoo.experiments.runner import Experiment, RunContext, file_name, register
+from torchmoo.experiments.runner import Experiment, RunContext, register
 from torchmoo.zoo.data.image_folder import resize_square
 from torchmoo.methods import psst as P
 
@@ -270,10 +270,6 @@ def _evaluate(model, cfg: Config, data: FewShotData, seed: int) -> Dict[str, Any
     return out
 
 
-def _model_path(ctx: RunContext, unit: str):
-    return ctx.out / "models" / f"{file_name(unit)}.pt"
-
-
 def train_unit(unit: str, cfg: Config, ctx: RunContext, data: FewShotData, seed: int, *, aux: Tuple[str, ...],
                method, region: Optional[P.PreferenceRegion] = None) -> Dict[str, Any]:
     """Trains one model (checkpoint every epoch; with ``cfg.early_stopping`` the epoch of best validation
@@ -310,7 +306,7 @@ def train_unit(unit: str, cfg: Config, ctx: RunContext, data: FewShotData, seed:
             result["angle_deg"] = [math.degrees(a) for a in region.angles(torch.tensor(result["losses"])).tolist()]
         result["feasibility_fraction"] = sum(h.get("feasibility_fraction", 0.0) for h in history) / len(history)
         result["inside_fraction"] = sum(h.get("inside_fraction", 0.0) for h in history) / len(history)
-    storage.save_checkpoint(_model_path(ctx, unit), {"model": model.state_dict()})
+    storage.save_checkpoint(ctx.model_path(unit), {"model": model.state_dict()})
     ctx.record(unit, result, seconds=result["train_seconds"], evaluations=sum(h["steps"] for h in history))
     return result
 
@@ -320,7 +316,7 @@ def explore_unit(unit: str, parent: str, cfg: Config, ctx: RunContext, data: Few
     t0, c0 = time.perf_counter(), time.process_time()
     aux = tuple(cfg.aux)
     model = _model(cfg, data, seed).to(ctx.device)
-    model.load_state_dict(storage.load_checkpoint(_model_path(ctx, parent))["model"])
+    model.load_state_dict(storage.load_checkpoint(ctx.model_path(parent))["model"])
     model.eval()
     g = torch.Generator().manual_seed(seed * 31 + 5)
     idx = torch.randperm(data.base_x.shape[0], generator=g)[: cfg.explore_images].to(data.base_x.device)

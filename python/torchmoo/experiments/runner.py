@@ -232,6 +232,13 @@ def versions() -> Dict[str, str]:
     }
 
 
+def check_unique_units(names: Sequence[str], message: str) -> None:
+    """``ValueError(message)`` when two units share a name: the second would reuse the first's result
+    and checkpoint."""
+    if len(set(names)) < len(names):
+        raise ValueError(message)
+
+
 def file_name(unit: str) -> str:
     """A unit's name as a file name: other characters become ``_``, and a name that had to be changed
     (or shortened) gets a hash of the unit, so that two units ("w=0.5" and "w 0.5") never share a file."""
@@ -277,6 +284,10 @@ class RunContext:
         self.checkpoint_path(unit).unlink(missing_ok=True)
 
     # ---- checkpoints of the unit in progress --------------------------------------------------
+    def model_path(self, unit: str) -> Path:
+        """``models/<unit>.pt``: a model an experiment keeps for later units (e.g. a seed to expand)."""
+        return self.out / "models" / f"{file_name(unit)}.pt"
+
     def checkpoint_path(self, unit: str) -> Path:
         """``checkpoints/<unit>.pt`` (the unit's name made a file name by :func:`file_name`)."""
         return self.out / "checkpoints" / f"{file_name(unit)}.pt"

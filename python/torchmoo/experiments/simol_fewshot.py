@@ -410,10 +410,10 @@ def _timing_unit(shots: int, cfg: Config, ctx: RunContext, data: EpisodeData) ->
     for v in variants:  # warm-up (allocator, vmap tracing caches)
         _step(learners[v], batch, cfg.n_way)
     times: Dict[str, List[float]] = {v: [] for v in variants}
+    synchronize(ctx.device)  # each timed block below ends with one too
     t0 = time.perf_counter()
     for _ in ctx.progress(range(cfg.timing_repeats), desc=unit, total=cfg.timing_repeats):
         for v in variants:
-            synchronize(ctx.device)
             t = time.perf_counter()
             for _ in range(cfg.timing_steps):
                 _step(learners[v], batch, cfg.n_way)

@@ -133,12 +133,6 @@ class FolderLock:
             os.close(self._fd)  # closing the file releases the lock
             self._fd = None
 
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):

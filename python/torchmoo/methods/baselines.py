@@ -138,10 +138,10 @@ class PCGrad(Aggregator):
         return f"PCGrad(reduction={self.reduction!r})"
 
 
-def _rho(G: Tensor, a: Tensor, nu: float, Gq: Optional[Tensor] = None):
+def _rho(G: Tensor, a: Tensor, nu: float, Gq: Tensor):
     """Point ``nu`` of the QP path: ``w(nu) = argmin_simplex 0.5 w'Gq w + nu a'w`` and ``||J'w(nu)||``
-    (``Gq``: the matrix the QP is solved with, ``G`` by default; the norm is always measured with ``G``)."""
-    w = ops.min_norm_simplex(G if Gq is None else Gq, a * nu)
+    (``Gq``: the matrix the QP is solved with; the norm is measured with ``G``)."""
+    w = ops.min_norm_simplex(Gq, a * nu)
     return w, math.sqrt(max(float(w @ G @ w), 0.0))
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from torchmoo import metrics
 from torchmoo.autograd import Losses, _stack_losses, unflatten
+from torchmoo.methods.pareto_exploration import _restore, _save
 
 if TYPE_CHECKING:  # pareto_exploration imports this module; matplotlib loads only when plotting
     from matplotlib.axes import Axes
@@ -312,7 +313,7 @@ def stitch(explorers: Sequence[ParetoExplorer], *, objectives: Optional[Callable
     # evaluation, are restored afterwards
     buffers = list({id(b): b for ex in explorers for b in getattr(ex, "buffers", [])}.values())
     state = list(params) + buffers
-    saved = [t.detach().clone() for t in state]
+    saved = _save(state)
     evaluations = 0
 
     def evaluate(vec: Tensor) -> Tensor:
@@ -346,9 +347,7 @@ def stitch(explorers: Sequence[ParetoExplorer], *, objectives: Optional[Callable
                 vals.append(evaluate((1.0 - r) * X[a] + r * X[b]))
                 members.append([(e, j)])
     finally:
-        with torch.no_grad():
-            for t, v in zip(state, saved):
-                t.copy_(v)
+        _restore(state, saved)
     values = torch.stack(vals)
     # Nodes with equal parameters (a seed shared by several explorers) are one point of the front: each
     # copy carries the segments of all, so that the traversal goes on through it instead of jumping.

@@ -1003,9 +1003,9 @@ class ParetoExplorer:
         # the CPU generator)
         device = self.params[0].device if self.params else torch.device("cpu")
         for p in points + rejected:
-            for f in ("params", "losses", "expanded_losses", "predicted", "alpha"):
-                if isinstance(getattr(p, f), Tensor):
-                    setattr(p, f, getattr(p, f).to(device))
+            for f in dataclasses.fields(p):
+                if isinstance(getattr(p, f.name), Tensor):
+                    setattr(p, f.name, getattr(p, f.name).to(device))
         if pending is not None:
             pending["directions"] = pending["directions"].to(device)
             pending["predicted"] = pending["predicted"].to(device)

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import Losses, Params, _jacobian, as_param_list, unflatten
+from torchmoo.autograd import Losses, Params, _accumulate, _jacobian, as_param_list, unflatten
 from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
@@ -674,14 +674,8 @@ class PNG(Aggregator):
             raise ValueError("PNG.backward: the combination w @ J of a model's Jacobian overflows its dtype (an entry "
                              "exceeds the largest finite value); no .grad was written.")
         for plist, blocks, (pieces, _) in zip(groups, all_blocks, all_pieces):
-            for p, blk, piece in zip(plist, blocks, pieces):
-                if blk is None:  # no loss reaches p: its .grad is left as it was
-                    continue
-                piece = piece.reshape(p.shape).to(p.dtype)
-                if p.grad is None:
-                    p.grad = piece
-                else:
-                    p.grad.add_(piece)
+            # a parameter no loss reaches keeps its .grad as it was
+            _accumulate(plist, [None if blk is None else piece for blk, piece in zip(blocks, pieces)])
         self.weights = W[0].detach() if not multi else None
         return W[0] if not multi else W
 
