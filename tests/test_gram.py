@@ -346,12 +346,23 @@ def test_check_finite_false_returns_non_finite_entries_instead_of_raising(dtype)
     torch.library.opcheck(torch.ops.torchmoo.gram.default, (torch.nan_to_num(J).float().requires_grad_(), False))
 
 
-def test_blocks_gram_checks_the_sum_once_and_names_the_block_at_fault():
+def test_blocks_gram_checks_the_sum_once_and_names_the_block_at_fault(monkeypatch):
+    from torchmoo.methods import aggregator
     from torchmoo.methods.aggregator import blocks_gram
 
     blocks = [torch.randn(2, 5, dtype=torch.float64), None, torch.randn(2, 3, dtype=torch.float64)]
+    checked = []
+    real_gram = aggregator.ops.gram
+
+    def spy(J, *, check_finite=True):
+        checked.append(check_finite)
+        return real_gram(J, check_finite=check_finite)
+
+    monkeypatch.setattr(aggregator.ops, "gram", spy)
     torch.testing.assert_close(blocks_gram(blocks, 2, torch.device("cpu")),
                                sum(b @ b.T for b in blocks if b is not None))
+    assert checked == [False, False]  # finite blocks: no per-block check (a CUDA sync each), one on the sum
+    monkeypatch.undo()
     blocks[2][0, 1] = float("inf")
     with pytest.raises(ValueError, match="J must be finite"):
         blocks_gram(blocks, 2, torch.device("cpu"))

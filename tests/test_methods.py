@@ -536,10 +536,7 @@ def test_backward_with_grad_scaler():
         for p, e in zip(model.parameters(), expected):
             torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-6)
     # overflow: the scaled Jacobian is infinite, the step is skipped and the scale lowered
-    model.zero_grad()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    before = [p.detach().clone() for p in model.parameters()]
+    model, x, ys, opt, scaler, before = _amp_overflow_setup(3)
     _, losses = _task_losses(model, x, ys)
     losses = [losses[0] * 1e36, losses[1]]  # float32: 1e36 * 2^10 overflows in the backward pass
     _assert_amp_step_skipped(model, losses, opt, scaler, before)

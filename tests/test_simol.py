@@ -242,12 +242,11 @@ def test_simol_update_is_weighted_mean_and_theta_ascends():
         net.theta.copy_(torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64))
     simol = SIMOL(net, 2.0, 0.5)
     w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
-    J0, _ = maml.task_jacobian(xs, ys, xq, yq)
+    J0, losses0 = maml.task_jacobian(xs, ys, xq, yq)
     learner = MetaLearner(maml, torch.optim.SGD(model.parameters(), lr=0.1), simol,
                           reweight_optimizer=torch.optim.SGD(net.parameters(), lr=1e-3))
     tasks = torch.arange(3)
     r = net(tasks).detach()
-    _, losses0 = maml.task_jacobian(xs, ys, xq, yq)
     out = learner.step(xs, ys, xq, yq, task_features=tasks)
     assert out["loss"] == pytest.approx(float(losses0.mean()), rel=1e-12)  # the loss at w^s
     assert out["mean_weight"] == pytest.approx(1.0 / 3.0 * (0.25 + 1.0 + 2.25), rel=1e-12)
