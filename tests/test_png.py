@@ -815,6 +815,59 @@ def test_backward_raises_for_an_overflowing_direction_and_writes_nothing(batched
     assert q.grad is None and r.grad is None and png.steps == 0 and png.e0 is None
 
 
+def test_backward_reports_the_non_finite_block():
+    """The Gram matrices reach the host once per step, unchecked on the device: a model whose Jacobian has
+    an infinite entry still raises ops.gram's message (not PNG's generic one about the Gram matrices),
+    before any ``.grad`` or state is written; the next step works."""
+    x, y = _data(5)
+    models = [_TwoHead(70 + k) for k in range(2)]
+    with torch.no_grad():
+        models[1].heads[0].weight.fill_(1e308)  # (1e308 * z)^2 overflows float64 in the first loss's gradient
+    png = PNG(EnergyDistance())
+    with pytest.raises(ValueError, match="J must be finite"):
+        png.backward([lambda m=m: m.losses(x, y) for m in models], models)
+    assert png.steps == 0 and png.e0 is None and all(p.grad is None for m in models for p in m.parameters())
+    models = [_TwoHead(70 + k) for k in range(2)]
+    png.backward([lambda m=m: m.losses(x, y) for m in models], models)
+    assert png.steps == 1 and bool(torch.isfinite(png.stats.weights).all())
+
+
+@pytest.mark.cuda
+def test_backward_on_cuda_synchronizes_at_most_three_times():
+    """One PNG step of 3 models on a GPU reads the device back three times at most (the Gram matrices and
+    losses in one copy, the weights sent back, the finiteness of the directions), whatever N, and
+    writes the CPU step's ``.grad``."""
+    import warnings
+
+    x, y = _data(6)
+
+    def run(device):
+        models = [_TwoHead(80 + k).to(device) for k in range(3)]
+        xd, yd = x.to(device), y.to(device)
+        png = PNG(EnergyDistance())
+        png.backward([lambda m=m: m.losses(xd, yd) for m in models], models)  # first step: e0 is set
+        for m in models:
+            m.zero_grad(set_to_none=True)
+        torch.cuda.synchronize() if device == "cuda" else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                png.backward([lambda m=m: m.losses(xd, yd) for m in models], models)
+            finally:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        return syncs, [tm.autograd.flatten([p.grad.cpu() for p in m.parameters()]) for m in models]
+
+    syncs, got = run("cuda")
+    _, ref = run("cpu")
+    assert syncs <= 3, f"{syncs} synchronizations in one PNG step"
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 class _NumpyTanh(torch.autograd.Function):
     """tanh whose backward goes through numpy: fine one pass at a time, impossible under vmap."""
 

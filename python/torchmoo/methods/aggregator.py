@@ -80,18 +80,22 @@ def gram_matrix(J: Tensor, *, check_finite: bool = True) -> Tensor:
     return ops.gram(J.float() if J.dtype in (torch.float16, torch.bfloat16) else J, check_finite=check_finite)
 
 
-def blocks_gram(blocks: Sequence[Optional[Tensor]], m: int, device: torch.device) -> Tensor:
+def blocks_gram(
+    blocks: Sequence[Optional[Tensor]], m: int, device: torch.device, *, check_finite: bool = True
+) -> Tensor:
     """``G = sum_k B_k B_k^T`` (m, m), float64 on ``device``, over Jacobian blocks ``B_k`` of shape
     ``(m, n_k)`` (``None``: a parameter no objective reaches), each by :func:`gram_matrix`. The
     Jacobian of a model split per parameter needs no concatenation for its Gram matrix.
 
-    The sum is checked once for NaN / infinity (one stream synchronization on CUDA, not one per block);
-    if it has any, the block at fault raises the ``ValueError`` of :func:`torchmoo.ops.gram`."""
+    With ``check_finite`` the sum is checked once for NaN / infinity (one stream synchronization on
+    CUDA, not one per block); if it has any, the block at fault raises the ``ValueError`` of
+    :func:`torchmoo.ops.gram`. A caller that reads ``G`` on the host anyway checks it there and calls
+    this again with the check to raise that error."""
     G = torch.zeros(m, m, dtype=torch.float64, device=device)
     for b in blocks:
         if b is not None:
             G += gram_matrix(b, check_finite=False).to(device=device, dtype=torch.float64)
-    if not bool(torch.isfinite(G).all()):
+    if check_finite and not bool(torch.isfinite(G).all()):
         for b in blocks:  # the error path: find the block and say what is wrong with it
             if b is not None:
                 gram_matrix(b)

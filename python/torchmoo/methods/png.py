@@ -240,7 +240,9 @@ def png_direction(
 
 
 class PNGStats(NamedTuple):
-    """Diagnostics of the last PNG step, for ``N`` models (``N = 1`` for one model).
+    """Diagnostics of the last PNG step, for ``N`` models (``N = 1`` for one model). The tensors are
+    float64 (``control`` bool) on the CPU, where the ``k x k`` step runs: reading them costs no device
+    synchronization.
 
     Attributes:
         criterion: the value of ``F`` (a float; with a parameter-dependent part, its value is included
@@ -317,7 +319,7 @@ class PNG(Aggregator):
         png.backward([[l11, l12], [l21, l22], ...], [model1, model2, ...])
 
     Attributes:
-        e0: ``(N,)`` float64 running average (``None`` before the first step).
+        e0: ``(N,)`` float64 running average on the CPU (``None`` before the first step).
         steps: number of steps taken.
         stats: :class:`PNGStats` of the last step.
         weights: ``(k,)`` weights of the last single-model step (Aggregator interface; ``None`` after
@@ -446,8 +448,10 @@ class PNG(Aggregator):
         if self.criterion is None and not external:
             raise ValueError("PNG(criterion=None) needs the gradient of the criterion as an extra row: pass "
                              "criterion_value= to PNG.backward, or the criterion as the last loss to tm.backward.")
-        Gd = G.detach().to(torch.float64)
-        Ld = losses.detach().to(dtype=torch.float64, device=G.device)
+        # The k x k step runs on the CPU in float64 whatever G's device: on a GPU its dozens of tiny kernels
+        # (criterion, QPs) and their host reads would cost more than the one copy of G and the losses
+        Gd = G.detach().to(device="cpu", dtype=torch.float64)
+        Ld = losses.detach().to(device="cpu", dtype=torch.float64)
         if not bool(torch.isfinite(Gd).all()) or not bool(torch.isfinite(Ld).all()):
             raise ValueError("PNG: the Gram matrices or the losses have inf or NaN entries.")
         Gl = Gd[:, :m, :m]
@@ -488,7 +492,7 @@ class PNG(Aggregator):
             if self.e0.shape != s.shape:
                 raise ValueError(f"this PNG was stepped with {self.e0.shape[0]} model(s), now {N}; call reset() "
                                  "to start over.")
-            e0 = self.decay * self.e0.to(s.device) + (1.0 - self.decay) * s
+            e0 = self.decay * self.e0.cpu() + (1.0 - self.decay) * s
         e = torch.full_like(s, self.threshold) if self.threshold is not None else self.gamma * e0
         alpha = self.alpha_at(self.steps)
         control = g > e
@@ -500,7 +504,7 @@ class PNG(Aggregator):
         self.e0 = e0
         self.stats = PNGStats(F, Ld, g, e, control, phi, lam, w, alpha, self.steps)
         self.steps += 1
-        return w.to(G.dtype)
+        return w.to(device=G.device, dtype=G.dtype)
 
     # ---- Aggregator interface (one model, through tm.backward or png(J, losses)) --------------------
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
@@ -649,22 +653,32 @@ class PNG(Aggregator):
                 jacobians[k_model] = J
             else:  # one block per parameter (the vmapped pass, or parameters of several dtypes)
                 blocks = [None if b is None else b.reshape(k, -1) for b in blocks]
-            grams[k_model] = blocks_gram([J] if J is not None else blocks, k, rows.device)
+            # (checked for inf / NaN on the host below, with the losses: on a GPU one synchronization per
+            # step rather than one per model)
+            grams[k_model] = blocks_gram([J] if J is not None else blocks, k, rows.device, check_finite=False)
             all_blocks[k_model] = blocks
             del rows
-        # the models may live on different devices: the m x m step runs on the first one's
-        device = grams[0].device
+        # The k x k step runs on the CPU: the N Gram matrices and loss rows (the models may live on different
+        # devices) reach the host in one copy, and the weights go back once per device
+        first = grams[0].device
+        host = torch.stack([torch.cat([G.reshape(-1), r.to(torch.float64)]).to(first)
+                            for G, r in zip(grams, loss_rows)]).cpu()
+        k = grams[0].shape[0]
+        Gs, Ls = host[:, : k * k].reshape(N, k, k), host[:, k * k:]
+        for G, blocks, J in zip(Gs, all_blocks, jacobians):
+            if not bool(torch.isfinite(G).all()):  # the block at fault raises ops.gram's message
+                blocks_gram([J] if J is not None else blocks, k, first)
         state = (self.e0, self.steps, self.stats)  # put back if no step is taken (an overflowing combination)
-        W = self._step(
-            torch.stack([G.to(device) for G in grams]), torch.stack([r.to(device) for r in loss_rows]),
-            criterion_value=None if criterion_value is None else float(criterion_value.detach()), single=not multi,
-        )
+        W = self._step(Gs, Ls, criterion_value=None if criterion_value is None else float(criterion_value.detach()),
+                       single=not multi)
+        W_on = {d: W.to(d) for d in {G.device for G in grams}}
         # G and W are finite: the combinations skip ops.combine's check (on CUDA a synchronization each) and
         # are checked together, once per device, before any .grad is written (as png(J, losses) raises)
         all_pieces = []
-        for plist, blocks, J, w in zip(groups, all_blocks, jacobians, W):
+        for k_model, (plist, blocks, J) in enumerate(zip(groups, all_blocks, jacobians)):
+            w = W_on[grams[k_model].device][k_model]
             if J is not None:
-                d = ops.combine(J, w.to(device=J.device, dtype=J.dtype), check_finite=False)
+                d = ops.combine(J, w.to(J.dtype), check_finite=False)
                 all_pieces.append((unflatten(d, plist), d))  # views of d
             else:
                 pieces = [None if b is None else (w.to(device=b.device, dtype=b.dtype) @ b) for b in blocks]
@@ -676,6 +690,7 @@ class PNG(Aggregator):
         for plist, blocks, (pieces, _) in zip(groups, all_blocks, all_pieces):
             # a parameter no loss reaches keeps its .grad as it was
             _accumulate(plist, [None if blk is None else piece for blk, piece in zip(blocks, pieces)])
+        W = W_on[first]
         self.weights = W[0].detach() if not multi else None
         return W[0] if not multi else W
 
