@@ -652,3 +652,76 @@ def test_fewshot_accuracy_in_chunks_matches_an_episode_loop(monkeypatch):
         r = P.fewshot_accuracy(features, labels, n_way=n, k_shot=k, n_query=q, episodes=E, seed=5)
         assert r.accuracies.tolist() == expected
     assert 0.0 < min(expected) and max(expected) <= 1.0 and len(set(expected)) > 1  # a non-trivial check
+
+
+def test_fewshot_accuracy_memory_does_not_grow_with_the_episodes(monkeypatch):
+    """The episodes are drawn chunk by chunk: holding every episode's indices as Python lists at once grows
+    with E (100,000 episodes of 5 x 16 indices: about 0.4 GB), a chunk's does not."""
+    import tracemalloc
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(100)  # indices above 256: every one a separate Python int
+    features = torch.randn(600, 4, generator=g)
+    monkeypatch.setattr(P, "_EPISODE_CHUNK_INDICES", 80 * 200, raising=False)  # 200 episodes of 5 x (1 + 15)
+    E = 2000
+    tracemalloc.start()
+    try:
+        r = P.fewshot_accuracy(features, labels, n_way=5, k_shot=1, n_query=15, episodes=E, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.accuracies.shape == (E,) and abs(r.mean - 0.2) < 0.03  # random features: chance
+    # all 2000 episodes at once: about 4 MB of lists and ints; one chunk of 200: about 0.4 MB
+    assert peak < 1.5e6, peak
+
+
+def test_evaluate_losses_is_the_mean_over_batches_and_accepts_label_sequences():
+    """In eval mode the loss vector does not depend on the batching: batches of 5 average to the loss of the
+    whole set at once; labels may be a list (as FewShotTrainer accepts them)."""
+    model = _tiny_conv4()
+    g = torch.Generator().manual_seed(4)
+    x, xp = torch.randn(12, 1, 16, 16, generator=g), torch.randn(12, 1, 48, 48, generator=g)
+    y = [i % 3 for i in range(12)]
+    aux = ("rotation", "location")
+    model.eval()
+    with torch.no_grad():
+        whole = P.task_losses(model, x, torch.tensor(y), aux, patch_images=xp).double()
+    model.train()
+    L = P.evaluate_losses(model, x, y, aux, patch_images=xp, batch_size=5)
+    assert model.training and L.dtype == torch.float64 and L.shape == (3,)
+    torch.testing.assert_close(L, whole, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="one label per image"):
+        P.evaluate_losses(model, x, y[:11], aux, patch_images=xp)
+    with pytest.raises(ValueError, match="patch_images has 11"):
+        P.evaluate_losses(model, x, y, aux, patch_images=xp[:11])
+    with pytest.raises(ValueError, match="batch_size"):
+        P.evaluate_losses(model, x, y, aux, patch_images=xp, batch_size=0)
+
+
+def test_trainer_rejects_a_psst_region_for_another_number_of_objectives():
+    model = _tiny_conv4()
+    x, y = torch.randn(16, 1, 16, 16), torch.arange(16) % 3
+    region = P.angular_regions([1.0, 1.0], 2)[0]  # M = 2, the training has 3 objectives
+    with pytest.raises(ValueError, match="region is for 2 objectives, the training has 3"):
+        P.FewShotTrainer(model, x, y, aux=("rotation", "location"), method=tm.methods.PSST(region, epsilon=0.01),
+                         batch_size=16, patch_images=torch.randn(16, 1, 48, 48))
+
+
+def test_experiment_checks_the_episodes_before_training(tmp_path, monkeypatch):
+    """A split too small for the episodes (or a bad count) fails at once, not after the first unit's training."""
+    from torchmoo.experiments.psst_fewshot import Config
+
+    def no_training(self):
+        raise AssertionError("trained before checking the episodes")
+
+    monkeypatch.setattr(P.FewShotTrainer, "train_epoch", no_training)
+    # about 90 test images per novel digit: 80 shots + 15 queries do not fit
+    with pytest.raises(ValueError, match="test half of the novel classes cannot hold the 5-way 80-shot"):
+        tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path / "a"), progress=False,
+                                      config=Config(shots=[1, 80]))
+    with pytest.raises(ValueError, match="n_query must be an int >= 1"):
+        tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path / "b"), progress=False,
+                                      config=Config(n_query=0))
+    with pytest.raises(ValueError, match="n_way must be an int >= 2"):
+        tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path / "c"), progress=False,
+                                      config=Config(n_way=1))

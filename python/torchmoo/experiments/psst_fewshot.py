@@ -366,8 +366,12 @@ def _check(cfg: Config) -> None:
     for name in ("epochs", "batch_size", "regions", "val_episodes", "test_episodes", "explore_k", "explore_images"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
-    if not cfg.shots or any(k < 1 for k in cfg.shots):
-        raise ValueError(f"shots must be positive, got {cfg.shots}.")
+    if not cfg.shots or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.shots):
+        raise ValueError(f"shots must be a non-empty list of ints >= 1, got {cfg.shots}.")
+    if isinstance(cfg.n_way, bool) or not isinstance(cfg.n_way, int) or cfg.n_way < 2:
+        raise ValueError(f"n_way must be an int >= 2, got {cfg.n_way!r}.")
+    if isinstance(cfg.n_query, bool) or not isinstance(cfg.n_query, int) or cfg.n_query < 1:
+        raise ValueError(f"n_query must be an int >= 1, got {cfg.n_query!r}.")
     if not cfg.fixed_weights or any(not (w >= 0) for w in cfg.fixed_weights):
         raise ValueError(f"fixed_weights must be a non-empty list of weights >= 0, got {cfg.fixed_weights}.")
     if cfg.feasibility not in P.FEASIBILITY_MODES:
@@ -377,6 +381,19 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.epsilon_fraction < 0.5:
         raise ValueError(f"epsilon_fraction must be in [0, 0.5) (both bounds of a region active at once "
                          f"cancel), got {cfg.epsilon_fraction}.")
+
+
+def _check_episodes(cfg: Config, data: FewShotData) -> None:
+    """The episodes are drawn after training: a novel split too small for them fails here, before it."""
+    from torchmoo.zoo.data.episodes import EpisodeSampler
+
+    for split, y, shots in (("validation", data.val_y, [1]), ("test", data.test_y, cfg.shots)):
+        for k in shots:
+            try:
+                EpisodeSampler(y.cpu(), cfg.n_way, k, cfg.n_query, 1, 0)
+            except ValueError as err:
+                raise ValueError(f"the {split} half of the novel classes cannot hold the {cfg.n_way}-way {k}-shot "
+                                 f"episodes with {cfg.n_query} queries: {err}") from None
 
 
 def _fmt_w(w: float) -> str:
@@ -396,6 +413,7 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
 def _run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     seed = ctx.seed
     data = load_data(cfg, seed, ctx.device)
+    _check_episodes(cfg, data)
     aux = tuple(cfg.aux)
     M = 1 + len(aux)
     units: Dict[str, Dict[str, Any]] = {}

@@ -1007,7 +1007,7 @@ def task_losses(
 def evaluate_losses(
     model: nn.Module,
     images: Tensor,
-    labels: Tensor,
+    labels: Union[Tensor, Sequence[int]],
     aux: Sequence[str] = ("rotation",),
     *,
     patch_images: Optional[Tensor] = None,
@@ -1015,10 +1015,27 @@ def evaluate_losses(
     batch_size: int = 256,
 ) -> Tensor:
     """The loss vector of :func:`task_losses` over a whole data set, in eval mode (BatchNorm running
-    statistics, centred patches), averaged over the images. Returns ``(1 + len(aux),)`` float64."""
+    statistics, centred patches), averaged over the images.
+
+    Args:
+        model: as in :func:`task_losses`.
+        images: ``(N, C, S, S)``; labels: ``(N,)`` (a tensor or a sequence; moved to the images' device,
+            as ``patch_images`` ``(N, C, H', W')`` are, one batch at a time).
+        aux, patch_size: as in :func:`task_losses`.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(1 + len(aux),)`` float64 on the CPU.
+    """
     n = _check_images(images).shape[0]
-    if n == 0 or labels.shape[0] != n:
-        raise ValueError(f"need at least one image and one label per image, got {n} images, {labels.shape[0]} labels.")
+    labels = torch.as_tensor(labels, device=images.device)
+    if n == 0 or labels.shape != (n,):
+        raise ValueError(f"need at least one image and one label per image, got {n} images and labels of shape "
+                         f"{tuple(labels.shape)}.")
+    if patch_images is not None:
+        if _check_images(patch_images, "patch_images").shape[0] != n:
+            raise ValueError(f"patch_images has {patch_images.shape[0]} images, images {n}.")
+    batch_size = _check_count("batch_size", batch_size)
     was_training = model.training
     model.eval()
     try:
@@ -1026,7 +1043,7 @@ def evaluate_losses(
         for s in range(0, n, batch_size):
             sl = slice(s, s + batch_size)
             L = task_losses(model, images[sl], labels[sl], aux,
-                            patch_images=None if patch_images is None else patch_images[sl],
+                            patch_images=None if patch_images is None else patch_images[sl].to(images.device),
                             patch_size=patch_size).double() * images[sl].shape[0]
             total = L if total is None else total + L
         return (total / n).cpu()
@@ -1077,6 +1094,12 @@ class FewShotTrainer:
         seed: the shuffling and patch offsets.
         aggregate_heads: with an aggregator, whether the heads are in the aggregated direction
             (default, Eq. 3 on all of :math:`\theta`) or get their own loss's gradient (see above).
+
+    Raises:
+        TypeError: ``images`` not a tensor; ``aux`` a string; ``aggregate_heads`` not a bool.
+        ValueError: ``labels`` not ``(N,)``; the location task without ``patch_images``; weights that are
+            not ``1 + len(aux)`` finite numbers; a :class:`PSST` whose region is for another number of
+            objectives; ``epochs`` or ``batch_size`` not an int ``>= 1``, or more than ``N``.
     """
 
     def __init__(
@@ -1110,6 +1133,10 @@ class FewShotTrainer:
             self.images.device)
         M = 1 + len(self.aux)
         if isinstance(method, Aggregator):
+            if isinstance(method, PSST) and method.region.num_tasks != M:
+                # else the first step fails, possibly after a long start-up
+                raise ValueError(f"the PSST region is for {method.region.num_tasks} objectives, the training has {M} "
+                                 f"(1 + len(aux) = 1 + {len(self.aux)}).")
             self.aggregator: Optional[Aggregator] = method
             self.weights: Optional[Tensor] = None
         else:
@@ -1222,11 +1249,12 @@ class FewShotAccuracy(NamedTuple):
 
 
 _EPISODE_CHUNK_ELEMS = 1 << 25  # float64 numbers gathered at once by fewshot_accuracy (256 MiB)
+_EPISODE_CHUNK_INDICES = 1 << 18  # episode indices drawn at once (as Python ints first: about 10 MiB)
 
 
 def fewshot_accuracy(
     features: Tensor,
-    labels: Tensor,
+    labels: Union[Tensor, Sequence[int]],
     *,
     n_way: int = 5,
     k_shot: int = 1,
@@ -1240,13 +1268,27 @@ def fewshot_accuracy(
     support and ``n_query`` query examples; the class weight :math:`w_j` is the average of the
     L2-normalized support features of class ``j`` (C: "simple averaging of associated K samples") and
     a query goes to the class of highest :math:`\cos(\theta_{sh}(x), w_j)` (the softmax's inverse
-    temperature does not change the argmax).
+    temperature does not change the argmax). Episode ``e`` depends on ``(seed, e)`` only, and the
+    episodes are drawn and scored in chunks: memory does not grow with ``episodes`` (beyond the
+    ``(E,)`` accuracies).
 
     Args:
-        features: ``(N, d)`` features of the novel-class images; labels: ``(N,)``.
+        features: ``(N, d)`` features of the novel-class images (any device; scored in float64).
+        labels: ``(N,)`` integer class labels (a tensor or a sequence).
+        n_way: classes per episode, ``>= 2``.
+        k_shot: support examples per class, ``>= 1``.
+        n_query: query examples per class, ``>= 1``.
+        episodes: ``E >= 1``.
+        seed: seed of the episodes, ``>= 0``.
 
     Returns:
-        :class:`FewShotAccuracy`.
+        :class:`FewShotAccuracy`: mean, 95% half-width ``1.96 s / sqrt(E)`` (``s`` the standard deviation
+        of the per-episode accuracies; 0 for ``E = 1``) and the ``(E,)`` float64 accuracies on the CPU.
+
+    Raises:
+        ValueError: ``features`` not ``(N, d)``; ``labels`` not ``(N,)``; a count out of range; fewer than
+            ``n_way`` classes with ``k_shot + n_query`` examples.
+        TypeError: ``labels`` not integers.
     """
     from torchmoo.zoo.data.episodes import EpisodeSampler
 
@@ -1261,19 +1303,24 @@ def fewshot_accuracy(
         # a 1-way episode has nothing to tell apart: its accuracy would be 1 whatever the features
         raise ValueError(f"n_way must be an int >= 2, got {n_way!r}.")
     sampler = EpisodeSampler(torch.as_tensor(labels).cpu(), n_way, k_shot, n_query, episodes, seed)  # host-side indexing
-    idx = torch.tensor([sampler.episode(e) for e in range(episodes)], device=features.device)  # (E, n(k+q))
-    normalized = F.normalize(features.double(), dim=-1)
+    dev = features.device
+    width = n_way * (k_shot + n_query)
     ns = n_way * k_shot
-    truth = torch.arange(n_way, device=features.device).repeat_interleave(n_query)
-    # episodes in chunks of about _EPISODE_CHUNK_ELEMS gathered numbers: 600 episodes of 80 MiniImageNet
-    # features (d = 1600) would gather 0.6 GB at once
-    chunk = max(1, _EPISODE_CHUNK_ELEMS // max(1, idx.shape[1] * features.shape[1]))
+    truth = torch.arange(n_way, device=dev).repeat_interleave(n_query)
+    # episodes in chunks of about _EPISODE_CHUNK_ELEMS gathered numbers (600 episodes of 80 MiniImageNet
+    # features, d = 1600, would gather 0.6 GB at once) and _EPISODE_CHUNK_INDICES indices, drawn per
+    # chunk (all the episodes' indices as Python lists would grow with E: 100,000 episodes, 0.4 GB)
+    chunk = max(1, min(_EPISODE_CHUNK_ELEMS // max(1, width * features.shape[1]), _EPISODE_CHUNK_INDICES // width))
     accs = []
-    for start in range(0, episodes, chunk):
-        z = normalized[idx[start:start + chunk]]  # (e, n(k+q), d)
-        protos = F.normalize(z[:, :ns].reshape(z.shape[0], n_way, k_shot, -1).mean(2), dim=-1)  # (e, n, d)
-        scores = z[:, ns:] @ protos.mT  # (e, n q, n)
-        accs.append((scores.argmax(-1) == truth).double().mean(1).cpu())
+    with torch.no_grad():  # accuracies only: no graph through features that require grad
+        normalized = F.normalize(features.double(), dim=-1)
+        for start in range(0, episodes, chunk):
+            stop = min(episodes, start + chunk)
+            idx = torch.tensor([sampler.episode(e) for e in range(start, stop)], device=dev)  # (e, n(k+q))
+            z = normalized[idx]  # (e, n(k+q), d)
+            protos = F.normalize(z[:, :ns].reshape(z.shape[0], n_way, k_shot, -1).mean(2), dim=-1)  # (e, n, d)
+            scores = z[:, ns:] @ protos.mT  # (e, n q, n)
+            accs.append((scores.argmax(-1) == truth).double().mean(1).cpu())
     acc = torch.cat(accs)
     ci = float(1.96 * acc.std() / math.sqrt(episodes)) if episodes > 1 else 0.0
     return FewShotAccuracy(float(acc.mean()), ci, acc)
