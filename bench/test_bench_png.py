@@ -120,18 +120,29 @@ def test_png_step(benchmark, contender):
             png.backward([lambda m=m: _losses(m, x, y) for m in models], models)
             opt.step()
     else:
-        pe = pytest.importorskip("torchmoo.methods.pareto_exploration")
-
-        def step():
-            for m in models:
-                exp = pe.pareto_expand(lambda m=m: _losses(m, x, y), list(m.parameters()), num_directions=1,
-                                       k=K_MINRES, generator=torch.Generator().manual_seed(0))
-                with torch.no_grad():
-                    for p, d in zip(m.parameters(), tm.autograd.unflatten(exp.directions[0] * 1e-3, list(m.parameters()))):
-                        p.add_(d)
+        step = _second_order_step()
 
     run_timed(benchmark, GROUP, step, rounds=3 if contender.startswith("second") else 7)
     record(benchmark, GROUP, contender, 1, reference="linear scalarization step")
+
+
+def _second_order_step(device: str = "cpu", batch: int = BATCH):
+    """Ma et al.'s step on the same 5 models: one ParetoExpand direction per model (``K_MINRES`` MINRES
+    iterations of Hessian-vector products), a small move along it."""
+    from torchmoo.methods import pareto_exploration as pe
+
+    models, x, y, _ = _setup(device, batch)
+
+    def step():
+        for m in models:
+            params = list(m.parameters())
+            exp = pe.pareto_expand(lambda m=m: _losses(m, x, y), params, num_directions=1, k=K_MINRES,
+                                   generator=torch.Generator().manual_seed(0))
+            assert exp.info.matvec_calls == K_MINRES  # all iterations ran: the comparison is at the paper's k
+            with torch.no_grad():
+                for p, d in zip(params, tm.autograd.unflatten(exp.directions[0] * 1e-3, params)):
+                    p.add_(d)
+    return step
 
 
 def _steps(device: str = "cpu", batch: int = BATCH, vmapped: bool = False):
@@ -227,6 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--second-order", type=int, default=0, metavar="R",
+                        help="also time Ma et al.'s second-order step (50 MINRES iterations per model) against the "
+                             "linear-scalarization step, R repeats interleaved (about 50 HVPs per model each)")
     args = parser.parse_args(argv)
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
     # on a GPU the vmapped Jacobian (one batched backward pass per model) may win: time it there too
@@ -244,6 +258,15 @@ def main(argv=None) -> None:
             f"png step (closures) / floor (PNG's own work): "
             f"{medians['png step (closures)'] / medians['two per-task backward passes (floor)']:.3f}",
             f"floor / fastest linear scalarization: {medians['two per-task backward passes (floor)'] / fastest:.3f}"]
+    if args.second_order:
+        second = interleaved_medians({"linear scalarization step": steps["linear scalarization step"],
+                                      "second-order step (Ma et al.)": _second_order_step(args.device, args.batch)},
+                                     repeats=args.second_order, warmup=1, sync=sync)
+        ratio = second["second-order step (Ma et al.)"] / second["linear scalarization step"]
+        out += ["", f"second-order step (Ma et al., {K_MINRES} MINRES iterations per model): "
+                f"{second['second-order step (Ma et al.)'] * 1e3:.1f} ms, {ratio:.1f}x the linear-scalarization step, "
+                f"{ratio / (medians['png step (closures)'] / ref):.1f}x the png step (closures) "
+                f"({args.second_order} interleaved repeats)"]
     print("\n".join(out))
 
 
