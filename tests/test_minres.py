@@ -609,3 +609,13 @@ class TestCuda:
             tm.ops.minres(lambda v: (v @ A).cpu(), b)
         x, info = tm.ops.minres(lambda v: v @ A, torch.zeros(2, 4, dtype=F64, device="cuda"))
         assert info.stop_reason == ("b_zero", "b_zero") and bool((x == 0).all())
+
+    def test_info_checks_devices_before_the_guard(self):
+        """One of state / history on the CPU still dispatches to the CUDA kernel: it must raise the
+        ValueError, not the RuntimeError of a CUDA guard on a CPU device or of mixed-device ops."""
+        *_, state, history = torch.ops.torchmoo.minres_init(randn(2, 5, seed=40).cuda(), 3)
+        for s, h in [(state.cpu(), history), (state, history.cpu())]:
+            with pytest.raises(ValueError, match="same device"):
+                torch.ops.torchmoo.minres_info(s, h)
+        iterations, residuals, codes = torch.ops.torchmoo.minres_info(state, history)
+        assert iterations.device.type == "cuda" and residuals.shape == (2, 1) and codes.tolist() == [5, 5]

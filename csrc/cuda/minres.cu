@@ -229,6 +229,10 @@ minres::InitOutputs minres_init_cuda(const at::Tensor& b, int64_t max_iter) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> minres_info_cuda(const at::Tensor& state, const at::Tensor& history) {
+  // Checked before the guard: with one of them on the CPU the dispatcher still picks this kernel, and a
+  // guard on a CPU device (or the ops below on mixed devices) would raise an unreadable RuntimeError.
+  TORCH_CHECK_VALUE(state.device() == history.device(), "minres_info: state is on ", state.device(),
+                    " but history is on ", history.device(), "; pass both on the same device.");
   const c10::cuda::CUDAGuard guard(state.device());
   return info(state, history);
 }
