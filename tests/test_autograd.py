@@ -470,3 +470,45 @@ def test_jacobian_loop_keeps_one_row_besides_the_jacobian(monkeypatch):
     monkeypatch.undo()
     assert alive_at_call == [0, 0, 0]
     torch.testing.assert_close(J, expected)
+
+
+def test_hvp_parameters_of_two_dtypes():
+    """A float32 parameter before a float64 one: each piece of v is cast to its own parameter's dtype
+    (the float64 block is exact, not computed from v rounded to float32), and H v is in the promoted
+    dtype, zeros included."""
+    gen = torch.Generator().manual_seed(12)
+    a = torch.randn(3, generator=gen, dtype=F64, requires_grad=True)
+    b = torch.randn(2, generator=gen).requires_grad_()
+    loss = (a**3).sum() + (b.double() ** 3).sum()
+    v = torch.full((5,), 1 / 3, dtype=F64)
+    Hv = hvp(loss, [b, a], v)
+    assert Hv.dtype == F64
+    torch.testing.assert_close(Hv[2:], 6 * a.detach() * v[2:], rtol=1e-15, atol=0)
+    torch.testing.assert_close(Hv[:2], (6 * b.detach().double() * v[:2]).float().double(), rtol=1e-6, atol=0)
+    op = hvp_operator(loss, [b, a])
+    torch.testing.assert_close(op(torch.stack([v, 2 * v]))[1, 2:], 12 * a.detach() * v[2:], rtol=1e-15, atol=0)
+    lin = b.double().sum() + a.sum()  # linear: no second derivative, zeros in the promoted dtype
+    assert torch.equal(hvp(lin, [b, a], v), torch.zeros(5, dtype=F64))
+
+
+def test_functions_work_under_no_grad():
+    """Like torch.autograd.grad, jacobian / jacobian_blocks / hvp / hvp_operator work inside torch.no_grad():
+    stacking the losses there must not cut them from their graph (a silent zero Jacobian), and
+    create_graph still gives a differentiable result."""
+    model, x, y = _setup(seed=13)
+    params = list(model.parameters())
+    L = _losses(model, x, y)
+    Ls = list(L)  # the losses with their graph (unbinding or summing under no_grad would cut them)
+    J = jacobian(Ls, params, retain_graph=True)
+    v = torch.randn(2, J.shape[1], dtype=F64, generator=torch.Generator().manual_seed(0))
+    S = L.sum()
+    H = hvp(S, params, v)
+    assert float(J.abs().max()) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(jacobian(Ls, params, retain_graph=True), J, rtol=0, atol=0)
+        blocks = tm.autograd.jacobian_blocks(Ls, params, retain_graph=True)
+        torch.testing.assert_close(torch.cat([b.reshape(3, -1) for b in blocks], 1), J, rtol=0, atol=0)
+        Jc = jacobian(Ls, params, create_graph=True)
+        torch.testing.assert_close(hvp(S, params, v), H, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(hvp_operator(S, params)(v), H, rtol=1e-14, atol=1e-15)
+    assert Jc.requires_grad

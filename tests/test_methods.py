@@ -791,3 +791,113 @@ def test_backward_overflowing_direction_raises_without_a_scaler(batched):
     scaler.step(opt)
     scaler.update()
     assert torch.equal(x.detach(), torch.zeros(3)) and scaler.get_scale() < 2.0
+
+
+def test_backward_mixed_dtype_parameters_combine_with_unrounded_weights():
+    """Shared parameters of two dtypes (a bfloat16 one first, then float32 ones): the float32 blocks get
+    the aggregator's weights for the Jacobian (promoted to float32, as jacobian() concatenates it), not
+    weights rounded to the first parameter's bfloat16 (relative error 4e-3); the weights are returned in
+    that promoted dtype."""
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        p = torch.randn(4, generator=gen).bfloat16().requires_grad_()
+        q = torch.randn(6, generator=gen).requires_grad_()
+        A, B = torch.randn(3, 4, generator=gen), torch.randn(3, 6, generator=gen)
+        for make in (MGDA, lambda: CAGrad(0.4)):
+            p.grad = q.grad = None
+            L = A @ p.float() + B @ q + (q * q).sum()
+            J = jacobian(L, [p, q], retain_graph=True)
+            assert J.dtype == torch.float32
+            ref = make()
+            d = ref(J)
+            w = tm.backward(list(L), [p, q], make())
+            assert w.dtype == torch.float32
+            torch.testing.assert_close(w, ref.weights, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(q.grad, d[4:], rtol=1e-6, atol=1e-6 * float(J.abs().max()))
+            assert p.grad.dtype == torch.bfloat16
+
+
+class _JacobianImprovement(tm.methods.Aggregator):
+    """ImprovementFunction's weights (pi* / lam, large for a small lam) computed from J itself."""
+
+    def __init__(self, lam: float) -> None:
+        super().__init__()
+        self.lam = lam
+
+    def compute_weights(self, J, losses=None):
+        return ImprovementFunction(self.lam).compute_weights(J)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_backward_jacobian_path_raises_when_the_direction_overflows_half_parameters(batched):
+    """On the assembled-J path a float16 Jacobian is combined in float32; a direction beyond float16
+    (w = 1000 on entries of 300) is an error there too, as on the Gram path, before any .grad is written,
+    instead of an inf written silently into .grad."""
+    A = torch.tensor([[300.0] * 4 + [1.0] * 4, [150.0] * 4 + [0.5] * 4], dtype=torch.float16)
+    p, q = (torch.zeros(4, dtype=torch.float16, requires_grad=True) for _ in range(2))
+    L = A @ torch.cat([p, q])
+    with pytest.raises(ValueError, match="overflows torch.float16"):
+        tm.backward([L[0], L[1]], [p, q], _JacobianImprovement(1e-3), batched=batched)
+    assert p.grad is None and q.grad is None
+    # a direction that fits in float16 is written, the same as the Gram path's
+    grads = []
+    for agg in (_JacobianImprovement(0.5), ImprovementFunction(0.5)):
+        p.grad = q.grad = None
+        L = A @ torch.cat([p, q])
+        tm.backward([L[0], L[1]], [p, q], agg, batched=batched)
+        grads.append(torch.cat([p.grad, q.grad]).float())
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-3, atol=0)
+
+
+def test_aggregator_loss_values_keep_their_precision():
+    """The loss values reach the weights in the precision of the Gram matrix: float32 for a float16 J
+    (a loss of 1e5 or 1e-8 has no float16 value: EPO and the loss-normalized MGDA would reject it);
+    Python floats are not rounded to float32 on the way to a float64 J; a list of losses that require
+    grad is read without a warning."""
+    import warnings
+
+    from torchmoo.methods import EPO
+    from torchmoo.methods.aggregator import check_losses
+
+    J = torch.randn(2, 5, generator=torch.Generator().manual_seed(21)).half()
+    for make, losses in ((lambda: EPO([1.0, 2.0]), [7e4, 1e5]), (lambda: MGDA("loss"), [1e-8, 3e-8])):
+        agg, ref = make(), make()
+        d = agg(J, torch.tensor(losses))
+        ref(J.float(), torch.tensor(losses))
+        assert d.dtype == torch.float16
+        torch.testing.assert_close(agg.weights.float(), ref.weights, rtol=2e-3, atol=1e-3)
+    J64 = J.double()
+    assert torch.equal(check_losses([0.1, 0.3], 2, J64), torch.tensor([0.1, 0.3], dtype=F64))
+    x = torch.randn(3, dtype=F64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = check_losses([x.pow(2).sum(), (x - 1).pow(2).sum()], 2, J64)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, torch.stack([x.pow(2).sum(), (x - 1).pow(2).sum()]).detach(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one value per row"):
+        check_losses([1.0, 2.0, 3.0], 2, J64)
+
+
+def test_backward_rejects_an_aggregator_class():
+    x = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match=r"pass MGDA\(...\), not the class"):
+        tm.backward([x.sum(), x.pow(2).sum()], [x], MGDA)
+
+
+def test_backward_under_no_grad():
+    """tm.backward inside torch.no_grad() writes the same .grad as outside (as loss.backward() does),
+    shared and task-specific, on the Jacobian, fixed-weight and representation paths."""
+    torch.manual_seed(16)
+    model = MultiHead(2).to(F64)
+    x, ys = _data(2, seed=16)
+    for agg, use_z in ((MGDA(), False), (LinearScalarization([0.3, 0.7]), False), (MGDA(), True)):
+        grads = []
+        for no_grad in (False, True):
+            model.zero_grad()
+            z, losses = _task_losses(model, x, ys)
+            with torch.no_grad() if no_grad else torch.enable_grad():
+                w = tm.backward(losses, model.trunk, agg, task_params=list(model.heads),
+                                representation=z if use_z else None)
+            grads.append([w] + [p.grad for p in model.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

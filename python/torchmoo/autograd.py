@@ -17,6 +17,8 @@ Conventions shared by the functions below:
   not an error.
 * ``retain_graph`` defaults to ``create_graph``, as in :func:`torch.autograd.grad`: pass
   ``retain_graph=True`` to backward through the same graph again afterwards.
+* Like :func:`torch.autograd.grad`, the functions work under :func:`torch.no_grad` (stacking the
+  losses, indexing them and building a graph with ``create_graph`` run with grad mode on).
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def _rows(grads: Sequence[Optional[Tensor]], params: List[Tensor], lead: tuple) 
     return torch.cat(pieces, dim=-1)
 
 
+@torch.enable_grad()
 def jacobian(
     losses: Losses,
     params: Params,
@@ -246,6 +249,7 @@ def jacobian(
     return _rows(blocks, plist, (L.shape[0],))
 
 
+@torch.enable_grad()
 def jacobian_blocks(
     losses: Losses,
     params: Params,
@@ -399,13 +403,24 @@ def _accumulate(params: List[Tensor], grads: Sequence[Optional[Tensor]]) -> None
 
 
 def _check_vectors(v: Tensor, n: int, ref: Tensor) -> Tensor:
+    """``v`` checked against ``n`` and ``ref``'s device; its dtype is kept (each piece is cast to its own
+    parameter's dtype: one cast of the whole ``v`` to the first parameter's dtype would round the pieces of
+    the float64 parameters of a mixed list to float32)."""
     if not isinstance(v, Tensor):
         raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}.")
     if v.dim() not in (1, 2) or v.shape[-1] != n:
         raise ValueError(f"v must have shape ({n},) or (k, {n}) to match the parameters, got {tuple(v.shape)}.")
     if v.device != ref.device:
         raise ValueError(f"v is on {v.device} but the parameters are on {ref.device}.")
-    return v.to(ref.dtype)
+    return v
+
+
+def _promoted_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """The dtype ``torch.cat`` gives the tensors (that of a flat vector over parameters of several dtypes)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 class _GradientGraph:
@@ -420,6 +435,7 @@ class _GradientGraph:
         if not self.plist:
             raise ValueError("params is empty.")
         self.n = sum(p.numel() for p in self.plist)
+        self.dtype = _promoted_dtype(self.plist)  # that of the flat H v
         if loss.requires_grad:
             grads = torch.autograd.grad(loss.reshape(()), self.plist, create_graph=True, allow_unused=True)
         else:
@@ -433,12 +449,13 @@ class _GradientGraph:
         """``H v`` for ``v`` of shape ``(n,)`` or ``(k, n)`` (the same shape is returned)."""
         v = _check_vectors(v, self.n, self.plist[0])
         if not self.outputs:
-            return torch.zeros_like(v)
+            return torch.zeros(v.shape, dtype=self.dtype, device=v.device)
         single = v.dim() == 1
         V = v.unsqueeze(0) if single else v
         k = V.shape[0]
         pieces = unflatten(V, self.plist)
-        vs = [pieces[i] for i in self.active]  # (k, *shape) pieces paired with self.outputs
+        # (k, *shape) pieces paired with self.outputs, each in its parameter's dtype
+        vs = [pieces[i].to(self.plist[i].dtype) for i in self.active]
         # The graph is always retained: hvp's first gradient keeps the forward graph alive anyway, and
         # hvp_operator calls apply repeatedly.
         if k > 1 and batched is not False:
@@ -461,6 +478,7 @@ class _GradientGraph:
         return rows[0] if single else torch.stack(rows)
 
 
+@torch.enable_grad()
 def hvp(
     loss: Tensor,
     params: Params,
@@ -480,12 +498,12 @@ def hvp(
     Args:
         loss: a scalar tensor.
         params: the parameters (``n`` entries in total).
-        v: ``(n,)`` or ``(k, n)``, same device as the parameters (cast to their dtype).
+        v: ``(n,)`` or ``(k, n)``, same device as the parameters (each piece cast to its parameter's dtype).
         create_graph: build the graph of the result (third-order derivatives).
         batched: as in :func:`jacobian`, for ``k > 1``.
 
     Returns:
-        ``H v`` with the shape of ``v``, in the parameters' dtype and device. Parameters the loss does
+        ``H v`` with the shape of ``v``, in the parameters' (promoted) dtype and device. Parameters the loss does
         not reach, or reaches linearly, give zero blocks. The graph of ``loss`` is retained (the first
         gradient needs ``create_graph=True``), so ``loss.backward()`` still works afterwards.
 
@@ -502,6 +520,7 @@ def hvp(
     return _GradientGraph(loss, params).apply(v, create_graph=create_graph, batched=batched)
 
 
+@torch.enable_grad()
 def hvp_operator(loss: Tensor, params: Params, *, batched: Optional[bool] = None) -> Callable[[Tensor], Tensor]:
     r"""A function ``v -> H v`` at the current point that computes the gradient of ``loss`` only once.
 

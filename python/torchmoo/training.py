@@ -29,7 +29,7 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import (
-    Losses, Params, _accumulate, _jacobian, _stack_losses, as_param_list, jacobian, unflatten,
+    Losses, Params, _accumulate, _jacobian, _promoted_dtype, _stack_losses, as_param_list, jacobian, unflatten,
 )
 from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_losses
 
@@ -39,6 +39,7 @@ __all__ = ["backward"]
 _HALF = (torch.float16, torch.bfloat16)
 
 
+@torch.enable_grad()  # like loss.backward(), it works under torch.no_grad()
 def backward(
     losses: Losses,
     params: Params,
@@ -110,6 +111,8 @@ def backward(
         >>> optimizer.step()
     """
     if not isinstance(aggregator, Aggregator):
+        if isinstance(aggregator, type) and issubclass(aggregator, Aggregator):
+            raise TypeError(f"aggregator must be an instance: pass {aggregator.__name__}(...), not the class.")
         raise TypeError(f"aggregator must be a torchmoo.methods.Aggregator, got {type(aggregator).__name__}.")
     L = _stack_losses(losses)
     m = L.shape[0]
@@ -189,7 +192,10 @@ def _aggregate_blocks(
     one block: one Gram matrix and one combination.
     """
     m = loss_values.shape[0]
-    dtype, device = shared[0].dtype, shared[0].device
+    # the returned weights: in the dtype J would have (the promotion of the parameters' dtypes); the
+    # blocks are combined with the aggregator's weights cast to each block's own dtype, so that a
+    # float32 block is not combined with weights rounded to a bfloat16 parameter's precision
+    dtype, device = _promoted_dtype(shared), shared[0].device
     # a sparse block (m, rows, *cols) enters as the dense sub-block of the rows some loss reaches: the
     # other rows add nothing to G, and the combination becomes a sparse gradient on those rows
     reached_rows = {}
@@ -234,14 +240,15 @@ def _aggregate_blocks(
         return aggregator.weights
     if aggregator.gram_based:
         # the losses in G's dtype and device, as Aggregator.__call__ passes them to compute_weights
-        w = aggregator.gram_weights(G, check_losses(loss_values, m, G)).to(dtype)
+        w_G = aggregator.gram_weights(G, check_losses(loss_values, m, G))
+        w = w_G.to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales. G and
         # w are finite, so the blocks are combined without ops.combine's check (on CUDA each check would
         # synchronize the stream). Under AMP an overflow of the combination reaches .grad as inf, where
         # GradScaler sees it; without a scaler it raises, as aggregator(J) does, with one check for all
         # the blocks and before any .grad is written
-        combined = [None if b is None else ops.combine(b, w.to(b.dtype), check_finite=False) for b in flat]
+        combined = [None if b is None else ops.combine(b, w_G.to(b.dtype), check_finite=False) for b in flat]
         if not amp and not _all_finite(combined):
             bad = next(d for d in combined if d is not None and not bool(torch.isfinite(d).all()))
             raise ValueError(f"The combination w @ J of the Jacobian overflows {bad.dtype} (weights {w.tolist()}): "
@@ -257,7 +264,15 @@ def _aggregate_blocks(
             J = J.float()
         d = aggregator(J / scale if scale != 1.0 else J, loss_values)
         w = aggregator.weights
-        pieces = unflatten(d * scale if scale != 1.0 else d, shared)
+        pieces = [g.to(p.dtype) for g, p in zip(unflatten(d * scale if scale != 1.0 else d, shared), shared)]
+        # d was checked in J's dtype (float32 for half parameters): in a narrower parameter dtype it can
+        # still overflow, which without a scaler is an error, as on the Gram path (before any .grad is written)
+        if not amp and any(p.dtype != d.dtype for p in shared) and not _all_finite(
+                [g for b, g in zip(blocks, pieces) if b is not None]):
+            bad = next(p.dtype for b, g, p in zip(blocks, pieces, shared)
+                       if b is not None and not bool(torch.isfinite(g).all()))
+            raise ValueError(f"The combination w @ J of the Jacobian overflows {bad} (weights {w.tolist()}): "
+                             "an entry exceeds the largest finite value of the dtype.")
         # a parameter no loss reaches keeps .grad None, as with Tensor.backward (and the Gram path)
         _accumulate(shared, [None if b is None else _sparse_rows(g[reached_rows[k]], reached_rows[k], g)
                              if k in reached_rows else g for k, (b, g) in enumerate(zip(blocks, pieces))])

@@ -54,21 +54,34 @@ def check_gram(G: Tensor) -> Tensor:
 
 
 def check_losses(losses: Optional[Tensor], m: int, ref: Tensor) -> Optional[Tensor]:
-    """Validate optional loss values: ``(m,)``, detached, cast to ``ref``'s dtype and device.
+    """Validate optional loss values: ``(m,)``, detached, on ``ref``'s device, in ``ref``'s dtype, or in
+    float32 for a float16 / bfloat16 ``ref`` (the dtype of its Gram matrix: a loss above 65504 or below
+    6e-8 has no float16 value, and the loss-normalized MGDA and EPO would reject it as not positive
+    and finite).
 
-    ``losses`` may be any tensor or sequence with ``m`` entries (it is flattened); ``None`` passes through.
+    ``losses`` may be any tensor or sequence (of numbers or of tensors, e.g. the losses of a forward
+    pass) with ``m`` entries in all (it is flattened); ``None`` passes through.
 
     Raises:
         ValueError: ``losses`` does not have ``m`` entries.
     """
     if losses is None:
         return None
+    dtype = torch.float32 if ref.dtype in (torch.float16, torch.bfloat16) else ref.dtype
     if not isinstance(losses, Tensor):
-        losses = torch.as_tensor(losses)
+        try:
+            items = list(losses)
+        except TypeError:  # a single number
+            items = [losses]
+        # entry by entry: torch.as_tensor on a list of tensors reads each one as a Python number (a
+        # warning for a loss that requires grad), and on Python floats it rounds them to float32 first
+        losses = torch.cat([v.detach().reshape(-1).to(dtype=dtype, device=ref.device) if isinstance(v, Tensor)
+                            else torch.as_tensor(v, dtype=dtype, device=ref.device).reshape(-1) for v in items]
+                           ) if items else torch.zeros(0, dtype=dtype, device=ref.device)
     losses = losses.detach().reshape(-1)
     if losses.shape[0] != m:
         raise ValueError(f"losses must have one value per row of J ({m}), got {losses.shape[0]}.")
-    return losses.to(dtype=ref.dtype, device=ref.device)
+    return losses.to(dtype=dtype, device=ref.device)
 
 
 def gram_matrix(J: Tensor, *, check_finite: bool = True) -> Tensor:
@@ -154,7 +167,9 @@ class Aggregator:
     def compute_weights(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
         """The ``(m,)`` weights for Jacobian ``J`` (m, n), in ``J``'s dtype and device.
 
-        The default computes ``G = J J^T`` with :func:`torchmoo.ops.gram` and calls :meth:`gram_weights`.
+        ``losses``: ``(m,)`` as :func:`check_losses` gives them (in ``J``'s dtype, float32 for a
+        float16 / bfloat16 ``J``), or ``None``. The default computes ``G = J J^T`` with
+        :func:`torchmoo.ops.gram` and calls :meth:`gram_weights`.
         """
         J = check_jacobian(J)
         return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
