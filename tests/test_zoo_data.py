@@ -697,3 +697,89 @@ def test_episode_sampler_counts_and_seeds():
         # class by class: k_shot support then n_query query examples of the same four classes
         assert support.view(4, 2).unique(dim=1).shape == (4, 1) and query.view(4, 3).unique(dim=1).shape == (4, 1)
         assert torch.equal(support.view(4, 2)[:, 0], query.view(4, 3)[:, 0]) and len(set(support.tolist())) == 4
+
+
+# ------------------------------------------------------------------------- splits, seeds and inputs
+def test_sarcos_header_less_file_in_exponent_notation_keeps_its_first_row(tmp_path):
+    # numpy.savetxt writes "%.18e" ("1.257e-01"): the first row is data, not a header of 28 odd names
+    data = np.random.default_rng(2).normal(size=(5, 28))
+    np.savetxt(tmp_path / "sarcos_inv.csv", data, delimiter=",")
+    ds = D.Sarcos(tmp_path, standardize=False)
+    assert len(ds) == 5
+    torch.testing.assert_close(ds.inputs, torch.from_numpy(data[:, :21]).float())
+    torch.testing.assert_close(ds.targets, torch.from_numpy(data[:, 21:]).float())
+
+
+def test_sarcos_test_split_is_standardised_with_the_training_statistics(tmp_path):
+    rng = np.random.default_rng(3)
+    train_data, test_data = rng.normal(0.0, 1.0, size=(20, 28)), rng.normal(5.0, 3.0, size=(6, 28))
+    write_csv(tmp_path / "sarcos_inv.csv", [[repr(float(v)) for v in row] for row in train_data], sep=",")
+    write_csv(tmp_path / "sarcos_inv_test.csv", [[repr(float(v)) for v in row] for row in test_data], sep=",")
+    train, test = D.Sarcos(tmp_path), D.Sarcos(tmp_path, split="test")
+    for ours, theirs in zip(test.stats, train.stats):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    x_mean, x_std = train_data[:, :21].mean(0), train_data[:, :21].std(0)
+    torch.testing.assert_close(test.inputs, torch.from_numpy((test_data[:, :21] - x_mean) / x_std).float())
+    # a file path has no training file next to it to refer to: its own statistics
+    alone = D.Sarcos(tmp_path / "sarcos_inv_test.csv", split="test")
+    torch.testing.assert_close(alone.inputs.mean(0), torch.zeros(21), atol=1e-5, rtol=0)
+
+
+def test_sarcos_rejects_stats_of_the_wrong_shape(tmp_path):
+    np.savetxt(tmp_path / "sarcos_inv.csv", np.random.default_rng(4).normal(size=(4, 28)), delimiter=",")
+    good = D.Sarcos(tmp_path).stats
+    scalar = D.SarcosStats(torch.zeros(1), torch.ones(1), torch.zeros(1), torch.ones(1))  # would broadcast
+    with pytest.raises(ValueError, match=r"stats.x_mean must have shape \(21,\), got \(1,\)"):
+        D.Sarcos(tmp_path, stats=scalar)
+    with pytest.raises(ValueError, match=r"stats.y_std must be positive"):
+        D.Sarcos(tmp_path, stats=good._replace(y_std=torch.zeros(7)))
+    # numpy arrays are fine
+    D.Sarcos(tmp_path, stats=D.SarcosStats(*(s.numpy() for s in good)))
+
+
+def test_census_test_split_is_encoded_as_the_training_file(tmp_path):
+    rows, test_rows = census_rows(30, 0), census_rows(8, 1)
+    sex = UCI_CENSUS_COLUMNS.index("sex")
+    for r in test_rows:
+        r[sex] = "Female"  # the test file alone would have one sex column fewer than the training file
+    write_csv(tmp_path / "census-income.data", rows)
+    write_csv(tmp_path / "census-income.test", test_rows)
+    train = D.CensusIncome(tmp_path)
+    test = D.CensusIncome(tmp_path, split="test")
+    assert test.encoding == train.encoding and test.num_features == train.num_features
+    torch.testing.assert_close(test.features, D.CensusIncome(tmp_path, "test", encoding=train.encoding).features)
+
+
+def test_census_exclude_must_name_columns(tmp_path):
+    write_csv(tmp_path / "census-income.data", census_rows(5, 0))
+    assert "income" not in [n.split("=")[0] for n in D.CensusIncome(tmp_path, exclude=["Income"]).encoding.feature_names()]
+    with pytest.raises(D.CSVFormatError, match="exclude names column.*incom "):
+        D.CensusIncome(tmp_path, exclude=["incom"])
+
+
+def test_sinusoid_task_depends_on_seed_and_index_only():
+    small, large = D.SinusoidTasks(20, 5, 10, seed=0), D.SinusoidTasks(500, 5, 10, seed=0)
+    assert torch.equal(small.amplitude, large.amplitude[:20]) and torch.equal(small.phase, large.phase[:20])
+    assert torch.equal(small[7].y_query, large[7].y_query)
+
+
+def test_sinusoid_families_share_no_random_numbers():
+    # meta-training (seed 0) and meta-testing (seed 1) families: the inputs of a training task must not
+    # be the uniform numbers behind the test amplitudes (consecutive generator seeds made them so)
+    train, test = D.SinusoidTasks(50, 5, 10, seed=0), D.SinusoidTasks(50, 5, 10, seed=1)
+    u_test = torch.cat([(test.amplitude - 0.1) / 4.9, test.phase / math.pi])
+    for i in range(5):
+        t = train[i]
+        u_points = (torch.cat([t.x_support, t.x_query]).flatten() + 5) / 10
+        for k in range(len(u_test) - 14):
+            assert (u_points - u_test[k : k + 15]).abs().max() > 1e-3
+
+
+def test_resize_square_checks_its_input():
+    x = torch.rand(2, 1, 8, 8)
+    assert D.resize_square(x, 16).shape == (2, 1, 16, 16) and D.resize_square(x, 8) is x
+    torch.testing.assert_close(D.resize_square(x, 16)[:, :, ::2, ::2], x)
+    with pytest.raises(ValueError, match=r"square images .*\(2, 1, 8, 4\)"):
+        D.resize_square(torch.rand(2, 1, 8, 4), 8)  # would come back 16 x 8
+    with pytest.raises(ValueError, match="positive int"):
+        D.resize_square(x, 0)

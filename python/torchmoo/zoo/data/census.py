@@ -83,9 +83,17 @@ class CensusEncoding:
         every other column is one-hot over its sorted categories.
 
         Raises:
-            CSVFormatError: a numeric column holds a cell that is not a finite number.
+            CSVFormatError: a numeric column holds a cell that is not a finite number, or ``exclude``
+                names a column the table does not have (a misspelt name would leave it among the features).
         """
-        skip = set(_LABEL_COLUMNS) | set(_DROPPED) | {normalise_name(c) for c in exclude}
+        excluded = [normalise_name(c) for c in exclude]
+        unknown = [c for c in excluded if c not in table.columns]
+        if unknown:
+            raise CSVFormatError(
+                f"{table.path}: exclude names column(s) {', '.join(unknown)} that the file does not have; "
+                f"the columns are {', '.join(table.columns)}."
+            )
+        skip = set(_LABEL_COLUMNS) | set(_DROPPED) | set(excluded)
         categorical, continuous = [], []
         for name in table.columns:
             if name in skip:
@@ -138,11 +146,34 @@ def _education_label(table: CSVTable) -> np.ndarray:
 
 
 def _is_census_header(first: List[str]) -> bool:
-    return any(name in UCI_CENSUS_COLUMNS for name in first)
+    return any(normalise_name(name) in UCI_CENSUS_COLUMNS for name in first)
 
 
 def _uci_layout(fields: int) -> Optional[Sequence[str]]:
     return UCI_CENSUS_COLUMNS if fields == len(UCI_CENSUS_COLUMNS) else None
+
+
+_NAMES = {
+    "train": ("census-income.data", "census-income.data.gz", "census-income.csv", "train.csv"),
+    "test": ("census-income.test", "census-income.test.gz", "census-income-test.csv", "test.csv"),
+}
+
+
+def _read(file: Path) -> CSVTable:
+    table = read_csv_table(file, is_header=_is_census_header, default_columns=_uci_layout, what="CensusIncome")
+    table.require(_LABEL_COLUMNS)
+    return table
+
+
+def _fit(base: Path, split: str, table: CSVTable, exclude: Sequence[str], standardize: bool) -> CensusEncoding:
+    """The encoding of the training file: ``table`` itself, or for the test split of a folder the
+    folder's training file (read here and dropped on return), so that the test file gets the training
+    file's one-hot columns and statistics."""
+    if split == "test" and base.is_dir():
+        train_file = next((base / n for n in _NAMES["train"] if (base / n).is_file()), None)
+        if train_file is not None:
+            return CensusEncoding.fit(_read(train_file), exclude, standardize)
+    return CensusEncoding.fit(table, exclude, standardize)
 
 
 class CensusIncome(Dataset):
@@ -151,8 +182,9 @@ class CensusIncome(Dataset):
 
     Features: every other column, categorical ones one-hot, numeric ones standardised (the sampling
     weight ``instance weight`` is dropped; ``income`` is an ordinary categorical feature here, as
-    Ma et al. do not use it as a task). Fit the encoding on the training file and pass it to the test
-    file: ``test = CensusIncome(..., split="test", encoding=train.encoding)``.
+    Ma et al. do not use it as a task). The encoding is fitted on the training file and reused for the
+    test file: ``test = CensusIncome(..., split="test", encoding=train.encoding)`` (without ``encoding``,
+    a folder's training file is read again to fit it).
 
     ``dataset[i]`` is ``(x (num_features,) float32, y (3,) int64)``.
 
@@ -160,13 +192,16 @@ class CensusIncome(Dataset):
         path: a CSV file, or a folder holding ``census-income.data`` (train) and ``census-income.test``
             (test); None reads ``$TORCHMOO_CENSUS_DIR``.
         split: ``"train"`` or ``"test"`` (which file of a folder to read).
-        encoding: a fitted :class:`CensusEncoding`; None fits one on this file.
+        encoding: a fitted :class:`CensusEncoding`; None fits one on the training file: this file for
+            ``split="train"`` or a file path, the folder's training file for ``split="test"`` (this file
+            when the folder has none), so that both splits have the same features.
         exclude: more columns to leave out of the features.
         standardize: standardise the numeric columns (when fitting).
 
     Raises:
         DataNotFoundError: no path given or found, or the expected file is not in the folder.
-        CSVFormatError: a malformed file, a missing column, or an education value that is not a UCI level.
+        CSVFormatError: a malformed file, a missing column, an education value that is not a UCI level,
+            or an ``exclude`` name that is not a column.
         ValueError: an unknown ``split``.
     """
 
@@ -184,15 +219,9 @@ class CensusIncome(Dataset):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
         base = resolve_root(path, CENSUS_ENV, "CensusIncome", "the UCI Census-Income CSV files", "path")
-        names = (
-            ("census-income.data", "census-income.data.gz", "census-income.csv", "train.csv")
-            if split == "train"
-            else ("census-income.test", "census-income.test.gz", "census-income-test.csv", "test.csv")
-        )
-        file = find_file(base, names, ("",), "CensusIncome", CENSUS_ENV, "path")
-        table = read_csv_table(file, is_header=_is_census_header, default_columns=_uci_layout, what="CensusIncome")
-        table.require(_LABEL_COLUMNS)
-        self.encoding = encoding if encoding is not None else CensusEncoding.fit(table, exclude, standardize)
+        file = find_file(base, _NAMES[split], ("",), "CensusIncome", CENSUS_ENV, "path")
+        table = _read(file)
+        self.encoding = encoding if encoding is not None else _fit(base, split, table, exclude, standardize)
         self.features = torch.from_numpy(self.encoding.transform(table))
         age = table.floats("age")
         marital = [" ".join(v.lower().split()) for v in table.strings("marital_stat")]

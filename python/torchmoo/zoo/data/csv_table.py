@@ -104,7 +104,8 @@ def read_csv_table(
 
     Args:
         path: the file.
-        is_header: called on the normalised first row; True when it is a header.
+        is_header: called on the first row's cells as written (stripped, not normalised: a number such
+            as ``1.5e-03`` must stay recognisable as one); True when the row is a header.
         default_columns: for a header-less file, called with the number of fields of the first row; it
             returns the column names, or None when such a file cannot be read (an error then says so).
         what: the data set, for messages.
@@ -137,7 +138,7 @@ def read_csv_table(
                 continue
             if columns is None:
                 first = [normalise_name(c) for c in cells]
-                if is_header(first):
+                if is_header(cells):
                     if len(set(first)) != len(first):
                         dup = sorted({c for c in first if first.count(c) > 1})
                         raise CSVFormatError(f"{path}, line {reader.line_num}: repeated column name(s) {', '.join(dup)}.")

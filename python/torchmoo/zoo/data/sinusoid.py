@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -24,6 +25,33 @@ class RegressionTask(NamedTuple):
     y_query: Tensor
 
 
+_AMPLITUDE, _PHASE, _POINTS = 1, 2, 3  # the streams of random numbers of a task family
+_MASK = 2**64 - 1
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a bijection that scatters keys."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _stream_key(seed: int, stream: int) -> np.ndarray:
+    return _splitmix64(_splitmix64(np.array([seed & _MASK], dtype=np.uint64)) ^ np.uint64(stream))
+
+
+def _uniform(seed: int, stream: int, index: np.ndarray) -> np.ndarray:
+    """Uniform numbers in ``[0, 1)`` (float64), number ``i`` a function of ``(seed, stream, index[i])`` alone.
+
+    Each number is hashed from its own key, so task ``i`` does not depend on how many tasks there are,
+    and no stream of one family is another family's stream (as consecutive integer seeds of
+    :class:`torch.Generator` would be).
+    """
+    h = _splitmix64(_stream_key(seed, stream) ^ np.asarray(index, dtype=np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def _check_range(name: str, r: Tuple[float, float]) -> Tuple[float, float]:
     lo, hi = (float(v) for v in r)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -37,7 +65,8 @@ class SinusoidTasks(Dataset):
     tasks with 5 or 2 shots.
 
     ``dataset[i]`` is a :class:`RegressionTask`; task ``i`` (its parameters and its points) depends
-    on ``(seed, i)`` only, so the same index always gives the same task.
+    on ``(seed, i)`` only (not on ``num_tasks``), so the same index always gives the same task, and
+    families of different seeds share no random numbers.
 
     Args:
         num_tasks: number of tasks.
@@ -74,9 +103,10 @@ class SinusoidTasks(Dataset):
         a_lo, a_hi = _check_range("amplitude", amplitude)
         b_lo, b_hi = _check_range("phase", phase)
         self.x_range = _check_range("x_range", x_range)
-        g = torch.Generator().manual_seed(seed)
-        self.amplitude = a_lo + (a_hi - a_lo) * torch.rand(num_tasks, generator=g)
-        self.phase = b_lo + (b_hi - b_lo) * torch.rand(num_tasks, generator=g)
+        tasks = np.arange(num_tasks, dtype=np.uint64)
+        self.amplitude = torch.from_numpy(a_lo + (a_hi - a_lo) * _uniform(seed, _AMPLITUDE, tasks)).float()
+        self.phase = torch.from_numpy(b_lo + (b_hi - b_lo) * _uniform(seed, _PHASE, tasks)).float()
+        self._points_key = _stream_key(seed, _POINTS)
 
     def __len__(self) -> int:
         return self.num_tasks
@@ -89,8 +119,10 @@ class SinusoidTasks(Dataset):
         if not -self.num_tasks <= index < self.num_tasks:
             raise IndexError(f"task index {index} out of range for {self.num_tasks} tasks.")
         index %= self.num_tasks
-        # a generator per task: random access gives the same points as sequential access
-        g = torch.Generator().manual_seed((self.seed * 0x9E3779B1 + index + 1) % (2**63))
+        # a generator per task, seeded by a hash of (seed, index): random access gives the same points
+        # as sequential access, and the seeds are not small integers that other generators also use
+        key = int(_splitmix64(self._points_key ^ np.uint64(index))[0]) >> 1
+        g = torch.Generator().manual_seed(key)
         lo, hi = self.x_range
         x = lo + (hi - lo) * torch.rand(self.num_support + self.num_query, 1, generator=g)
         y = self.function(index, x)

@@ -17,8 +17,9 @@ class Conv4(nn.Module):
     """Four blocks of ``conv 3x3 (padding 1) -> BatchNorm -> ReLU -> maxpool 2``.
 
     ``channels=(64, 64, 64, 64)`` is Conv-4-64 (113,088 parameters on RGB input): 84 x 84 images give a
-    5 x 5 x 64 map (1,600 features), 32 x 32 images 2 x 2 x 64 (256 features). The same network is
-    the CNN4 of SIMOL 5.2 and MAML.
+    5 x 5 x 64 map (1,600 features), 32 x 32 images 2 x 2 x 64 (256 features). The same blocks make
+    the CNN4 of SIMOL 5.2 and MAML, which on MiniImageNet has 32 channels per block
+    (``channels=(32, 32, 32, 32)``, Finn et al. 2017).
 
     Args:
         in_channels: input channels.
