@@ -901,3 +901,28 @@ def test_backward_under_no_grad():
             grads.append([w] + [p.grad for p in model.parameters()])
         for a, b in zip(*grads):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_backward_applies_tensor_hooks_once(batched):
+    """A tensor hook on a parameter (``p.register_hook``) acts on each gradient autograd computes for it,
+    so on each row of the Jacobian: with a hook that doubles, tm.backward and PNG.backward write twice
+    the unhooked direction, as loss.backward() would write twice the gradient, not four times (which
+    writing .grad through the autograd engine a second time would give)."""
+    x, ys = _data(2, seed=17)
+    results = []
+    for hooked in (False, True):
+        torch.manual_seed(17)
+        model = MultiHead(2).to(F64)
+        if hooked:
+            for p in model.parameters():
+                p.register_hook(lambda g: 2.0 * g)
+        _, losses = _task_losses(model, x, ys)
+        tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads), batched=batched)
+        mgda = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        _, losses = _task_losses(model, x, ys)
+        tm.methods.PNG(tm.methods.WeightedDistance([0.5, 0.5]), threshold=0.0).backward(losses, model, batched=batched)
+        results.append(mgda + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, 2.0 * a, rtol=1e-12, atol=0)
