@@ -329,9 +329,10 @@ def test_cagrad_special_cases_and_rescaling():
     torch.testing.assert_close(CAGrad(c=0.4, rescale=1)(J), d0 / 1.16)
     torch.testing.assert_close(CAGrad(c=0.4, rescale=2)(J), d0 / 1.4)
     assert torch.equal(CAGrad()(torch.zeros(3, 5, dtype=F64)), torch.zeros(5, dtype=F64))
-    for bad in (-0.1, 1.0):
+    for bad in (-0.1, 1.0, float("nan"), "0.5", True):  # a string or bool is not a radius
         with pytest.raises(ValueError, match="0 <= c < 1"):
             CAGrad(c=bad)
+    assert CAGrad(c=np.float32(0.25)).c == 0.25
     with pytest.raises(ValueError, match="rescale"):
         CAGrad(rescale=3)
 

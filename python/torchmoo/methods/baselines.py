@@ -8,6 +8,7 @@ only, so besides one Gram product and one combination their cost does not grow w
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -315,8 +316,8 @@ class CAGrad(Aggregator):
 
     def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
         super().__init__()
-        if not (0.0 <= float(c) < 1.0):
-            raise ValueError(f"c must satisfy 0 <= c < 1, got {c}.")
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not (0.0 <= float(c) < 1.0):
+            raise ValueError(f"c must be a number with 0 <= c < 1, got {c!r}.")
         if rescale not in (0, 1, 2):
             raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}.")
         self.c = float(c)
