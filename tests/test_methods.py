@@ -927,3 +927,26 @@ def test_backward_applies_tensor_hooks_once(batched):
         results.append(mgda + [p.grad.clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(b, 2.0 * a, rtol=1e-12, atol=0)
+
+
+def test_backward_checks_the_aggregator_inputs_before_any_backward_pass():
+    """An aggregator error that does not depend on J (a non-positive loss for MGDA("loss") or EPO, a
+    preference or region for another number of objectives) is raised before the backward passes: the
+    graph survives, the same losses can be stepped with another aggregator, and no .grad is written."""
+    from torchmoo.methods import EPO
+    from torchmoo.methods.psst import PSST, AngularRegion
+
+    torch.manual_seed(18)
+    model = MultiHead(2).to(F64)
+    x, ys = _data(2, seed=18)
+    _, losses = _task_losses(model, x, ys)
+    shifted = [losses[0] - losses[0].detach() - 1.0, losses[1]]  # a loss of -1: same graph, same gradients
+    bad = [(MGDA("loss"), shifted, "positive"), (EPO([1.0, 2.0, 3.0]), losses, "3 objectives"),
+           (EPO([1.0, 2.0]), shifted, "positive"),
+           (PSST(AngularRegion([0.1, 0.2], [0.5, 0.6])), losses, "3 objectives")]
+    for agg, L, match in bad:
+        with pytest.raises(ValueError, match=match):
+            tm.backward(L, model, agg)  # one backward pass, which would free the graph
+        assert all(p.grad is None for p in model.parameters())
+    tm.backward(losses, model, MGDA())  # the graph is intact
+    assert all(p.grad is not None for p in model.parameters())

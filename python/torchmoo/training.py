@@ -121,6 +121,7 @@ def backward(
     if not L.requires_grad:
         raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
     loss_values = L.detach()
+    aggregator.check_inputs(m, loss_values)  # before any backward pass: an error leaves the graph intact
 
     amp = grad_scaler is not None and grad_scaler.is_enabled()
     scale = 1.0

@@ -174,6 +174,13 @@ class Aggregator:
         J = check_jacobian(J)
         return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
 
+    def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
+        """Raise the aggregator's own errors about the number of objectives ``m`` and the ``(m,)`` loss
+        values (detached, any device) that do not depend on ``J``. :func:`torchmoo.backward` calls it
+        before any backward pass, so that such an error leaves the graph intact (the step can be retried);
+        the weight computations raise the same errors when called directly. The default checks nothing.
+        """
+
     def static_weights(self, m: int, *, dtype: torch.dtype, device: torch.device) -> Optional[Tensor]:
         """``(m,)`` weights in ``dtype`` on ``device`` that do not depend on ``J`` (``None`` when they do).
 

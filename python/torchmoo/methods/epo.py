@@ -157,6 +157,16 @@ class EPO(Aggregator):
         self.mode: Optional[str] = None
         self.non_uniformity: Optional[float] = None
 
+    def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
+        """As many objectives as the preference has entries; losses given, positive and finite (logarithms)."""
+        if m != self.preference.size:
+            raise ValueError(f"EPO has a preference for {self.preference.size} objectives, got {m}.")
+        if losses is None:
+            raise ValueError("EPO needs the loss values: call epo(J, losses) or use tm.backward.")
+        L = losses.detach().double().reshape(-1).cpu().numpy()
+        if not np.all(np.isfinite(L)) or not np.all(L > 0):
+            raise ValueError(f"EPO takes logarithms of the losses, which must be positive and finite; got {L.tolist()}.")
+
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
         """The ``(m,)`` EPO weights from ``G`` (m, m) and the ``(m,)`` losses, in ``G``'s dtype and device.
 
@@ -165,14 +175,8 @@ class EPO(Aggregator):
                 positive and finite.
         """
         G = check_gram(G)
-        m = G.shape[0]
-        if m != self.preference.size:
-            raise ValueError(f"EPO has a preference for {self.preference.size} objectives, got {m}.")
-        if losses is None:
-            raise ValueError("EPO needs the loss values: call epo(J, losses) or use tm.backward.")
+        self.check_inputs(G.shape[0], losses)
         L = losses.detach().double().reshape(-1).cpu().numpy()
-        if not np.all(np.isfinite(L)) or not np.all(L > 0):
-            raise ValueError(f"EPO takes logarithms of the losses, which must be positive and finite; got {L.tolist()}.")
         w, self.mode, self.non_uniformity = epo_weights(G.detach().double().cpu().numpy(), L, self.preference,
                                                         self.eps, self.relax)
         return torch.as_tensor(w, dtype=G.dtype, device=G.device)

@@ -93,18 +93,24 @@ class MGDA(Aggregator):
             G = G / (s[:, None] * s[None, :])
         return min_norm_weights(G)
 
+    def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
+        """The loss normalizations divide by the losses: they must be given, positive and finite."""
+        if self.normalization not in ("loss", "loss+"):
+            return
+        if losses is None:
+            raise ValueError(f"MGDA(normalization={self.normalization!r}) needs the loss values: call agg(J, losses).")
+        if not bool((torch.isfinite(losses) & (losses > 0)).all()):
+            raise ValueError(
+                f"MGDA(normalization={self.normalization!r}) divides by the losses, which must be positive and "
+                f"finite; got {losses.tolist()}."
+            )
+
     def _normalizers(self, G: Tensor, losses: Optional[Tensor]) -> Tensor:
         norms = G.diagonal().clamp_min(0).sqrt()
         if self.normalization == "l2":
             # a zero gradient stays zero (and makes d = 0, correctly: that objective is stationary)
             return torch.where(norms > 0, norms, torch.ones_like(norms))
-        if losses is None:
-            raise ValueError(f"MGDA(normalization={self.normalization!r}) needs the loss values: call agg(J, losses).")
-        if not bool(torch.isfinite(losses).all()) or not bool((losses > 0).all()):
-            raise ValueError(
-                f"MGDA(normalization={self.normalization!r}) divides by the losses, which must be positive and "
-                f"finite; got {losses.tolist()}."
-            )
+        self.check_inputs(G.shape[0], losses)
         s = losses.to(dtype=G.dtype, device=G.device)
         if self.normalization == "loss+":
             s = s * torch.where(norms > 0, norms, torch.ones_like(norms))

@@ -677,6 +677,12 @@ class PSST(Aggregator):
         self.last: Optional[PSSTStep] = None
         self.counts: Dict[str, int] = {"constrained": 0, "feasibility": 0, "inside": 0}
 
+    def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
+        """Losses given, finite, one per objective of the region."""
+        if losses is None:
+            raise ValueError("PSST needs the loss values: call it as aggregator(J, losses) or through tm.backward.")
+        self.region._check(losses.reshape(-1))
+
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
         """The ``(M,)`` weights of :func:`psst_weights` from ``G`` (M, M) and the ``(M,)`` losses, in
         ``G``'s dtype and device; updates :attr:`last` and :attr:`counts`.
