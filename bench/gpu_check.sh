@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Everything torchmoo needs a CUDA GPU for, in one call (about 10 minutes on one GPU):
-#   1. build with the CUDA kernels (TORCHMOO_CUDA=ON) against the installed torch (no download),
-#   2. the `cuda`-marked tests (gram, combine, Stein, MINRES, QP operators against their CPU twins),
-#   3. the GPU benchmarks: MINRES overhead over the HVPs (batch 64 / 256 / 1024, k = 4), the PNG step
-#      against a linear-scalarization step, and the pytest-benchmark groups marked `cuda`.
-# Logs and markdown tables go to the folder given as $1 (default: $OUT, else ./gpu_results); a short
-# summary is printed last. Usage, from the repository root:  bash bench/gpu_check.sh [OUTDIR]
+# Everything torchmoo needs a CUDA GPU for, in one call that fits in ten minutes on one GPU:
+#   1. build with the CUDA kernels (TORCHMOO_CUDA=ON, this GPU's architecture only) against the
+#      installed torch (nothing is downloaded),
+#   2. the `cuda`-marked tests (every CUDA kernel against its CPU twin, sync-free paths, devices),
+#   3. the GPU benchmarks, most wanted first: the PNG step against a linear-scalarization step, the MINRES
+#      overhead over the HVPs (batch 64 / 256 / 1024, k = 4), the pytest-benchmark groups marked `cuda`.
+# Each step has its own time limit and the tables are rewritten after each benchmark, so a run stopped
+# from outside still leaves what it measured. Seven files go to the folder given as $1 (default: $OUT,
+# else ./gpu_results): summary.txt, tables.md and one log per step.
+# Environment: PYTHON (default python3); WHEELS, a folder of wheels installed first (for a machine
+# without network: e.g. moocore); CUDA_ARCH (default native); SKIP_BUILD=1 to test an installed build.
+# Usage, from the repository root:  bash bench/gpu_check.sh [OUTDIR]
 set -uo pipefail
 
 out=${1:-${OUT:-gpu_results}}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 status=0
+export PYTHONUNBUFFERED=1
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run, keep the log, remember a failure, go on
     local name=$1 limit=$2
@@ -24,29 +30,45 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, keep the log, remember a failur
     return $rc
 }
 
+tables() {  # the markdown tables of the benchmarks run so far
+    {
+        echo "## cuda tests"; tail -5 "$out/cuda_tests.log" 2>/dev/null
+        echo; echo "## PNG"; grep -E "^\*\*|^\| |fastest|floor|second-order" "$out/png_bench.log" 2>/dev/null
+        echo; echo "## MINRES (ratio = solve / 50 HVPs)"
+        grep -E "^\*\*|^\| torchmoo|^\| 50 HVPs|^\| scipy" "$out/minres_bench.log" 2>/dev/null
+    } > "$out/tables.md"
+}
+
 : > "$out/summary.txt"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-"$py" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" \
-    | tee -a "$out/summary.txt"
+nvidia-smi >> "$out/summary.txt" 2>&1 || true
+if [ -n "${WHEELS:-}" ]; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site \
+        "$WHEELS"/*.whl >> "$out/summary.txt" 2>&1 && export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
+    2>&1 | tee -a "$out/summary.txt"
 
 if [ "${SKIP_BUILD:-0}" = 1 ]; then echo "build: skipped (SKIP_BUILD=1)" | tee -a "$out/summary.txt"
-elif ! step build 900 "$py" -m pip install --no-build-isolation --no-deps -v -C cmake.define.TORCHMOO_CUDA=ON .; then
+elif ! step build 300 "$py" -m pip install --no-build-isolation --no-deps -v \
+        -C cmake.define.TORCHMOO_CUDA=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-native}" .; then
     tail -40 "$out/build.log"
     exit 1
 fi
-step import 60 "$py" -c "import torch, torchmoo; assert torchmoo.cuda_built, 'built without CUDA'; \
-assert torch.cuda.is_available(); print('cuda_built', torchmoo.cuda_built)"
+"$py" -c "import torch, torchmoo; assert torchmoo.cuda_built, 'built without CUDA'; \
+assert torch.cuda.is_available(); print('torchmoo', torchmoo.__version__, 'cuda_built', torchmoo.cuda_built)" \
+    >> "$out/summary.txt" 2>&1 || { echo "import: failed" | tee -a "$out/summary.txt"; exit 1; }
 
-step cuda_tests 900 "$py" -m pytest -m cuda tests -q -p no:cacheprovider -rs
-step minres_bench 900 "$py" bench/test_bench_minres.py --device cuda --batches 64 256 1024
-step png_bench 600 "$py" bench/test_bench_png.py --device cuda
-step cuda_pytest_bench 600 "$py" -m pytest -m cuda bench -q -p no:cacheprovider
-
-{
-    echo
-    echo "## cuda tests"; tail -5 "$out/cuda_tests.log"
-    echo; echo "## MINRES (ratio = solve / 50 HVPs)"; grep -E "^\*\*|^\| torchmoo|^\| 50 HVPs|^\| scipy" "$out/minres_bench.log"
-    echo; echo "## PNG"; grep -E "^\*\*|^\| |fastest" "$out/png_bench.log"
-} > "$out/tables.md" 2>&1
+cd "$(mktemp -d)" || exit 1  # run from outside the source tree: the installed package is the one tested
+src=$OLDPWD
+per_test=()  # a hanging kernel must not eat the other steps' time
+"$py" -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout 60)
+step cuda_tests 150 "$py" -m pytest -m cuda "$src/tests" -q -p no:cacheprovider -rs "${per_test[@]}"
+tables
+step png_bench 60 "$py" "$src/bench/test_bench_png.py" --device cuda --second-order 3
+tables
+step minres_bench 90 "$py" "$src/bench/test_bench_minres.py" --device cuda --batches 64 256 1024
+tables
+step cuda_pytest_bench 60 "$py" -m pytest -m cuda "$src/bench" -q -p no:cacheprovider
+tables
 cat "$out/summary.txt" "$out/tables.md"
 exit $status
