@@ -922,3 +922,87 @@ def test_float32_gram_of_dependent_gradients_is_accepted(seed):
     assert abs(float(png.stats.g[0]) - g_exact) <= 1e-6 * float((Jd @ Jd.T).abs().max())
     assert bool(png.stats.control[0])
     assert float((Jd @ d - png.stats.phi[0]).min()) >= -1e-5 * float((Jd @ Jd.T).abs().max())
+
+
+def test_backward_failing_while_forming_the_directions_puts_the_state_back(monkeypatch):
+    """An error after the k x k step, while the directions ``w @ J`` are formed (here ops.combine raising as
+    a CUDA out-of-memory error would), leaves e0, the step count and the diagnostics as they were and
+    writes no ``.grad``: the retried step is the first step of a fresh PNG."""
+    x, y = _data(11)
+    model = _TwoHead(11)
+    png = PNG(WeightedDistance([0.3, 0.5]))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tm.ops, "combine", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        png.backward(model.losses(x, y), model.parameters(), batched=False)  # one (m, n) J: ops.combine
+    assert png.steps == 0 and png.e0 is None and png.stats is None
+    assert all(p.grad is None for p in model.parameters())
+    monkeypatch.undo()
+    w = png.backward(model.losses(x, y), model.parameters(), batched=False)
+    model.zero_grad()
+    fresh = PNG(WeightedDistance([0.3, 0.5]))
+    assert torch.equal(w, fresh.backward(model.losses(x, y), model.parameters(), batched=False))
+    assert png.steps == 1 and torch.equal(png.e0, fresh.e0)
+
+
+def test_load_state_dict_rejects_a_state_that_would_silently_change_the_control():
+    """A NaN or negative e0 would make ``g > e`` false (or true) at every step, the control silently off (or
+    on) for good: load_state_dict rejects it, as a steps entry that is not an integer, with a ValueError and
+    the state untouched. A valid state replaces e0 and steps and clears the last step's diagnostics."""
+    x, y = _data(12)
+    model = _TwoHead(12)
+    png = PNG(WeightedDistance([0.3, 0.5]))
+    png.backward(model.losses(x, y), model.parameters())
+    state = png.state_dict()
+    for bad in ({"e0": torch.tensor([float("nan")]), "steps": 1}, {"e0": [-1.0], "steps": 1},
+                {"e0": None, "steps": None}, {"e0": None, "steps": "two"}):
+        with pytest.raises(ValueError, match="state\\['(e0|steps)'\\]"):
+            png.load_state_dict(bad)
+        assert png.steps == 1 and torch.equal(png.e0, state["e0"]) and png.stats is not None
+    png.load_state_dict({"e0": [2.0], "steps": torch.tensor(3)})
+    assert png.steps == 3 and png.e0.tolist() == [2.0] and png.e0.device.type == "cpu"
+    assert png.stats is None and png.weights is None
+
+
+@pytest.mark.cuda
+def test_backward_with_losses_off_the_parameters_device():
+    """A model's Gram matrix is summed where its losses lie, its direction formed where its Jacobian lies:
+    losses moved to the CPU from a model on the GPU, or the (N, m) losses of models on the GPU and the CPU
+    stacked on one device, take the step of the all-CPU run (the weights reach each Jacobian's device;
+    one (m, n) Jacobian with batched=False, per-parameter blocks with batched=True). tm.backward returns
+    the weights on the GPU; a state_dict saved on the GPU loads to the CPU."""
+    x, y = _data(13)
+
+    def run(devices, loss_device, batched):
+        models = [_TwoHead(130 + k).to(d) for k, d in enumerate(devices)]
+        rows = [torch.stack(m.losses(x.to(d), y.to(d))).to(loss_device) for m, d in zip(models, devices)]
+        png = PNG(EnergyDistance())
+        W = png.backward(torch.stack(rows), models, batched=batched)
+        return W.cpu(), [tm.autograd.flatten([p.grad.cpu() for p in m.parameters()]) for m in models]
+
+    for batched in (False, True):
+        W0, g0 = run(["cpu"] * 3, "cpu", batched)
+        for devices, loss_device in ((["cuda", "cuda", "cpu"], "cpu"), (["cpu", "cuda", "cpu"], "cuda")):
+            W1, g1 = run(devices, loss_device, batched)
+            torch.testing.assert_close(W1, W0, rtol=1e-9, atol=1e-12)
+            for a, b in zip(g1, g0):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        # one model on the GPU whose losses were moved to the CPU
+        model, ref = _TwoHead(139).cuda(), _TwoHead(139)
+        png = PNG(WeightedDistance([0.3, 0.5]))
+        w = png.backward([l.cpu() for l in model.losses(x.cuda(), y.cuda())], model.parameters(), batched=batched)
+        w0 = PNG(WeightedDistance([0.3, 0.5])).backward(ref.losses(x, y), ref.parameters(), batched=batched)
+        torch.testing.assert_close(w, w0, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(tm.autograd.flatten([p.grad.cpu() for p in model.parameters()]),
+                                   tm.autograd.flatten([p.grad for p in ref.parameters()]), rtol=1e-9, atol=1e-12)
+    # through tm.backward (gram_weights on a CUDA G) the weights stay on G's device
+    model.zero_grad()
+    w_tm = tm.backward(model.losses(x.cuda(), y.cuda()), model.parameters(), PNG(WeightedDistance([0.3, 0.5])))
+    assert w_tm.device.type == "cuda"
+    torch.testing.assert_close(w_tm.cpu(), w0, rtol=1e-9, atol=1e-12)
+    resumed = PNG(WeightedDistance([0.3, 0.5]))
+    resumed.load_state_dict({"e0": png.state_dict()["e0"].cuda(), "steps": 1})
+    assert resumed.e0.device.type == "cpu"

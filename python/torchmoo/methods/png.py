@@ -377,20 +377,29 @@ class PNG(Aggregator):
         return {"e0": None if self.e0 is None else self.e0.clone(), "steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore ``e0`` and the step count from a :meth:`state_dict` (the diagnostics are not restored).
+        """Restore ``e0`` (to the CPU, where the step runs) and the step count from a :meth:`state_dict`;
+        the diagnostics of an earlier step (:attr:`stats`, :attr:`weights`) are cleared, not restored.
 
         Raises:
             KeyError: ``state`` lacks ``"e0"`` or ``"steps"``.
-            ValueError: ``e0`` is not ``None`` or 1-D, or ``steps`` is not an integer ``>= 0``.
+            ValueError: ``e0`` is not ``None`` or a 1-D tensor of finite numbers ``>= 0`` (a NaN ``e0``
+                would turn the control off at every step), or ``steps`` is not an integer ``>= 0``.
         """
         e0 = state["e0"]
-        e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64).clone()
+        e0 = None if e0 is None else torch.as_tensor(e0, dtype=torch.float64, device="cpu").clone()
         if e0 is not None and e0.dim() != 1:
             raise ValueError(f"state['e0'] must be None or have shape (N,), got shape {tuple(e0.shape)}.")
+        if e0 is not None and not bool((torch.isfinite(e0) & (e0 >= 0)).all()):
+            raise ValueError(f"state['e0'] must hold finite numbers >= 0, got {e0.tolist()}.")
         steps = state["steps"]
-        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        try:
+            valid = not isinstance(steps, bool) and int(steps) == steps and steps >= 0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
             raise ValueError(f"state['steps'] must be an integer >= 0, got {steps!r}.")
         self.e0, self.steps = e0, int(steps)
+        self.stats, self.weights = None, None
 
     def alpha_at(self, step: int) -> float:
         """:math:`\\alpha_t` at step ``t`` (a float).
@@ -559,7 +568,7 @@ class PNG(Aggregator):
 
         Returns:
             The weights: ``(k,)`` for one model, ``(N, k)`` for ``N`` models (``k = m`` or ``m + 1``),
-            float64 (the Gram matrices are summed in float64) on the first model's device.
+            float64 (the Gram matrices are summed in float64) on the device of the first model's losses.
 
         Raises:
             TypeError: ``criterion_value`` is not a scalar tensor; ``losses`` of the wrong kind (e.g. loss
@@ -568,8 +577,11 @@ class PNG(Aggregator):
                 as many loss rows (or closures) as parameter groups is required, and the same number
                 of losses per model; no loss requires grad; a model's losses reach none of its
                 parameters; the errors of :meth:`batch_weights`; a direction ``w @ J`` that overflows the
-                parameters' dtype (no ``.grad`` is written then, and the state is not advanced).
+                parameters' dtype.
             RuntimeError: closures whose graphs share nodes, without ``retain_graph=True``.
+
+        These errors, and any failure while the directions are formed (e.g. out of memory), are raised
+        before any ``.grad`` is written and leave the state (``e0``, :attr:`steps`, :attr:`stats`) as it was.
 
         Example (``N`` models, closures)::
 
@@ -668,25 +680,34 @@ class PNG(Aggregator):
         for G, blocks, J in zip(Gs, all_blocks, jacobians):
             if not bool(torch.isfinite(G).all()):  # the block at fault raises ops.gram's message
                 blocks_gram([J] if J is not None else blocks, k, first)
-        state = (self.e0, self.steps, self.stats)  # put back if no step is taken (an overflowing combination)
+        state = (self.e0, self.steps, self.stats)  # put back if no .grad is written (see below)
         W = self._step(Gs, Ls, criterion_value=None if criterion_value is None else float(criterion_value.detach()),
                        single=not multi)
-        W_on = {d: W.to(d) for d in {G.device for G in grams}}
-        # G and W are finite: the combinations skip ops.combine's check (on CUDA a synchronization each) and
-        # are checked together, once per device, before any .grad is written (as png(J, losses) raises)
-        all_pieces = []
-        for k_model, (plist, blocks, J) in enumerate(zip(groups, all_blocks, jacobians)):
-            w = W_on[grams[k_model].device][k_model]
-            if J is not None:
-                d = ops.combine(J, w.to(J.dtype), check_finite=False)
-                all_pieces.append((unflatten(d, plist), d))  # views of d
-            else:
-                pieces = [None if b is None else (w.to(device=b.device, dtype=b.dtype) @ b) for b in blocks]
-                all_pieces.append((pieces, None))
-        if not _all_finite([t for pieces, d in all_pieces for t in ([d] if d is not None else pieces)]):
+        # The weights go once to every device that holds a Jacobian: a model's losses (where its Gram matrix
+        # was summed) need not lie where its parameters are (losses moved to the CPU, or the (N, m) losses
+        # of models on several devices stacked on one)
+        devices = {G.device for G in grams}
+        for blocks, J in zip(all_blocks, jacobians):
+            devices.update([J.device] if J is not None else [b.device for b in blocks if b is not None])
+        W_on = {d: W.to(d) for d in devices}
+        try:
+            # G and W are finite: the combinations skip ops.combine's check (on CUDA a synchronization each)
+            # and are checked together, once per device, before any .grad is written (as png(J, losses)
+            # raises)
+            all_pieces = []
+            for k_model, (plist, blocks, J) in enumerate(zip(groups, all_blocks, jacobians)):
+                if J is not None:
+                    d = ops.combine(J, W_on[J.device][k_model].to(J.dtype), check_finite=False)
+                    all_pieces.append((unflatten(d, plist), d))  # views of d
+                else:
+                    pieces = [None if b is None else (W_on[b.device][k_model].to(b.dtype) @ b) for b in blocks]
+                    all_pieces.append((pieces, None))
+            if not _all_finite([t for pieces, d in all_pieces for t in ([d] if d is not None else pieces)]):
+                raise ValueError("PNG.backward: the combination w @ J of a model's Jacobian overflows its dtype (an "
+                                 "entry exceeds the largest finite value); no .grad was written.")
+        except Exception:  # (an overflow, or e.g. running out of memory): no step was taken
             self.e0, self.steps, self.stats = state
-            raise ValueError("PNG.backward: the combination w @ J of a model's Jacobian overflows its dtype (an entry "
-                             "exceeds the largest finite value); no .grad was written.")
+            raise
         for plist, blocks, (pieces, _) in zip(groups, all_blocks, all_pieces):
             # a parameter no loss reaches keeps its .grad as it was
             _accumulate(plist, [None if blk is None else piece for blk, piece in zip(blocks, pieces)])
