@@ -1006,3 +1006,19 @@ def test_backward_with_losses_off_the_parameters_device():
     resumed = PNG(WeightedDistance([0.3, 0.5]))
     resumed.load_state_dict({"e0": png.state_dict()["e0"].cuda(), "steps": 1})
     assert resumed.e0.device.type == "cpu"
+
+
+def test_tm_backward_checks_the_criterion_before_any_backward_pass():
+    """Through tm.backward, a criterion that rejects the losses (NonUniformity takes logarithms of
+    positive losses; a reference of another length) raises before the backward pass: the graph survives
+    and no .grad is written."""
+    x, y = _data(7)
+    model = _TwoHead(90)
+    L = model.losses(x, y)
+    shifted = [L[0] - L[0].detach() - 1.0, L[1]]  # a loss of -1, same graph
+    for png, losses in ((PNG(NonUniformity([1.0, 1.0])), shifted), (PNG(WeightedDistance([0.1, 0.2, 0.3])), L)):
+        with pytest.raises(ValueError):
+            tm.backward(losses, model, png)
+        assert png.steps == 0 and all(p.grad is None for p in model.parameters())
+    tm.backward(L, model, PNG(WeightedDistance([0.1, 0.2])))  # the graph is intact
+    assert all(p.grad is not None for p in model.parameters())

@@ -516,6 +516,19 @@ class PNG(Aggregator):
         return w.to(device=G.device, dtype=G.dtype)
 
     # ---- Aggregator interface (one model, through tm.backward or png(J, losses)) --------------------
+    def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
+        """One model's ``m`` losses (the criterion's value last with ``criterion=None``): given, and in the
+        criterion's domain (e.g. a reference of ``m`` entries, positive losses for :class:`NonUniformity`);
+        :func:`torchmoo.backward` calls it before any backward pass."""
+        if losses is None:
+            raise ValueError("PNG needs the loss values: call png(J, losses) or use tm.backward / PNG.backward.")
+        if self.criterion is None:
+            if m < 2:
+                raise ValueError("PNG(criterion=None) needs at least one loss and the criterion's value as the last "
+                                 f"loss, got {m} value(s).")
+            return
+        self.criterion.value_and_grad(losses.detach().to(device="cpu", dtype=torch.float64).reshape(-1))
+
     def gram_weights(self, G: Tensor, losses: Optional[Tensor] = None) -> Tensor:
         """One model: ``G`` (k, k) and ``losses`` (k,) -> weights (k,) in ``G``'s dtype. With
         ``criterion=None`` the last row is the criterion's (its value is the last entry of ``losses``).
