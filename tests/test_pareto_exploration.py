@@ -566,6 +566,73 @@ def test_parent_rule_compares_the_objectives_in_their_dtype():
     assert bool((exp.predicted[:, 0] < 0).all())  # on towards smaller f1, away from the parent
 
 
+def test_exploration_under_no_grad_builds_its_graphs():
+    """Called under torch.no_grad() (an evaluation loop), the closures still get their graphs, as for
+    torchmoo.backward and LBFGS: the same directions, steps and points as with autograd enabled (the
+    Hessian of a graph-less product would be 0 and every direction would vanish)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    X, Y = torch.randn(20, 3, dtype=F64), torch.randn(20, 2, dtype=F64)
+    params = list(net.parameters())
+    start = tm.autograd.flatten(params).detach().clone()
+
+    def run():
+        with torch.no_grad():
+            for p, v in zip(params, tm.autograd.unflatten(start, params)):
+                p.copy_(v)
+        obj = lambda: ((net(X) - Y) ** 2).mean(0)  # noqa: E731
+        exp = pareto_expand(obj, params, beta=torch.tensor([[1.0, 0.0], [0.0, 1.0]]), k=10,
+                            hessian_objectives=lambda: ((net(X[:10]) - Y[:10]) ** 2).mean(0))
+        line = pareto_optimize(obj, params, max_iter=3).losses
+        sgd = pareto_optimize(obj, params, optimizer=torch.optim.SGD(params, lr=0.1), max_iter=3).losses
+        ex = ParetoExplorer(net, obj, k=6, num_children=2, num_points=2, optimize_seed=False,
+                            optimize=functools.partial(pareto_optimize, max_iter=0))
+        return exp.directions, line, sgd, torch.stack([p.params for p in ex.explore()])
+
+    ref = run()
+    with torch.no_grad():
+        out = run()
+    assert bool((ref[0].norm(dim=1) > 0.99).all()) and ref[3].shape[0] == 3
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+
+
+def test_a_hessian_closure_without_graph_is_refused():
+    x = zdt2_point(0.5).requires_grad_(True)
+    with pytest.raises(ValueError, match="hessian_objectives do not require grad"):
+        pareto_expand(lambda: ZDT2(x), [x], k=2, hessian_objectives=lambda: ZDT2(x.detach()))
+
+
+def test_explore_checks_its_callback_before_any_work_and_state_dicts_their_expansion():
+    x, ex = _explorer(num_children=2, num_points=3, optimize_seed=True)
+    start = x.detach().clone()
+    with pytest.raises(TypeError, match="callback must be callable"):
+        ex.explore(callback="save")
+    assert not ex.points and ex.counter.total == 0 and torch.equal(x.detach(), start)  # the seed was not optimized
+    state = _interrupted_state(zdt2_point(0.5).requires_grad_(True), after=2)
+    del state["pending"]["directions"]
+    with pytest.raises(ValueError, match="not a ParetoExplorer state_dict"):
+        ex.load_state_dict(state)
+
+
+def test_plot_refuses_other_than_two_objectives_and_solution_takes_numpy_scalars():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = torch.zeros(4, dtype=F64, requires_grad=True)
+    centers = torch.eye(3, 4, dtype=F64)
+    ex3 = ParetoExplorer(y, lambda: ((y - centers) ** 2).sum(1), k=4, num_points=2, rhs="binary", optimize_seed=False,
+                         optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex3.explore()
+    for front in (False, True):
+        with pytest.raises(ValueError, match="the plot shows two objectives; explorer 0 has 3"):
+            ex3.plot(front=front)
+    plt.close("all")
+    _, ex = _explorer(num_points=2, optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex.explore()
+    for t in (np.float32(0.25), torch.tensor(0.25)):
+        assert all(torch.equal(a, b) for a, b in zip(ex.solution(t), ex.solution(0.25)))
+
+
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
@@ -678,6 +745,16 @@ def test_pareto_multidigits_experiment_tiny(tmp_path):
     assert s["t of the seeds on the front"][0] is None or -1 <= s["t of the seeds on the front"][0] <= 1
     again = tm.experiments.run_experiment("pareto-multidigits", out=str(out), progress=False, config=cfg)
     assert again["units"] == res["units"] and again["resumed"] == 1
+
+
+def test_pareto_multidigits_refuses_bad_explorer_settings_before_training():
+    from torchmoo.experiments import pareto_multidigits
+
+    for bad, message in [(dict(rhs="uniform"), "rhs"), (dict(step=0.0), "step"), (dict(num_points=-1), "num_points"),
+                         (dict(optimize_steps=-1), "optimize_steps"), (dict(shift=float("nan")), "shift"),
+                         (dict(ws_lrs=[0.0]), "ws_lrs")]:
+        with pytest.raises(ValueError, match=message):  # raised before the data set is touched (no context)
+            pareto_multidigits.run(pareto_multidigits.Config(**bad), None)
 
 
 def test_pareto_multidigits_budget_counts_each_pass_once(tmp_path):

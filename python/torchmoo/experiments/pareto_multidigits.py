@@ -77,6 +77,7 @@ import torchmoo as tm
 from torchmoo.experiments import storage
 from torchmoo.experiments.runner import Experiment, RunContext, check_unique_units, register
 from torchmoo.methods import EvaluationCounter, ParetoExplorer, pareto_optimize, stitch
+from torchmoo.methods.pareto_exploration import RHS_SAMPLERS
 
 CHANCE_LOSS = math.log(10.0)
 DATA_SETS = ("multidigits", "multimnist", "multifashion", "multifashion+mnist")
@@ -391,6 +392,19 @@ def _check(cfg: Config) -> None:
                  "front_resolution"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+    # the explorer's settings, checked before the seeds are trained rather than after
+    for name in ("num_points", "optimize_steps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}.")
+    if cfg.rhs not in RHS_SAMPLERS:
+        raise ValueError(f"rhs must be one of {RHS_SAMPLERS}, got {cfg.rhs!r}.")
+    for name in ("step", "seed_lr"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+            raise ValueError(f"{name} must be a positive number, got {getattr(cfg, name)}.")
+    if not math.isfinite(cfg.shift):
+        raise ValueError(f"shift must be finite, got {cfg.shift}.")
+    if any(not (math.isfinite(lr) and lr > 0) for lr in cfg.ws_lrs):
+        raise ValueError(f"ws_lrs must be positive numbers, got {cfg.ws_lrs}.")
     if any(len(w) != 2 for w in cfg.ws_weights):
         raise ValueError(f"ws_weights must be pairs of task weights, got {cfg.ws_weights}.")
     check_unique_units([_ws_unit(w, lr) for w in cfg.ws_weights for lr in cfg.ws_lrs],

@@ -22,6 +22,7 @@ they jump to the other family, at the middle of the gap in objective space.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -207,9 +208,10 @@ class ContinuousFront:
         return float(self.t[pos[0]]) if pos.numel() else None
 
     def _locate(self, t: float) -> Tuple[int, int, float]:
-        if isinstance(t, Tensor):
+        if isinstance(t, Tensor) and t.numel() == 1:
             t = float(t)
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not -1.0 <= float(t) <= 1.0:
+        # numbers.Real: also numpy scalars (np.float32 is not a float)
+        if not isinstance(t, numbers.Real) or isinstance(t, bool) or not -1.0 <= float(t) <= 1.0:
             raise ValueError(f"t must be a number in [-1, 1], got {t!r}.")
         if len(self) == 0:
             raise ValueError("the front is empty.")
@@ -378,7 +380,16 @@ def plot_exploration(explorers: Sequence[ParetoExplorer], front: Optional[Contin
     its expansion reached and red ones on to the optimized child (the paper's figure 3). The front
     is drawn colored by ``t`` (blue = -1 to red = 1) and its cropped samples in light grey.
     Returns the matplotlib figure.
+
+    Raises:
+        ValueError: an explorer without points, or whose points do not have two objectives.
     """
+    for i, ex in enumerate(explorers):  # checked before a figure is made
+        if not ex.points:
+            raise ValueError(f"explorer {i} has no points: call explore() first.")
+        m = ex.points[0].losses.numel()
+        if m != 2:
+            raise ValueError(f"the plot shows two objectives; explorer {i} has {m}.")
     import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection

@@ -23,9 +23,9 @@ result (Eq. 6, with the optional correction of Problem 5). This module implement
 
 Objectives are given as a *closure* (as for ``torch.optim.LBFGS``): a function of no argument that
 computes the ``m`` objectives (a sequence of scalar tensors or an ``(m,)`` tensor) from the current
-values of the parameters. The functions move the parameters in place. Costs are counted as the paper
-measures time: evaluations of the objective vector, of its Jacobian and Hessian-vector products
-(:class:`EvaluationCounter`).
+values of the parameters; it is called with autograd enabled, also under ``torch.no_grad()``. The
+functions move the parameters in place. Costs are counted as the paper measures time: evaluations of
+the objective vector, of its Jacobian and Hessian-vector products (:class:`EvaluationCounter`).
 """
 
 from __future__ import annotations
@@ -148,12 +148,10 @@ class _Problem:
     def losses(self, *, grad: bool = True) -> Tensor:
         """The ``(m,)`` objectives at the current parameters (with their graph when ``grad``)."""
         self.counter.f += 1
-        if grad:
-            out = self.objectives()
-        else:
-            with torch.no_grad():
-                out = self.objectives()
-        L = _stack_losses(out)
+        # like torch.optim.LBFGS's closure and torchmoo.backward: the graph is built even when the caller
+        # runs under torch.no_grad() (e.g. an evaluation loop)
+        with torch.set_grad_enabled(grad):
+            L = _stack_losses(self.objectives())  # stacked (or reshaped: a view) with the graph too
         if not L.is_floating_point():
             raise TypeError(f"the objectives must be floating-point tensors, got {L.dtype}.")
         if not bool(torch.isfinite(L.detach()).all()):
@@ -553,7 +551,8 @@ def pareto_expand(
         ValueError: fewer than 2 objectives, unknown ``rhs``/``sign``/``method``, ``k`` or
             ``num_directions`` not an int ``>= 1``, ``perturbation <= 0``, bad ``beta`` shape or non-finite
             ``beta``, ``parent_losses`` without ``m`` entries, ``sign="parent"`` without ``parent_losses``,
-            non-finite objectives, objectives that do not depend on the parameters; the errors of
+            non-finite objectives, objectives (or ``hessian_objectives``) that do not require grad, or
+            ``hessian_objectives`` returning another number of objectives; the errors of
             :func:`torchmoo.ops.minres` (e.g. ``tol < 0``).
     """
     prob = _Problem(objectives, params, counter)
@@ -613,13 +612,17 @@ def pareto_expand(
         B = beta @ J
         if correction:
             B = B - beta.sum(1, keepdim=True) * c
-        if hessian_objectives is None:
-            weighted = alpha.to(L.dtype) @ L  # the objectives' dtype may differ from the parameters'
-        else:
-            Lh = _stack_losses(_Problem(hessian_objectives, prob.params, prob.counter).losses())
+        Lh = L  # the objectives whose alpha-weighted Hessian is applied
+        if hessian_objectives is not None:
+            Lh = _Problem(hessian_objectives, prob.params, prob.counter).losses()
             if Lh.shape[0] != m:
                 raise ValueError(f"hessian_objectives returned {Lh.shape[0]} objectives, objectives {m}.")
-            weighted = alpha.to(Lh.dtype) @ Lh
+            if not Lh.requires_grad:  # its Hessian would be 0: every direction would silently vanish
+                raise ValueError(
+                    "hessian_objectives do not require grad: the closure must compute them from the parameters."
+                )
+        with torch.enable_grad():  # under torch.no_grad() the product would have no graph, H would be 0
+            weighted = alpha.to(Lh.dtype) @ Lh  # the objectives' dtype may differ from the parameters'
         prob.counter.grad += 1  # the weighted gradient with its graph
         hv = hvp_operator(weighted, prob.params)
         counter_ref = prob.counter
@@ -744,7 +747,8 @@ class ParetoExplorer:
 
     Attributes:
         points: the kept :class:`ExploredPoint` (index 0 is the seed).
-        rejected: children pruned because a kept point dominates them (or whose direction vanished).
+        rejected: children pruned because a kept point dominates them or coincides with them (or whose
+            direction vanished: they carry the parent's parameters and objectives).
         counters: :class:`EvaluationCounter` per phase: ``"seed"``, ``"expand"``, ``"optimize"``.
         buffers: the buffers of ``model`` when it is a module. They are not explored (every point
             shares them) and :meth:`explore` and :meth:`front` restore them, e.g. batch-norm
@@ -879,8 +883,11 @@ class ParetoExplorer:
         Raises:
             ValueError: ``num_points`` not an int ``>= 0``; the errors of :func:`pareto_expand` and of
                 ``optimize`` (the state stays consistent: calling :meth:`explore` again continues).
-            TypeError: ``optimize`` does not return an :class:`OptimizeResult`.
+            TypeError: ``callback`` not callable (checked before any work); ``optimize`` does not return an
+                :class:`OptimizeResult`.
         """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}.")
         if num_points is not None:
             if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 0:
                 raise ValueError(f"num_points must be an int >= 0, got {num_points!r}.")
@@ -990,6 +997,8 @@ class ParetoExplorer:
             rejected = [ExploredPoint.from_dict(d) for d in state["rejected"]]
             queue = [int(i) for i in state["queue"]]
             pending = dict(state["pending"]) if state["pending"] is not None else None
+            if pending is not None:  # the expansion in progress: its directions, predictions and position
+                pending = {key: pending[key] for key in ("node", "directions", "predicted", "next")}
             counters = {k: EvaluationCounter(**v) for k, v in state["counters"].items()}
             generator = state["generator"]
             num_points = int(state["num_points"])
@@ -1041,7 +1050,8 @@ class ParetoExplorer:
         """The stitched continuous front of this exploration
         (:func:`torchmoo.methods.continuous_front.stitch` of this explorer alone); kept for
         :meth:`solution`. ``objectives`` evaluates the samples (default: the exploration's closure,
-        e.g. pass test losses); ``resolution``: samples per parent -> child segment.
+        e.g. pass test losses); ``resolution``: steps per parent -> child segment (``resolution - 1``
+        samples between its ends).
 
         Raises:
             ValueError: nothing explored yet, ``resolution`` not an int ``>= 1``, not exactly two
@@ -1075,11 +1085,15 @@ class ParetoExplorer:
         arrow from their parent through the expanded point, rejected points (grey), and the
         continuous front colored by ``t`` (when ``front``). ``reference``: an ``(p, 2)`` curve to
         draw (e.g. an analytic Pareto front). ``ax``: the matplotlib axes to draw on (default: a new
-        figure). Returns the matplotlib figure (matplotlib is imported on first use)."""
+        figure). Returns the matplotlib figure (matplotlib is imported on first use).
+
+        Raises:
+            ValueError: nothing explored yet, or not two objectives.
+        """
         from torchmoo.methods.continuous_front import plot_exploration
 
         fr = None
-        if front and len(self.points) > 1:
+        if front and len(self.points) > 1 and self.points[0].losses.numel() == 2:  # else plot_exploration raises
             fr = self._front if self._front is not None else self.front()
         return plot_exploration([self], fr, ax=ax, reference=reference, labels=objectives_labels)
 
