@@ -350,3 +350,28 @@ def test_gaussians_experiment_smallest_size(tmp_path):
     assert float(toy.log_prob(inter).sum(-1).mean()) > float(toy.log_prob(own).sum(-1).mean()) + 5.0
     assert float(inter.mean(0).norm()) < 0.5  # the product's mass sits at the origin
     assert exp.mmd(inter[:1000], inter[1000:]) < 0.01
+
+
+def test_readable_errors_for_bad_particles_and_configs(tmp_path):
+    toy = tm.problems.ThreeTargetToy()
+    # one network is not an ensemble: say what particles must be (not "'Linear' object is not iterable")
+    with pytest.raises(TypeError, match="non-empty sequence of torch.nn.Module, got Linear"):
+        mt.MTSGD(torch.nn.Linear(2, 1), lambda m: m.weight.sum())
+    with pytest.raises(TypeError, match="got int"):
+        mt.MOOSVGD(3, toy.log_prob)
+    # particles that diverged to NaN: the message names the particles, not the targets
+    X = torch.full((4, 2), float("nan"), dtype=DT, requires_grad=True)
+    for cls in (mt.MTSGD, mt.MOOSVGD):
+        with pytest.raises(ValueError, match="particles contain NaN"):
+            cls(X, toy.log_prob).backward()
+    Y = torch.zeros(4, 2, dtype=DT, requires_grad=True)
+    with pytest.raises(ValueError, match="a target returned a non-finite score"):
+        mt.MTSGD(Y, lambda Z: torch.log(Z * 0.0)).backward()
+    # a sampling experiment without (or with a repeated) optimizer is refused before any work
+    from torchmoo.experiments import mtsgd_gaussians as exp
+
+    for opts in ([], ["sgd", "sgd"]):
+        cfg = exp.Config(particles=4, steps=1, optimizers=opts, timing_particles=[3], timing_steps=1)
+        with pytest.raises(ValueError, match="optimizers must be a non-empty list of distinct names"):
+            tm.experiments.run_experiment("mtsgd-gaussians", out=str(tmp_path / str(len(opts))), progress=False,
+                                          config=cfg)

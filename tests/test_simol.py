@@ -378,3 +378,100 @@ def test_protonet_episode_loss_matches_hand_computation():
         g = torch.autograd.grad(lt, list(pn3.params().values()))
         torch.testing.assert_close(J[t], torch.cat([v.reshape(-1) for v in g]), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(losses[t], lt.detach())
+
+
+def test_sinusoid_unit_interrupted_mid_training_resumes_exactly(tmp_path, monkeypatch):
+    """An interrupted unit continues from its last evaluation (the runner's contract: a unit in progress
+    checkpoints itself), with the same numbers as an uninterrupted run; PCGrad's random orders included."""
+    from torchmoo.experiments.simol_sinusoid import Config
+
+    cfg = Config(shots=[2], methods=["pcgrad", "simol"], meta_steps=6, meta_batch=4, test_tasks=10, eval_every=2,
+                 ablation_layers=[])
+    whole = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path / "whole"), progress=False, config=cfg)
+    real = MetaLearner.step
+    calls = {"n": 0}
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5 and calls.get("cut"):  # step 5 of pcgrad: the checkpoint of step 4 is on disk
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetaLearner, "step", counted)
+    calls["cut"] = True
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path / "cut"), progress=False, config=cfg)
+    assert list((tmp_path / "cut" / "checkpoints").iterdir())
+    calls.update(n=0, cut=False)
+    resumed = tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path / "cut"), progress=False, config=cfg)
+    assert calls["n"] == 2 + 6  # pcgrad's last two steps, then all of simol's
+    for unit in ("pcgrad 2-shot seed 0", "simol 2-shot seed 0"):
+        assert resumed["units"][unit]["test_losses"] == whole["units"][unit]["test_losses"]
+        assert resumed["units"][unit]["curve"] == whole["units"][unit]["curve"]
+    assert not list((tmp_path / "cut" / "checkpoints").iterdir())  # dropped once the unit is recorded
+
+
+def test_meta_learner_state_dict_round_trip():
+    """A fresh meta-learner loaded from state_dict() continues exactly like the original: model, optimizer,
+    SIMOL's reweighting network and its optimizer, and an aggregator's own generator (PCGrad)."""
+    xs, ys, xq, yq = _tasks(B=4)
+    feats = torch.cat([xs, ys], dim=-1).flatten(1)
+
+    def build(kind):
+        model = _tiny_model()
+        maml = MAML(model, F.mse_loss, 0.02)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        if kind == "simol":
+            torch.manual_seed(1)
+            net = ReweightingNetwork(feats.shape[1], hidden=(4,)).double()
+            return MetaLearner(maml, opt, SIMOL(net, 1.0, 1.0), torch.optim.Adam(net.parameters(), lr=0.1))
+        return MetaLearner(maml, opt, tm.methods.PCGrad(seed=3))
+
+    for kind in ("simol", "pcgrad"):
+        a, b = build(kind), build(kind)
+        f = feats if kind == "simol" else None
+        for _ in range(2):
+            a.step(xs, ys, xq, yq, task_features=f)
+        b.load_state_dict(copy.deepcopy(a.state_dict()))
+        for _ in range(2):
+            out_a, out_b = a.step(xs, ys, xq, yq, task_features=f), b.step(xs, ys, xq, yq, task_features=f)
+            assert out_a == out_b
+        for p, q in zip(a.maml.model.parameters(), b.maml.model.parameters()):
+            assert torch.equal(p, q)
+        if kind == "pcgrad":
+            assert torch.equal(a.method.orders, b.method.orders)
+    with pytest.raises(ValueError, match="state must hold exactly"):
+        build("pcgrad").load_state_dict(build("simol").state_dict())
+
+
+def test_readable_errors_for_bad_task_indices_hyperparameters_and_configs(tmp_path):
+    table = TaskTableWeights(3)
+    # -1 would silently be the last task's weight
+    with pytest.raises(IndexError, match=r"task indices must lie in 0 \.\. 2, got -1 \.\. 1"):
+        table(torch.tensor([1, -1]))
+    with pytest.raises(IndexError, match="got 0 .. 3"):
+        table(torch.tensor([0, 3]))
+    with pytest.raises(TypeError, match="integer task indices"):
+        table(torch.tensor([True, False]))  # bools would be read as tasks 1 and 0
+    torch.testing.assert_close(table(torch.empty(0, dtype=torch.long)), torch.empty(0))
+    for bad in ("0.1", None, [1.0]):
+        with pytest.raises(TypeError, match="lambda1 must be a real number"):
+            SIMOL(table, lambda1=bad)
+        with pytest.raises(TypeError, match="lambda2 must be a real number"):
+            soft_improvement_objective(torch.ones(2), torch.ones(2, 3), 1.0, bad)
+        with pytest.raises(TypeError, match="inner_lr must be a real number"):
+            MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=bad)
+    assert SIMOL(table, lambda1=torch.tensor(2.0)).lambda1 == 2.0  # a one-element tensor is a number
+    # experiment settings that would fail only after training are refused up front
+    from torchmoo.experiments.simol_sinusoid import Config
+
+    cfg = Config(shots=[2], methods=["maml"], meta_steps=1, meta_batch=2, test_tasks=10, eval_every=0,
+                 ablation_layers=[])
+    with pytest.raises(ValueError, match="eval_every"):
+        tm.experiments.run_experiment("simol-sinusoid", out=str(tmp_path / "s"), progress=False, config=cfg)
+    from torchmoo.experiments import simol_fewshot as FS
+
+    for bad in (dict(eval_chunk=0), dict(timing_steps=0)):
+        with pytest.raises(ValueError, match="eval_chunk and timing_steps"):
+            tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "f"), progress=False,
+                                          config=FS.Config(meta_steps=1, **bad))

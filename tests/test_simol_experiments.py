@@ -239,3 +239,37 @@ def test_image_folder_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="methods must be"):
         tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "bad"), progress=False,
                                       config=FS.Config(methods=["reptile"]))
+
+
+def test_fewshot_unit_interrupted_mid_training_resumes_exactly(tmp_path, monkeypatch):
+    """An interrupted training unit continues from its last checkpoint (every CHECKPOINT_EVERY outer steps)
+    and ends with the numbers of an uninterrupted run: SIMOL's reweighting network and both optimizers
+    are restored with the meta-learner."""
+    monkeypatch.setattr(FS, "CHECKPOINT_EVERY", 2)
+    cfg = FS.Config(shots=[1], methods=["maml-simol"], meta_steps=5, meta_batch=2, channels=4, reweight_channels=4,
+                    reweight_hidden=[4], test_episodes=10, test_query=2, timing_repeats=0)
+    data = FS.load_data(cfg, 0, torch.device("cpu"))
+    monkeypatch.setattr(FS, "load_data", lambda *args: data)  # three runs: load and plot only once each
+    monkeypatch.setattr(FS, "_plot", lambda *args: None)
+    whole = tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "whole"), progress=False,
+                                          config=cfg)
+    real = FS._step
+    calls = {"n": 0, "cut": True}
+
+    def counted(*args):
+        calls["n"] += 1
+        if calls["cut"] and calls["n"] == 4:  # outer step 4: the checkpoint after step 2 is on disk
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(FS, "_step", counted)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "cut"), progress=False, config=cfg)
+    assert list((tmp_path / "cut" / "checkpoints").iterdir())
+    calls.update(n=0, cut=False)
+    resumed = tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "cut"), progress=False,
+                                            config=cfg)
+    assert calls["n"] == 3  # steps 3 to 5 only
+    unit = "maml-simol 1-shot seed 0"
+    for key in ("test_accuracies", "train_loss", "mean_weight", "last_weights"):
+        assert resumed["units"][unit][key] == whole["units"][unit][key], key

@@ -152,11 +152,15 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     if not cfg.timing_particles or min(cfg.timing_particles) < 2 or cfg.timing_steps < 1 or cfg.timing_threads < 1:
         raise ValueError("timing_particles must be a non-empty list of numbers >= 2, timing_steps and "
                          "timing_threads >= 1.")
-    toy = tm.problems.ThreeTargetToy()
-    target = intersection_samples(toy, cfg.intersection_samples, torch.Generator().manual_seed(ctx.seed + 1))
+    # no optimizer would leave no sampling unit (and a figure without its panels), a repeated one two
+    # units of the same name
+    if not cfg.optimizers or len(set(cfg.optimizers)) != len(cfg.optimizers):
+        raise ValueError(f"optimizers must be a non-empty list of distinct names, got {cfg.optimizers}.")
     for kind in cfg.optimizers:
         if kind not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {kind!r}; use 'sgd' or 'adam'.")
+    toy = tm.problems.ThreeTargetToy()
+    target = intersection_samples(toy, cfg.intersection_samples, torch.Generator().manual_seed(ctx.seed + 1))
     units = [(f"{n} {k}", n, k) for k in cfg.optimizers for n in METHODS]
     results = {u: ctx.result(u) if ctx.done(u) else _sample(u, n, k, cfg, ctx, toy, target) for u, n, k in units}
     timings: List[Dict[str, Any]] = []

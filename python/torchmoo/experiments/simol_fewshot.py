@@ -44,7 +44,9 @@ worst-10% accuracy (mean over the 10% worst episodes), each with a 95% confidenc
 standard errors over episodes, pooled over seeds), the paper's MiniImageNet numbers beside them; and
 the seconds per outer step of every method measured interleaved on one mini-batch (Table 4: MAML vs
 SIMOL per epoch; the ratio SIMOL / MAML), with both ways of placing SIMOL's ascent (``current`` and
-Algorithm 1's ``next``, which recomputes the Jacobian at ``w^{s+1}``).
+Algorithm 1's ``next``, which recomputes the Jacobian at ``w^{s+1}``). Each (method, shot count, seed)
+is a unit, recorded when it finishes and checkpointed every :data:`CHECKPOINT_EVERY` outer steps, so an
+interrupted run resumes with the same numbers.
 
 What we got vs the paper. Default run (``torchmoo run simol-fewshot-digits``: digits, ``instances``
 split, Conv-4-32 on 16 x 16, 100 outer steps of 4 episodes, 200 meta-test episodes of 15 queries per
@@ -104,6 +106,8 @@ DATA_SETS = ("digits", "image-folder")
 CLASS_SPLITS = ("instances", "classes")
 METHODS = ("maml", "maml-simol", "protonet", "protonet-simol", "maml-mgda", "maml-cagrad")
 TIMED = ("maml", "maml-simol", "maml-simol-next", "protonet", "protonet-simol")
+#: Outer steps between the checkpoints of a training unit (an interrupted unit resumes from the last one).
+CHECKPOINT_EVERY = 50
 
 # Table 2 of the paper (MiniImageNet, 5-way): (overall, worst-10%) accuracy in % for 1-shot and 5-shot.
 PAPER = {
@@ -376,14 +380,22 @@ def _train_unit(method: str, shots: int, seed: int, cfg: Config, ctx: RunContext
     train_sampler, _ = _samplers(cfg, data, shots, seed)
     losses: List[float] = []
     weights: List[float] = []
+    start, seconds = 0, 0.0
+    state = ctx.load_state(unit)  # an interrupted unit continues from its last checkpoint
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        start, losses, weights, seconds = state["step"], state["losses"], state["weights"], state["seconds"]
     t0 = time.perf_counter()
-    for step in ctx.progress(range(cfg.meta_steps), desc=unit, total=cfg.meta_steps):
+    for step in ctx.progress(range(start, cfg.meta_steps), desc=unit, total=cfg.meta_steps, initial=start):
         batch = _episodes(data.train_x, train_sampler, range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch))
         out = _step(learner, batch, cfg.n_way)
         losses.append(out["loss"])
         if "mean_weight" in out:
             weights.append(out["mean_weight"])
-    seconds = time.perf_counter() - t0
+        if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < cfg.meta_steps:
+            ctx.save_state(unit, {"learner": learner.state_dict(), "step": step + 1, "losses": losses,
+                                  "weights": weights, "seconds": seconds + time.perf_counter() - t0})
+    seconds += time.perf_counter() - t0
     acc = episode_accuracies(learner, test_episodes, cfg)
     w = 10  # training-loss curve: means over windows of 10 steps
     result = {
@@ -443,6 +455,9 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"shots must be positive ints, got {cfg.shots}.")
     if cfg.seeds < 1 or cfg.meta_steps < 1 or cfg.meta_batch < 1 or cfg.test_episodes < 10 or cfg.n_way < 2:
         raise ValueError("seeds, meta_steps and meta_batch must be >= 1, n_way >= 2 and test_episodes >= 10.")
+    # checked here, not after a unit has trained: the evaluation and the timing divide by these
+    if cfg.eval_chunk < 1 or cfg.timing_steps < 1 or cfg.timing_repeats < 0:
+        raise ValueError("eval_chunk and timing_steps must be >= 1 and timing_repeats >= 0.")
     if cfg.simol_theta_at not in ("next", "current"):
         raise ValueError(f"simol_theta_at must be 'next' or 'current', got {cfg.simol_theta_at!r}.")
 

@@ -10,7 +10,8 @@ the mean (MAML), mini-batch MGDA / CAGrad / PCGrad / improvement function, or SI
 Reported per method and shot count: the MSE over the meta-test tasks and the worst-10% MSE (mean
 over the 10% worst tasks), each with a 95% confidence interval (1.96 standard errors over tasks,
 pooled over seeds), beside the paper's Table 1, and the convergence curve (figure 2 of the paper).
-Units (one method, shot count and seed) are recorded as they finish, so an interrupted run resumes.
+Units (one method, shot count and seed) are recorded as they finish and checkpoint themselves at every
+evaluation (``eval_every`` steps), so an interrupted run resumes with the same numbers.
 """
 
 from __future__ import annotations
@@ -135,14 +136,22 @@ def _train_unit(method: str, shots: int, seed: int, cfg: Config, ctx: RunContext
     else:
         learner = tm.methods.MetaLearner(maml, opt, _method(method, cfg))
     curve: List[Dict[str, float]] = []
+    start, seconds = 0, 0.0
+    state = ctx.load_state(unit)  # an interrupted unit continues from its last evaluation
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        start, curve, seconds = state["step"], state["curve"], state["seconds"]
     t0 = time.perf_counter()
-    steps = ctx.progress(range(cfg.meta_steps), desc=f"{method} {shots}-shot seed {seed}", total=cfg.meta_steps)
+    steps = ctx.progress(range(start, cfg.meta_steps), desc=unit, total=cfg.meta_steps, initial=start)
     for step in steps:
         batch = _stack(train, range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch), dev)
         learner.step(*batch, task_features=_features(batch) if method == "simol" else None)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.meta_steps:
             curve.append({"step": step + 1, "test_mse": float(_test_losses(maml, test).mean())})
-    seconds = time.perf_counter() - t0
+            if step + 1 < cfg.meta_steps:
+                ctx.save_state(unit, {"learner": learner.state_dict(), "step": step + 1, "curve": curve,
+                                      "seconds": seconds + time.perf_counter() - t0})
+    seconds += time.perf_counter() - t0
     losses = _test_losses(maml, test)
     result = {"method": method, "shots": shots, "seed": seed, "test_losses": losses.tolist(), "curve": curve,
               "seconds_per_step": seconds / cfg.meta_steps}
@@ -157,8 +166,8 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {cfg.methods}.")
     if not cfg.shots or any(not isinstance(k, int) or k < 1 for k in cfg.shots):
         raise ValueError(f"shots must be positive ints, got {cfg.shots}.")
-    if cfg.seeds < 1 or cfg.meta_steps < 1 or cfg.meta_batch < 1 or cfg.test_tasks < 10:
-        raise ValueError("seeds, meta_steps and meta_batch must be >= 1 and test_tasks >= 10.")
+    if cfg.seeds < 1 or cfg.meta_steps < 1 or cfg.meta_batch < 1 or cfg.eval_every < 1 or cfg.test_tasks < 10:
+        raise ValueError("seeds, meta_steps, meta_batch and eval_every must be >= 1 and test_tasks >= 10.")
     if cfg.simol_theta_at not in ("next", "current"):
         raise ValueError(f"simol_theta_at must be 'next' or 'current', got {cfg.simol_theta_at!r}.")
     if any(not isinstance(n, int) or n < 1 for n in cfg.ablation_layers) or cfg.ablation_shots < 1:

@@ -288,7 +288,11 @@ class _ParticleMethod:
             self._modules: Optional[List[torch.nn.Module]] = None
             self.particles = particles
         else:
-            mods = list(particles)
+            try:
+                mods = list(particles)
+            except TypeError:  # a single module (not a ModuleList), a number, ...
+                raise TypeError(f"particles must be a tensor (M, d) or a non-empty sequence of torch.nn.Module, "
+                                f"got {type(particles).__name__}.") from None
             if not mods or not all(isinstance(m, torch.nn.Module) for m in mods):
                 raise TypeError("particles must be a tensor (M, d) or a non-empty sequence of torch.nn.Module.")
             sizes = {tuple(tuple(p.shape) for p in m.parameters() if p.requires_grad) for m in mods}
@@ -344,6 +348,8 @@ class _ParticleMethod:
         """``X (M, d)``, ``S (K, M, d)`` and ``log p (K, M)`` at the current particles (detached)."""
         X, S, lp = self._tensor_scores() if self._modules is None else self._module_scores()
         if not bool(torch.isfinite(S).all()):
+            if not bool(torch.isfinite(X).all()):  # checked only here: no extra pass on the usual path
+                raise ValueError("the particles contain NaN or infinity (a diverged step? lower the learning rate).")
             raise ValueError("a target returned a non-finite score (gradient of its log-density).")
         return X, S, lp
 

@@ -25,7 +25,7 @@ are any :class:`~torchmoo.methods.aggregator.Aggregator` applied to the same ``J
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -48,10 +48,27 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def _as_float(name: str, value: float) -> float:
+    """``value`` as a Python float (numbers and one-element tensors), else a ``TypeError`` naming ``name``."""
+    if isinstance(value, (str, bytes)):  # float("1e-3") would pass silently
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}.") from None
+
+
 def _check_positive(name: str, value: float) -> float:
-    v = float(value)
+    v = _as_float(name, value)
     if not (v > 0.0 and math.isfinite(v)):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return v
+
+
+def _check_non_negative(name: str, value: float) -> float:
+    v = _as_float(name, value)
+    if not (v >= 0.0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}.")
     return v
 
 
@@ -78,9 +95,7 @@ def soft_improvement_objective(weights: Tensor, J: Tensor, lambda1: float = 1.0,
             positive and finite, ``lambda2`` not finite and ``>= 0``.
     """
     lam1 = _check_positive("lambda1", lambda1)
-    lam2 = float(lambda2)
-    if not (lam2 >= 0.0 and math.isfinite(lam2)):
-        raise ValueError(f"lambda2 must be a non-negative finite number, got {lambda2!r}.")
+    lam2 = _check_non_negative("lambda2", lambda2)
     if not isinstance(weights, Tensor) or not isinstance(J, Tensor):
         raise TypeError("weights and J must be torch.Tensors.")
     if not weights.is_floating_point() or not J.is_floating_point():
@@ -165,12 +180,18 @@ class TaskTableWeights(nn.Module):
         """Integer task indices (any shape) -> their weights :math:`\\theta_\\tau^2`, same shape.
 
         Raises:
-            TypeError: ``tasks`` is not an integer tensor.
-            IndexError: an index is out of range.
+            TypeError: ``tasks`` is not an integer tensor (bool included).
+            IndexError: an index is outside ``0 .. num_tasks - 1``.
         """
-        if not isinstance(tasks, Tensor) or tasks.is_floating_point() or tasks.is_complex():
+        if (not isinstance(tasks, Tensor) or tasks.is_floating_point() or tasks.is_complex()
+                or tasks.dtype == torch.bool):
             raise TypeError("tasks must be a tensor of integer task indices (a float tensor would be truncated).")
-        return self.theta[tasks.long()] ** 2
+        idx = tasks.long()
+        # plain indexing would take -1 as the last task: a silently wrong weight, not an error
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.theta.shape[0]):
+            raise IndexError(f"task indices must lie in 0 .. {self.theta.shape[0] - 1}, got "
+                             f"{int(idx.min())} .. {int(idx.max())}.")
+        return self.theta[idx] ** 2
 
 
 class SIMOL(Aggregator):
@@ -212,10 +233,7 @@ class SIMOL(Aggregator):
             raise TypeError(f"reweighting_net must be a torch.nn.Module, got {type(reweighting_net).__name__}.")
         self.reweighting_net = reweighting_net
         self.lambda1 = _check_positive("lambda1", lambda1)
-        lam2 = float(lambda2)
-        if not (lam2 >= 0.0 and math.isfinite(lam2)):
-            raise ValueError(f"lambda2 must be a non-negative finite number, got {lambda2!r}.")
-        self.lambda2 = lam2
+        self.lambda2 = _check_non_negative("lambda2", lambda2)
         self._r: Optional[Tensor] = None
 
     def set_weights(self, task_features: Tensor) -> Tensor:
@@ -433,6 +451,43 @@ class MetaLearner:
             raise ValueError(f"theta_at must be 'next' or 'current', got {theta_at!r}.")
         self.maml, self.optimizer, self.method = maml, optimizer, method
         self.reweight_optimizer, self.theta_at = reweight_optimizer, theta_at
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything an interrupted meta-training needs to continue exactly: ``"model"`` and ``"optimizer"``
+        (the meta-learner's ``state_dict``s), with SIMOL ``"reweighting_net"`` and ``"reweight_optimizer"``,
+        and ``"generator"`` (the state of the method's own ``torch.Generator``, e.g. ``PCGrad(seed=...)``).
+
+        Like ``torch``'s ``state_dict`` the tensors are references to the live state: save them (``torch.save``)
+        before the next step. An aggregator that draws from torch's global generator (``PCGrad()`` without a
+        seed) is reproduced only if the caller saves and restores that generator too.
+        """
+        state: Dict[str, Any] = {"model": self.maml.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if isinstance(self.method, SIMOL):
+            state["reweighting_net"] = self.method.reweighting_net.state_dict()
+            state["reweight_optimizer"] = self.reweight_optimizer.state_dict()
+        generator = getattr(self.method, "generator", None)
+        if isinstance(generator, torch.Generator):
+            state["generator"] = generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into a meta-learner built the same way (same model, optimizer and method).
+
+        Raises:
+            ValueError: ``state`` does not hold the parts this meta-learner has (e.g. a SIMOL state for a
+                MAML learner, or the reverse).
+        """
+        own = set(self.state_dict())
+        if not isinstance(state, dict) or set(state) != own:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must hold exactly {sorted(own)} for this meta-learner, got {got}.")
+        self.maml.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self.method, SIMOL):
+            self.method.reweighting_net.load_state_dict(state["reweighting_net"])
+            self.reweight_optimizer.load_state_dict(state["reweight_optimizer"])
+        if "generator" in state:
+            self.method.generator.set_state(state["generator"])
 
     def write_grad(self, d: Tensor) -> None:
         """Write the flat direction ``d`` (n,) into the ``.grad`` of the meta-parameters (replacing it).
