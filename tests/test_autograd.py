@@ -512,3 +512,43 @@ def test_functions_work_under_no_grad():
         torch.testing.assert_close(hvp(S, params, v), H, rtol=1e-14, atol=1e-15)
         torch.testing.assert_close(hvp_operator(S, params)(v), H, rtol=1e-14, atol=1e-15)
     assert Jc.requires_grad
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward counts its calls."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountBackward.calls += 1
+        return g
+
+
+def test_jacobian_loop_runs_each_pass_through_its_own_loss_only():
+    """Given m scalar losses, pass i starts from loss i: the other losses' heads are not run with zero
+    gradients (from a stacked (m,) tensor every pass runs through every head). Same Jacobian either way;
+    tm.backward's task-parameter passes do the same."""
+    torch.manual_seed(19)
+    trunk, heads = torch.nn.Linear(4, 3), [torch.nn.Linear(3, 1) for _ in range(3)]
+    x = torch.randn(5, 4)
+    params = list(trunk.parameters())
+
+    def losses():
+        z = trunk(x)
+        return [_CountBackward.apply(h(z)).pow(2).mean() for h in heads]
+
+    _CountBackward.calls = 0
+    J = jacobian(losses(), params, batched=False)
+    assert _CountBackward.calls == 3  # one head per pass
+    _CountBackward.calls = 0
+    J_stacked = jacobian(torch.stack(losses()), params, batched=False)
+    assert _CountBackward.calls == 9
+    torch.testing.assert_close(J, J_stacked, rtol=0, atol=0)
+    _CountBackward.calls = 0
+    tm.backward(losses(), trunk, tm.methods.MGDA(), task_params=heads, batched=False)
+    assert _CountBackward.calls == 6  # the Jacobian's 3 passes and the 3 heads' own passes

@@ -160,12 +160,19 @@ def unflatten(vec: Tensor, like: Iterable[Tensor]) -> List[Tensor]:
 
 def _stack_losses(losses: Losses) -> Tensor:
     """The objectives as one ``(m,)`` tensor (stacking keeps the graph of every loss)."""
+    return _losses_and_items(losses)[0]
+
+
+def _losses_and_items(losses: Losses) -> Tuple[Tensor, Optional[List[Tensor]]]:
+    """The objectives as one ``(m,)`` tensor, and, when they were given as ``m`` scalar tensors, those
+    scalars: a backward pass from ``items[i]`` reaches only loss ``i``'s graph, where one from ``L[i]``
+    also runs through every other loss's graph (the other task heads) with zero gradients."""
     if isinstance(losses, Tensor):
         if losses.dim() > 1:
             raise ValueError(f"losses must be a sequence of scalars or a 1-D tensor, got shape {tuple(losses.shape)}.")
         if losses.numel() == 0:
             raise ValueError("losses is empty: at least one objective is needed.")
-        return losses.reshape(-1)
+        return losses.reshape(-1), None
     try:
         items = list(losses)
     except TypeError:
@@ -177,7 +184,8 @@ def _stack_losses(losses: Losses) -> Tensor:
             raise ValueError(f"losses[{i}] must be a scalar, got shape {tuple(loss.shape)}.")
     if not items:
         raise ValueError("losses is empty: at least one objective is needed.")
-    return torch.stack([loss.reshape(()) for loss in items])
+    items = [loss.reshape(()) for loss in items]
+    return torch.stack(items), items
 
 
 def _rows(grads: Sequence[Optional[Tensor]], params: List[Tensor], lead: tuple) -> Tensor:
@@ -234,14 +242,15 @@ def jacobian(
         >>> J = jacobian(losses, model.parameters())              # (2, 10)
     """
     plist = as_param_list(params)
-    L = _stack_losses(losses)
+    L, items = _losses_and_items(losses)
     devices = sorted({str(p.device) for p in plist})
     if len(devices) > 1:  # checked before the backward pass, which would free the graph
         raise ValueError(
             f"params are on several devices ({', '.join(devices)}) but the (m, n) Jacobian lies on one: move "
             "them to one device, or use jacobian_blocks for one block per parameter."
         )
-    blocks, flat = _jacobian(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched)
+    blocks, flat = _jacobian(L, plist, create_graph=create_graph, retain_graph=retain_graph, batched=batched,
+                             items=items)
     if not plist:
         return L.new_zeros(L.shape[0], 0).detach()
     if flat is not None:  # the blocks are views of it: no concatenation
@@ -274,15 +283,18 @@ def jacobian_blocks(
         TypeError / ValueError: bad ``losses`` or ``params``, as for :func:`jacobian`.
         RuntimeError: as for :func:`jacobian`.
     """
-    return _jacobian(_stack_losses(losses), as_param_list(params), create_graph=create_graph,
-                     retain_graph=retain_graph, batched=batched)[0]
+    L, items = _losses_and_items(losses)
+    return _jacobian(L, as_param_list(params), create_graph=create_graph, retain_graph=retain_graph,
+                     batched=batched, items=items)[0]
 
 
 def _jacobian(
-    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain_graph: Optional[bool], batched: Optional[bool]
+    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain_graph: Optional[bool], batched: Optional[bool],
+    items: Optional[Sequence[Tensor]] = None,
 ) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
     """The blocks of :func:`jacobian_blocks`, and the ``(m, n)`` Jacobian when the blocks are views of
-    one such tensor (the ``m`` backward passes write their rows into it), else ``None``."""
+    one such tensor (the ``m`` backward passes write their rows into it), else ``None``. ``items``: the
+    ``m`` scalar losses ``L`` was stacked from, if known (the separate passes start from them)."""
     m = L.shape[0]
     retain = create_graph if retain_graph is None else bool(retain_graph)
     if not plist or not L.requires_grad:  # no objective depends on anything: the Jacobian is zero
@@ -300,7 +312,7 @@ def _jacobian(
             if batched:
                 raise
             try:
-                return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain)
+                return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain, items=items)
             except RuntimeError as loop_error:
                 raise RuntimeError(
                     "torchmoo.autograd.jacobian: the batched backward pass failed "
@@ -308,7 +320,7 @@ def _jacobian(
                     f"the fallback of {m} separate passes ({loop_error}). Pass batched=False (or "
                     "retain_graph=True) to compute the rows one backward pass at a time."
                 ) from batch_error
-    return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain)
+    return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain, items=items)
 
 
 def _has_convolution(L: Tensor) -> bool:
@@ -328,9 +340,11 @@ def _has_convolution(L: Tensor) -> bool:
 
 
 def _jacobian_loop(
-    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool
+    L: Tensor, plist: List[Tensor], *, create_graph: bool, retain: bool, items: Optional[Sequence[Tensor]] = None
 ) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
-    """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``.
+    """``m`` backward passes, one row each; the graph is freed by the last one unless ``retain``. Pass
+    ``i`` starts from ``items[i]`` when the scalar losses are known, so that it runs through loss ``i``'s
+    graph only (from ``L[i]`` it would also run zeros through the other losses' heads).
 
     When the parameters share a dtype and a device (and no graph of the Jacobian is built, and every
     gradient is dense), each row is written into one ``(m, n)`` tensor as soon as its pass returns, and
@@ -343,9 +357,10 @@ def _jacobian_loop(
     rows: List[Sequence[Optional[Tensor]]] = []  # rows kept as they are (stacked at the end)
     reached = [False] * len(plist)
     for i in range(m):
-        if L[i].requires_grad:
+        out = L[i] if items is None else items[i]
+        if out.requires_grad:
             row = torch.autograd.grad(
-                L[i], plist, retain_graph=retain or i < m - 1, create_graph=create_graph, allow_unused=True
+                out, plist, retain_graph=retain or i < m - 1, create_graph=create_graph, allow_unused=True
             )
         else:
             row = (None,) * len(plist)

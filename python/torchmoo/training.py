@@ -29,7 +29,7 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import (
-    Losses, Params, _accumulate, _jacobian, _promoted_dtype, _stack_losses, as_param_list, jacobian, unflatten,
+    Losses, Params, _accumulate, _jacobian, _losses_and_items, _promoted_dtype, as_param_list, jacobian, unflatten,
 )
 from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_losses
 
@@ -114,7 +114,7 @@ def backward(
         if isinstance(aggregator, type) and issubclass(aggregator, Aggregator):
             raise TypeError(f"aggregator must be an instance: pass {aggregator.__name__}(...), not the class.")
         raise TypeError(f"aggregator must be a torchmoo.methods.Aggregator, got {type(aggregator).__name__}.")
-    L = _stack_losses(losses)
+    L, items = _losses_and_items(losses)
     m = L.shape[0]
     shared = as_param_list(params)
     heads = _task_param_lists(task_params, m, shared)
@@ -127,6 +127,7 @@ def backward(
     scale = 1.0
     if amp:
         L = grad_scaler.scale(L)
+        items = None if items is None else [grad_scaler.scale(loss) for loss in items]
         scale = float(grad_scaler.get_scale())
 
     # backward passes in order; all but the last keep the graph
@@ -163,7 +164,7 @@ def backward(
                 f"The shared parameters are on several devices ({', '.join(devices)}); the Jacobian blocks are "
                 "combined on one device: move them to one device (task_params may lie anywhere)."
             )
-        blocks, J_flat = _jacobian(L, shared, create_graph=False, retain_graph=keep(), batched=batched)
+        blocks, J_flat = _jacobian(L, shared, create_graph=False, retain_graph=keep(), batched=batched, items=items)
         passes_done += 1
         if shared:
             w = _aggregate_blocks(aggregator, blocks, shared, loss_values, scale, amp=amp, J_flat=J_flat)
@@ -174,8 +175,9 @@ def backward(
     for i, head in enumerate(heads):
         if not head:
             continue
-        if L[i].requires_grad:
-            grads = torch.autograd.grad(L[i], head, retain_graph=keep(), allow_unused=True)
+        out = L[i] if items is None else items[i]  # loss i's own graph only
+        if out.requires_grad:
+            grads = torch.autograd.grad(out, head, retain_graph=keep(), allow_unused=True)
             _accumulate(head, grads)
         passes_done += 1
     return w.detach()

@@ -47,13 +47,13 @@ What the experiments show (``torchmoo run png-synthetic``, ``png-zdt2``, ``png-d
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from torchmoo import ops
-from torchmoo.autograd import Losses, Params, _accumulate, _jacobian, as_param_list, unflatten
+from torchmoo.autograd import Losses, Params, _accumulate, _jacobian, _losses_and_items, as_param_list, unflatten
 from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_gram
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
@@ -632,7 +632,7 @@ class PNG(Aggregator):
             L = _loss_rows(losses, multi)
             if len(L) != len(groups):
                 raise ValueError(f"there are {len(L)} rows of losses but {len(groups)} parameter groups.")
-            if not any(r.requires_grad for r in L) and (criterion_value is None or not criterion_value.requires_grad):
+            if not any(r.requires_grad for r, _ in L) and (criterion_value is None or not criterion_value.requires_grad):
                 raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
             rows_of = lambda k: L[k]  # noqa: E731
         N = len(groups)
@@ -641,12 +641,13 @@ class PNG(Aggregator):
         jacobians: List[Optional[Tensor]] = [None] * N  # (k, n) when the blocks are views of one tensor
         loss_rows: List[Optional[Tensor]] = [None] * N
         for k_model in range(N):
-            rows = rows_of(k_model)
+            rows, items = rows_of(k_model)
             if k_model > 0 and rows.shape[0] != loss_rows[0].shape[0]:
                 raise ValueError("every model must have the same number of losses.")
             loss_rows[k_model] = rows.detach()
             if criterion_value is not None:
                 rows = torch.cat([rows, criterion_value[None].to(rows.device)])
+                items = None if items is None else [*items, criterion_value.to(rows.device)]
             if closures and not rows.requires_grad:
                 raise ValueError(f"none of the losses of model {k_model} requires grad: there is nothing to "
                                  "back-propagate.")
@@ -655,7 +656,8 @@ class PNG(Aggregator):
             # N graphs are never alive together)
             keep = retain_graph or (k_model < N - 1 and not (closures and criterion_value is None))
             try:
-                blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched)
+                blocks, J = _jacobian(rows, groups[k_model], create_graph=False, retain_graph=keep, batched=batched,
+                                      items=items)
             except RuntimeError as err:
                 # (not when jacobian's batched pass failed and took the graph with it: its message says
                 # what to do, and the graphs need not share anything)
@@ -682,7 +684,7 @@ class PNG(Aggregator):
             # step rather than one per model)
             grams[k_model] = blocks_gram([J] if J is not None else blocks, k, rows.device, check_finite=False)
             all_blocks[k_model] = blocks
-            del rows
+            del rows, items
         # The k x k step runs on the CPU: the N Gram matrices and loss rows (the models may live on different
         # devices) reach the host in one copy, and the weights go back once per device
         first = grams[0].device
@@ -734,32 +736,30 @@ class PNG(Aggregator):
         return f"PNG({self.criterion!r}, alpha={self.alpha!r}, {e}, decay={self.decay}, method={self.method!r}{clip})"
 
 
-def _closure_losses(closure: Callable[[], Any], k: int) -> Tensor:
-    """Model ``k``'s losses from its closure, as an ``(m,)`` tensor that keeps the graph."""
-    from torchmoo.autograd import _stack_losses
-
+def _closure_losses(closure: Callable[[], Any], k: int) -> Tuple[Tensor, Optional[List[Tensor]]]:
+    """Model ``k``'s losses from its closure, as an ``(m,)`` tensor that keeps the graph, and the scalar
+    losses it was stacked from (``None`` if the closure returned a tensor)."""
     out = closure()
     try:
-        return _stack_losses(out)
+        return _losses_and_items(out)
     except (TypeError, ValueError) as err:
         raise TypeError(f"the loss closure of model {k} must return m scalar losses (a sequence or an (m,) "
                         f"tensor): {err}") from None
 
 
-def _loss_rows(losses: Any, multi: bool) -> List[Tensor]:
-    """Losses as ``N`` tensors of shape ``(m,)`` that keep the graph (``N = 1`` for one model); the rows
-    are not stacked, so that the models may live on different devices."""
-    from torchmoo.autograd import _stack_losses
-
+def _loss_rows(losses: Any, multi: bool) -> List[Tuple[Tensor, Optional[List[Tensor]]]]:
+    """Losses as ``N`` tensors of shape ``(m,)`` that keep the graph (``N = 1`` for one model), each with
+    the scalar losses it was stacked from when they were given (else ``None``); the rows are not stacked,
+    so that the models may live on different devices."""
     if not multi:
         if not isinstance(losses, Tensor) and isinstance(losses, (list, tuple)) and any(callable(c) for c in losses):
             raise TypeError("loss closures are for N models: pass params as a list of N modules or parameter "
                             "lists (for one model, [model]).")
-        return [_stack_losses(losses)]
+        return [_losses_and_items(losses)]
     if isinstance(losses, Tensor):
         if losses.dim() != 2:
             raise ValueError(f"for N models, losses must have shape (N, m), got {tuple(losses.shape)}.")
-        return [losses[k] for k in range(losses.shape[0])]
+        return [(losses[k], None) for k in range(losses.shape[0])]
     rows = []
     for k, r in enumerate(losses):
         if isinstance(r, Tensor) and r.dim() == 0:
@@ -772,9 +772,9 @@ def _loss_rows(losses: Any, multi: bool) -> List[Tensor]:
                 "head.parameters())), not a list of modules."
             )
         try:
-            rows.append(_stack_losses(r))
+            rows.append(_losses_and_items(r))
         except TypeError:
             raise TypeError("for N models, losses must be an (N, m) tensor or N sequences of m scalar losses.") from None
-    if not rows or len({r.shape[0] for r in rows}) != 1:
+    if not rows or len({r.shape[0] for r, _ in rows}) != 1:
         raise ValueError("every model must have the same number of losses.")
     return rows
