@@ -173,6 +173,15 @@ def test_gradient():
 
 def test_meta_and_compile():
     assert tm.ops.combine(torch.empty(2, 5, 7, device="meta"), torch.empty(2, 5, device="meta")).shape == (2, 7)
+    # meta tensors (and torch.compile's fake ones) get the errors of real ones, not a shape made up
+    meta = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device="meta")  # noqa: E731
+    for J, w in [(meta(2, 5, 7), meta(5)), (meta(5, 7), meta(7)), (meta(5, 7), meta(2, 5))]:
+        with pytest.raises(ValueError, match=r"w must have shape \(\.\.\., m\)"):
+            tm.ops.combine(J, w)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        tm.ops.combine(meta(7), meta(()))
+    with pytest.raises(TypeError, match="dtype of J"):
+        tm.ops.combine(meta(5, 7), meta(5, dtype=F64))
     f = torch.compile(lambda J, w: tm.ops.combine(J, w), backend="eager", fullgraph=True)
     J, w = randn(4, 100, seed=14), randn(4, seed=15)
     assert torch.equal(f(J, w), tm.ops.combine(J, w))

@@ -280,6 +280,11 @@ def test_gradient():
 
 def test_meta_and_compile():
     assert tm.ops.gram(torch.empty(2, 5, 7, device="meta")).shape == (2, 5, 5)
+    # meta tensors (and torch.compile's fake ones) get the errors of real ones, not a shape made up
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        tm.ops.gram(torch.empty(7, device="meta"))
+    with pytest.raises(TypeError, match="floating-point"):
+        tm.ops.gram(torch.empty(2, 7, dtype=torch.int64, device="meta"))
     f = torch.compile(lambda J: tm.ops.gram(J), backend="eager", fullgraph=True)
     J = randn(4, 100, seed=15)
     assert torch.equal(f(J), tm.ops.gram(J))

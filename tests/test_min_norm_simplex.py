@@ -247,6 +247,44 @@ def test_scale_invariance(e):
     torch.testing.assert_close(ws, w1, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("m", [2, 5, 10])
+@pytest.mark.parametrize("with_c", [False, True])
+def test_subnormal_scale(m, with_c):
+    # G and c scaled by 2^-1060 (subnormal float64, exact for these integer matrices): 1 / max|G| overflows,
+    # so the solver must rescale; the scaled problem then is the unscaled one, bit for bit for the general
+    # solver (m > 8). For m <= 8 the unscaled one takes the CPU fast path, the subnormal one the general
+    # solver: the same answer to rounding.
+    gen = torch.Generator().manual_seed(m)
+    J = torch.randint(-3, 4, (m, m + 1), generator=gen).to(F64)
+    G, c = J @ J.T, (torch.randint(-5, 6, (m,), generator=gen).to(F64) if with_c else None)
+    tiny = 2.0**-1060
+    w, info = solve(G * tiny, None if c is None else c * tiny)
+    w_ref, info_ref = solve(G, c)
+    assert bool(info.converged) and float(info.kkt_residual) <= 1e-14
+    if m > 8:
+        assert torch.equal(w, w_ref) and torch.equal(info.kkt_residual, info_ref.kkt_residual)
+    else:
+        torch.testing.assert_close(w, w_ref, rtol=0, atol=1e-14)
+    # a decimal subnormal scale (not exact): the answer of G itself up to the rounding of the input
+    G2 = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=F64)
+    torch.testing.assert_close(tm.ops.min_norm_simplex(G2 * 1e-310), torch.tensor([2 / 3, 1 / 3], dtype=F64))
+
+
+@pytest.mark.parametrize("m", [2, 10])
+def test_entries_near_the_float64_limit(m):
+    # Off-diagonal entries of 2^1023: (a + b) / 2 must not overflow on the way. G = 2^1023 (I / 2 + 11')
+    # has entries 2^1023 and 1.5 * 2^1023 (finite); its simplex minimizer is uniform.
+    G = (0.5 * torch.eye(m, dtype=F64) + torch.ones(m, m, dtype=F64)) * 2.0**1023
+    assert bool(torch.isfinite(G).all()) and not bool(torch.isfinite(G[0, 1] + G[1, 0]))
+    w = tm.ops.min_norm_simplex(G)
+    torch.testing.assert_close(w, torch.full((m,), 1.0 / m, dtype=F64), rtol=0, atol=1e-15)
+    G2 = torch.tensor([[1.7e308, -1.7e308], [-1.7e308, 1.7e308]], dtype=F64)  # singular, symmetric
+    c = torch.tensor([1.0, 0.0], dtype=F64) * 1e307
+    torch.testing.assert_close(
+        tm.ops.min_norm_simplex(G2, c), min_norm_simplex_reference(G2 / 1e307, c / 1e307), rtol=0, atol=1e-12
+    )
+
+
 @pytest.mark.parametrize("m,n", [(256, 300), (256, 24)])
 def test_m_256(m, n):
     gen = torch.Generator().manual_seed(m + n)

@@ -188,6 +188,47 @@ def test_b_zero():
     torch.testing.assert_close(x[[0, 2]] @ A, b[[0, 2]], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("p", [-560, -1040, 560, 900])
+def test_extreme_scales_of_b(p):
+    """MINRES is homogeneous in b: x(2^p b) = 2^p x(b), also where ||b||^2 under- or overflows float64
+    (here it would be 0 or infinity: b read as zero, or a NaN blamed on the matvec)."""
+    A, _ = sym_matrix(CASES["indefinite"][0], seed=1)
+    b = torch.stack([randn(N, seed=2), torch.zeros(N, dtype=F64), randn(N, seed=3)])
+    scale = torch.tensor([2.0**p, 1.0, 1.0], dtype=F64)[:, None]  # one extreme row beside a plain one
+    b_extreme = b * scale
+    b = b_extreme / scale  # b itself, or (p = -1040) what is left of it as a subnormal
+    x0, info0 = tm.ops.minres(rowwise(A), b, max_iter=60, tol=1e-10)
+    x, info = tm.ops.minres(rowwise(A), b_extreme, max_iter=60, tol=1e-10)
+    assert info.stop_reason == info0.stop_reason == ("converged", "b_zero", "converged")
+    assert torch.equal(info.iterations, info0.iterations) and info.matvec_calls == info0.matvec_calls
+    # A power of two commutes with every rounding.
+    assert torch.equal(x, x0 * scale) and torch.equal(info.residual_norms, info0.residual_norms * scale)
+
+
+def test_extreme_scales_of_b_float32():
+    # Entries of b, H b and x below the float32 limit (2^128) but ||b|| above it, which the float32 step
+    # cannot hold (it would read beta_1 = inf): the same solve as for b / 2^126.
+    A = torch.diag(torch.linspace(1.0, 2.0, 200, dtype=torch.float32))
+    b = randn(200, seed=4)
+    b = (1.5 * b / b.abs().max()).to(torch.float32)
+    assert float(b.double().norm()) * 2.0**126 > torch.finfo(torch.float32).max
+    x0, info0 = tm.ops.minres(matvec_of(A), b, max_iter=60, tol=1e-5)
+    x, info = tm.ops.minres(matvec_of(A), b * 2.0**126, max_iter=60, tol=1e-5)
+    assert info.stop_reason == info0.stop_reason == "converged" and bool(x.isfinite().all())
+    assert torch.equal(x, x0 * 2.0**126) and torch.equal(info.residual_norms, info0.residual_norms * 2.0**126)
+
+
+def test_huge_max_iter_allocates_only_what_is_used():
+    # The residual history grows with the iterations: max_iter is a bound, not an allocation size.
+    A, _ = sym_matrix(np.linspace(1.0, 50.0, 200), seed=33)
+    b = randn(2, 200, seed=34)
+    x, info = tm.ops.minres(matvec_of(A), b, max_iter=10**15, tol=1e-12)
+    x_ref, info_ref = tm.ops.minres(matvec_of(A), b, max_iter=500, tol=1e-12)
+    assert info.stop_reason == ("converged", "converged") and int(info.iterations.max()) > 64
+    assert torch.equal(x, x_ref) and torch.equal(info.residual_norms, info_ref.residual_norms)
+    assert info.residual_norms.shape == (2, int(info.iterations.max()) + 1)
+
+
 def test_max_iter_zero_and_limit():
     A, _ = sym_matrix(np.linspace(-3.0, 3.0, 10), seed=10)
     b = randn(10, seed=11)

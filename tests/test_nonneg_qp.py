@@ -272,6 +272,25 @@ def test_scale_invariance(e):
     torch.testing.assert_close(lams, lam1, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("m", [2, 5, 10])
+@pytest.mark.parametrize("huge", [False, True], ids=["subnormal", "huge"])
+def test_extreme_scales(m, huge):
+    # Subnormal G and c (1 / max|G| overflows), and off-diagonal entries of 2^1023 and more (the sum of
+    # two of them overflows): the answer is that of the unscaled problem. The integer G and c scale
+    # exactly; for m <= 8 the two problems may take different solvers, hence the tolerance.
+    gen = torch.Generator().manual_seed(m)
+    J = 4.0 + torch.randint(-1, 2, (m, m + 2), generator=gen).to(F64)  # nearly parallel rows
+    G, c = J @ J.T, torch.randint(-5, 6, (m,), generator=gen).to(F64)
+    off = G - torch.diag(G.diagonal())
+    scale = 2.0 ** (1023 - int(torch.frexp(off.abs().max()).exponent) + 1) if huge else 2.0**-1060
+    if huge:
+        assert bool(torch.isfinite(G * scale).all()) and not bool(torch.isfinite(off * scale + off * scale).all())
+    lam, info = tm.ops.nonneg_qp(G * scale, c * scale, return_info=True)
+    lam_ref = tm.ops.nonneg_qp(G, c)
+    assert bool(info.converged) and float(info.kkt_residual) <= 1e-12
+    torch.testing.assert_close(lam, lam_ref, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("m,n", [(256, 300), (256, 24)])
 def test_m_256(m, n):
     p = Problem("full" if n >= m else "lowrank", m, n, seed=m + n, e=0, c_kind="bounded")

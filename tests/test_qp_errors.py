@@ -208,6 +208,25 @@ def test_clearly_non_psd_G_raises_value_error(op, G, dtype):
 
 
 @OPS
+@pytest.mark.parametrize("m", [2, 3, 10])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_round_off_negative_diagonal_is_accepted(op, m, dtype):
+    # A zero-curvature index whose diagonal entry came out as -1e-17 (e.g. cancellation in an assembled
+    # G): the smallest eigenvalue is -1e-17 * max|G|, far inside the PSD tolerance, so it is no error, and
+    # the entry counts as 0. min_norm_simplex puts all weight there; nonneg_qp (c > 0 there) leaves it 0.
+    G = torch.eye(m, dtype=F64)
+    G[-1, -1] = -1e-17
+    c = torch.cat([-torch.ones(m - 1, dtype=F64), torch.ones(1, dtype=F64)]) if op is nonneg else None
+    x = op(G.to(dtype), None if c is None else c.to(dtype))
+    expected = torch.zeros(m, dtype=dtype)
+    if op is simplex:
+        expected[-1] = 1.0
+    else:
+        expected[:-1] = 1.0
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+
+
+@OPS
 def test_non_psd_G_larger_m(op):
     gen = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=F64))
@@ -299,6 +318,20 @@ def test_bad_radius_raises_value_error(radius, method):
     G, c = good()
     with pytest.raises(ValueError, match="radius"):
         tm.ops.nonneg_qp(G, c, method=method, radius=radius)
+
+
+@OPS
+def test_meta_tensors_raise_the_same_errors(op):
+    # the shape propagation for meta tensors and torch.compile checks what the kernels check first
+    meta = lambda *shape, dtype=F64: torch.empty(*shape, dtype=dtype, device="meta")  # noqa: E731
+    with pytest.raises(TypeError, match="floating-point"):
+        op(meta(3, 3, dtype=torch.int64), meta(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="dtype of G"):
+        op(meta(3, 3), meta(3, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"c must have shape \(\.\.\., m\)"):
+        op(meta(3, 3), meta(4))
+    with pytest.raises(ValueError, match="G must have shape"):
+        op(meta(3, 4), meta(3))
 
 
 @OPS

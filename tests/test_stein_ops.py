@@ -286,6 +286,15 @@ def test_meta_shapes():
     X, S = torch.empty(5, 7, device="meta"), torch.empty(3, 5, 7, device="meta")
     assert tm.ops.stein_task_matrix(X, S, 1.0).shape == (3, 3)
     assert tm.ops.stein_update(X, S, torch.empty(3, device="meta"), 1.0).shape == (5, 7)
+    # meta tensors (and torch.compile's fake ones) get the errors of real ones, not a shape made up
+    with pytest.raises(ValueError, match=r"S must have shape \(K, M, d\)"):
+        tm.ops.stein_task_matrix(X, torch.empty(3, 5, 6, device="meta"), 1.0)
+    with pytest.raises(ValueError, match=r"X must have shape \(M, d\)"):
+        tm.ops.stein_task_matrix(torch.empty(5, device="meta"), torch.empty(3, 5, device="meta"), 1.0)
+    with pytest.raises(ValueError, match=r"w must have shape \(K,\)"):
+        tm.ops.stein_update(X, S, torch.empty(4, device="meta"), 1.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        tm.ops.stein_update(X.half(), S.half(), torch.empty(3, device="meta").half(), 1.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace<kC>& ws, int64_t m
                                             bool has_c, double sym_tol, double* scale_out) {
   const int64_t m = M > 0 ? M : m_runtime;
   // One pass over the upper triangle: copy, scale, asymmetry and finiteness (x - x is 0 unless x is
-  // NaN or infinite, so a running sum of them stays 0 exactly when everything is finite).
+  // NaN or infinite, so a running sum of them stays 0 exactly when everything is finite). Both
+  // triangles are kept as given; they are averaged once the scale is known (below).
   double sG = 0.0, asym = 0.0, nonfinite = 0.0;
   for (int64_t i = 0; i < m; ++i) {
     const double gii = loadG(i, i);
@@ -139,7 +140,8 @@ C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace<kC>& ws, int64_t m
       nonfinite += (a - a) + (b - b);
       sG = dmax(sG, dmax(dabs(a), dabs(b)));
       asym = dmax(asym, dabs(a - b));
-      ws.G[i * m + j] = 0.5 * (a + b);
+      ws.G[i * m + j] = a;
+      ws.G[j * m + i] = b;
     }
   }
   double s = sG;
@@ -153,16 +155,21 @@ C10_HOST_DEVICE inline int32_t load_problem(const QPWorkspace<kC>& ws, int64_t m
   if (asym > sym_tol * sG) return kQPAsymmetric;  // judged relative to the scale of G itself
   *scale_out = s;
   if (s == 0.0) return kQPOk;
-  const double inv = 1.0 / s;
+  // 1 / s overflows for s below 2^-1024 (subnormal input): scale such input up by an exact power of two
+  // first. Halving before adding keeps (a + b) / 2 from overflowing for entries near the dtype's limit;
+  // for all other input both are the same number as 0.5 * (a + b).
+  const double pre = s < 0x1p-1000 ? 0x1p+600 : 1.0;
+  const double inv = 1.0 / (s * pre);
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = i; j < m; ++j) {
-      const double v = ws.G[i * m + j] * inv;
+    ws.G[i * m + i] = (ws.G[i * m + i] * pre) * inv;
+    for (int64_t j = i + 1; j < m; ++j) {
+      const double v = (0.5 * (ws.G[i * m + j] * pre) + 0.5 * (ws.G[j * m + i] * pre)) * inv;
       ws.G[i * m + j] = v;
       ws.G[j * m + i] = v;
     }
-    ws.c[i] *= inv;
-    if (ws.G[i * m + i] < 0.0) return kQPNotPSD;
+    ws.c[i] = (ws.c[i] * pre) * inv;
   }
+  // A negative diagonal entry is left to check_psd, which judges it with the PSD tolerance.
   return kQPOk;
 }
 
@@ -191,6 +198,10 @@ C10_HOST_DEVICE inline int32_t check_psd(const QPWorkspace<kC>& ws, int64_t m_ru
       }
     }
   }
+  // G passed: a negative diagonal entry (above -delta, or the factorization would have failed) is
+  // rounding of a zero one. The solver reads diagonal entries as curvatures and would call a negative
+  // one indefinite, so it gets the zero.
+  for (int64_t i = 0; i < m; ++i) ws.G[i * m + i] = dmax(ws.G[i * m + i], 0.0);
   return kQPOk;
 }
 

@@ -177,13 +177,16 @@ inline void load_block(int count, LoadG loadG, LoadC loadC, bool has_c, double s
     }
   }
   for (int l = 0; l < W; ++l) {
-    ok[l] = (l < count) & (nonfinite[l] == 0.0) & (asym[l] <= sym_tol * sG[l]) & (s[l] > 0.0);
+    // Scales whose inverse overflows (subnormal input) are left to the exact solver, which rescales.
+    ok[l] = (l < count) & (nonfinite[l] == 0.0) & (asym[l] <= sym_tol * sG[l]) & (s[l] >= 0x1p-1000);
     s[l] = ok[l] ? 1.0 / s[l] : 1.0;  // from here on s holds the inverse scale
   }
   for (int i = 0; i < M; ++i) {
     for (int j = i; j < M; ++j) {
       for (int l = 0; l < W; ++l) {
-        const double v = 0.5 * (G[i][j][l] + G[j][i][l]) * s[l];
+        // Halved before the sum, which would overflow for entries near the dtype's limit (the same
+        // number as 0.5 * (a + b) otherwise).
+        const double v = (0.5 * G[i][j][l] + 0.5 * G[j][i][l]) * s[l];
         G[i][j][l] = v;
         G[j][i][l] = v;
       }

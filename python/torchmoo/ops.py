@@ -23,6 +23,8 @@ __all__ = [
 ]
 
 _ops = torch.ops.torchmoo
+#: The dtypes of the QP, gram and combine kernels.
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class QPInfo(NamedTuple):
@@ -194,12 +196,22 @@ def nonneg_qp(
     return lam
 
 
-def _qp_fake_outputs(G: Tensor, c: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    # Shape propagation for meta tensors and torch.compile; the value checks run in the kernels.
+def _qp_fake_outputs(op: str, G: Tensor, c: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # Shape propagation for meta tensors and torch.compile, with the kernels' dtype and shape errors; the
+    # value checks run in the kernels.
+    if G.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{op}: G must be a floating-point tensor (float16, bfloat16, float32 or float64), got {G.dtype}."
+        )
     if G.dim() < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
-        raise ValueError(f"G must have shape (..., m, m) with m >= 1, got shape {tuple(G.shape)}.")
+        raise ValueError(f"{op}: G must have shape (..., m, m) with m >= 1, got shape {tuple(G.shape)}.")
+    if c is not None and c.dtype != G.dtype:
+        raise TypeError(f"{op}: c must have the dtype of G ({G.dtype}), got {c.dtype}.")
     if c is not None and tuple(c.shape) != tuple(G.shape[:-1]):
-        raise ValueError(f"c must have shape (..., m) = {tuple(G.shape[:-1])} to match G, got {tuple(c.shape)}.")
+        raise ValueError(
+            f"{op}: c must have shape (..., m) = {tuple(G.shape[:-1])} to match G of shape {tuple(G.shape)}, "
+            f"got {tuple(c.shape)}."
+        )
     batch = G.shape[:-2]
     return (
         G.new_empty(G.shape[:-1]),
@@ -211,12 +223,12 @@ def _qp_fake_outputs(G: Tensor, c: Optional[Tensor]) -> Tuple[Tensor, Tensor, Te
 
 def _min_norm_simplex_fake(G: Tensor, c: Optional[Tensor] = None, method: str = "active_set", max_iter: int = -1,
                            tol: float = -1.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _qp_fake_outputs(G, c)
+    return _qp_fake_outputs("min_norm_simplex", G, c)
 
 
 def _nonneg_qp_fake(G: Tensor, c: Tensor, method: str = "active_set", max_iter: int = -1, tol: float = -1.0,
                     radius: float = -1.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _qp_fake_outputs(G, c)
+    return _qp_fake_outputs("nonneg_qp", G, c)
 
 
 torch.library.register_fake("torchmoo::min_norm_simplex")(_min_norm_simplex_fake)
@@ -290,7 +302,14 @@ def _gram_backward(ctx, grad: Tensor):
 
 
 def _gram_fake(J: Tensor, check_finite: bool = True) -> Tensor:
-    # Shape propagation for meta tensors and torch.compile.
+    # Shape propagation for meta tensors and torch.compile, with the kernels' dtype and shape errors
+    # (the value checks run in the kernels).
+    if J.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"gram: J must be a floating-point tensor (float16, bfloat16, float32 or float64), got {J.dtype}."
+        )
+    if J.dim() < 2:
+        raise ValueError(f"gram: J must have shape (..., m, n) (at least 2 dims), got shape {tuple(J.shape)}.")
     return J.new_empty((*J.shape[:-1], J.shape[-2]))
 
 
@@ -361,6 +380,20 @@ def _combine_backward(ctx, grad: Tensor):
 
 
 def _combine_fake(J: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
+    # Shape propagation, with the kernels' dtype and shape errors.
+    if J.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"combine: J must be a floating-point tensor (float16, bfloat16, float32 or float64), got {J.dtype}."
+        )
+    if w.dtype != J.dtype:
+        raise TypeError(f"combine: w must have the dtype of J ({J.dtype}), got {w.dtype}.")
+    if J.dim() < 2:
+        raise ValueError(f"combine: J must have shape (..., m, n) (at least 2 dims), got shape {tuple(J.shape)}.")
+    if tuple(w.shape) != tuple(J.shape[:-1]):
+        raise ValueError(
+            f"combine: w must have shape (..., m) with the batch dims of J, i.e. {tuple(J.shape[:-1])} for J of "
+            f"shape {tuple(J.shape)}, got {tuple(w.shape)} (expand w to J's batch dims first if it is shared)."
+        )
     return J.new_empty((*J.shape[:-2], J.shape[-1]))
 
 
@@ -484,11 +517,37 @@ def stein_update(X: Tensor, S: Tensor, w: Tensor, h: float) -> Tensor:
     return _ops.stein_update.default(X.detach(), S.detach(), w.detach(), h)
 
 
+def _stein_fake_check(op: str, X: Tensor, S: Tensor) -> None:
+    # The kernels' dtype and shape errors, for meta tensors and torch.compile.
+    if X.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: X must be float32 or float64, got {X.dtype}.")
+    if S.dtype != X.dtype:
+        raise TypeError(f"{op}: S must have the dtype of X ({X.dtype}), got {S.dtype}.")
+    if X.dim() != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(
+            f"{op}: X must have shape (M, d) with M, d >= 1 (M particles of dimension d), got shape {tuple(X.shape)}."
+        )
+    if S.dim() != 3 or S.shape[0] < 1 or tuple(S.shape[1:]) != tuple(X.shape):
+        raise ValueError(
+            f"{op}: S must have shape (K, M, d) = (K, {X.shape[0]}, {X.shape[1]}) with K >= 1 (one score per target "
+            f"and particle), got shape {tuple(S.shape)}."
+        )
+
+
 def _stein_task_matrix_fake(X: Tensor, S: Tensor, h: float) -> Tensor:
+    _stein_fake_check("stein_task_matrix", X, S)
     return X.new_empty((S.shape[0], S.shape[0]), dtype=torch.float64)
 
 
 def _stein_update_fake(X: Tensor, S: Tensor, w: Tensor, h: float) -> Tensor:
+    _stein_fake_check("stein_update", X, S)
+    if w.dtype != X.dtype:
+        raise TypeError(f"stein_update: w must have the dtype of X ({X.dtype}), got {w.dtype}.")
+    if w.dim() != 1 or w.shape[0] != S.shape[0]:
+        raise ValueError(
+            f"stein_update: w must have shape (K,) = ({S.shape[0]},) (one weight per target), "
+            f"got shape {tuple(w.shape)}."
+        )
     return X.new_empty(X.shape)
 
 
@@ -558,6 +617,27 @@ def _check_matvec_output(hv: object, v: Tensor, call: int) -> Tensor:
     return hv
 
 
+#: Rows of ``b`` whose largest entry lies outside ``[2^-e, 2^e]`` are scaled by a power of two first:
+#: float64 ``||b||^2`` under- or overflows beyond ``2^-511`` / ``2^511``, and the float32 kernels hold
+#: ``1 / ||b||`` and ``||b||`` as float32 numbers.
+_MINRES_SAFE_EXPONENT = {torch.float64: 400, torch.float32: 100}
+#: Columns of the residual history allocated at first; it doubles as the iterations need it.
+_MINRES_HISTORY_START = 64
+
+
+def _pow2(e: Tensor) -> Tensor:
+    """``2^e`` as float64, exactly, for int64 ``e`` in ``[-1022, 1023]`` (built from its bits)."""
+    return ((e + 1023) << 52).view(torch.float64)
+
+
+def _times_pow2(t: Tensor, e: Tensor) -> Tensor:
+    """Row ``i`` of ``t`` ``(k, ...)`` times ``2^e[i]`` (int64 ``e``), exactly barring under- and overflow of
+    the result, in ``t``'s dtype: in float64, in two factors so that neither overflows itself."""
+    e = e.reshape(-1, *([1] * (t.dim() - 1)))
+    half = torch.div(e, 2, rounding_mode="trunc")
+    return (t.to(torch.float64) * _pow2(half) * _pow2(e - half)).to(t.dtype)
+
+
 def minres(
     matvec: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -587,6 +667,10 @@ def minres(
             checked). ``v`` is the solver's Lanczos vector, unnormalized as in scipy (``b`` itself
             in the first call, then vectors of norm about ``||H - shift I||``): ``matvec`` must not
             modify it in place (it may return it), and a reference kept to it sees later iterations.
+            A row of ``b`` whose largest entry is beyond ``2^±400`` (float64) or ``2^±100`` (float32),
+            where ``||b||`` would under- or overflow, is multiplied by a power of two first (so that
+            its largest entry is in ``[0.5, 1)``) and ``x`` and the residual norms by its inverse: the
+            solve is exact under this scaling, as ``H`` is linear.
         b: ``(n,)`` or ``(k, n)``, float32 or float64, CPU or CUDA, finite.
         max_iter: at most this many iterations (``matvec`` calls), ``>= 0``.
         tol: relative residual tolerance: a right-hand side stops when ``||r_j|| <= tol ||b||``.
@@ -641,20 +725,37 @@ def minres(
     tol_f = _check_real("tol", tol, minimum=0.0)
     shift_f = _check_real("shift", shift)
     b = b.detach()
-    if not bool(torch.isfinite(b).all()):
-        raise ValueError("minres: b must be finite, found NaN or infinity.")
-
     single = b.dim() == 1
     rhs = b.reshape(1, -1) if single else b
-    # y: the current Lanczos vector, unnormalized (its norm is in the state); the matvec's argument.
-    y, yprev, w, wprev, x, state, history = _ops.minres_init.default(rhs, max_iter)
+    # The checks of b from its rows' largest entries, read with one synchronization: finiteness, whether
+    # any row is nonzero, and rows whose ||b|| would under- or overflow. MINRES commutes with scaling b
+    # by 2^p (exactly, in floating point, barring under- and overflow): such a row is solved as 2^-e b,
+    # with e the binade of its largest entry.
+    exponent, nonzero = None, False
+    if rhs.numel() > 0:
+        amax = rhs.abs().amax(dim=1).to(torch.float64)  # NaN or infinity for a row that is not finite
+        limit = 2.0 ** _MINRES_SAFE_EXPONENT[b.dtype]
+        extreme = (amax > 0) & ((amax < 1.0 / limit) | (amax > limit))
+        finite, nonzero, rescale = torch.stack([amax.isfinite().all(), (amax > 0).any(), extreme.any()]).tolist()
+        if not finite:
+            raise ValueError("minres: b must be finite, found NaN or infinity.")
+        if rescale:
+            exponent = torch.where(extreme, torch.frexp(amax).exponent.to(torch.int64), 0)
+            rhs = _times_pow2(rhs, -exponent)
+    # y: the current Lanczos vector, unnormalized (its norm is in the state); the matvec's argument. The
+    # residual history starts short and grows (a large max_iter must not allocate (k, max_iter + 1) up front).
+    y, yprev, w, wprev, x, state, history = _ops.minres_init.default(rhs, min(max_iter, _MINRES_HISTORY_START))
     calls = 0
-    if max_iter > 0 and bool(rhs.any()):
+    if max_iter > 0 and nonzero:
         # (buffer, what matvec receives, storage address) of the current and the previous Lanczos vector.
         cur = (y, y[0] if single else y, y.untyped_storage().data_ptr())
         prev = (yprev, yprev[0] if single else yprev, yprev.untyped_storage().data_ptr())
         written = {t.untyped_storage().data_ptr() for t in (w, wprev, x)}
         for _ in range(max_iter):
+            if history.shape[1] <= calls + 1:  # this step may record iteration calls + 1
+                grown = history.new_zeros(history.shape[0], min(2 * history.shape[1], max_iter + 1))
+                grown[:, : history.shape[1]] = history
+                history = grown
             arg = cur[1]
             hv = _check_matvec_output(matvec(arg), arg, calls + 1)
             calls += 1
@@ -679,6 +780,8 @@ def minres(
         # The update of x made possible by the last iteration is still pending: apply it.
         _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
     iterations, residuals, codes = _ops.minres_info.default(state, history)
+    if exponent is not None:
+        x, residuals = _times_pow2(x, exponent), _times_pow2(residuals, exponent)
     reasons = tuple(_MINRES_STOP_REASONS[c] for c in codes.tolist())
     if single:
         return x.reshape(b.shape), MinresInfo(iterations[0], residuals[0], reasons[0], calls)
