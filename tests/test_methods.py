@@ -950,3 +950,69 @@ def test_backward_checks_the_aggregator_inputs_before_any_backward_pass():
         assert all(p.grad is None for p in model.parameters())
     tm.backward(losses, model, MGDA())  # the graph is intact
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_direction_check_is_skipped_only_when_the_bound_excludes_an_overflow(monkeypatch):
+    """The finiteness check of the combined direction (on CUDA a synchronization) runs only when
+    sum_i |w_i| sqrt(G_ii), a bound on every entry of w @ J, does not stay below half the dtype's
+    largest value: never for an ordinary float32 model, always when a float16 direction could overflow
+    (and then it still raises, before any .grad is written)."""
+    import torchmoo.methods.png as png_module
+    import torchmoo.training as training
+
+    calls = []
+
+    def counting(pieces):
+        calls.append(len(pieces))
+        return all(bool(torch.isfinite(t).all()) for t in pieces if t is not None)
+
+    monkeypatch.setattr(training, "_all_finite", counting)
+    monkeypatch.setattr(png_module, "_all_finite", counting)
+    torch.manual_seed(20)
+    model = MultiHead(2)  # float32
+    x, ys = _data(2, seed=20)
+    _, losses = _task_losses(model, x.float(), [y.float() for y in ys])
+    tm.backward(losses, model, MGDA())
+    _, losses = _task_losses(model, x.float(), [y.float() for y in ys])
+    tm.methods.PNG(tm.methods.WeightedDistance([0.5, 0.5])).backward(losses, model)
+    assert sum(calls) == 0  # float32: the bound holds, nothing to check
+    A = 4 * torch.tensor([[1.0, 0.5, -0.25, 2.0], [0.5, -1.0, 1.0, 0.25]], dtype=torch.float16)
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    with pytest.raises(ValueError, match="overflows"):  # weights of 2e4 on rows of norm ~9: d reaches 1.8e5
+        tm.methods.PNG(tm.methods.WeightedDistance([1e-4, 1e-4])).backward(A @ p + 1.0, [p])
+    assert sum(calls) > 0 and p.grad is None
+
+
+@pytest.mark.cuda
+def test_backward_on_cuda_synchronizes_at_most_twice():
+    """tm.backward with MGDA on a GPU model synchronizes twice at most (the Gram matrix and losses read in
+    one copy, the weights sent back; no finiteness check of a float32 direction) and writes what the CPU
+    writes."""
+    import warnings
+
+    x, ys = _data(2, seed=21)
+
+    def run(device):
+        torch.manual_seed(21)
+        model = MultiHead(2).to(device)
+        xd, yd = x.float().to(device), [y.float().to(device) for y in ys]
+        _, losses = _task_losses(model, xd, yd)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads))
+            finally:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        return syncs, [p.grad.cpu() for p in model.parameters()]
+
+    syncs, got = run("cuda")
+    _, ref = run("cpu")
+    assert syncs <= 2, f"{syncs} synchronizations in one tm.backward step"
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

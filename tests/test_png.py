@@ -833,10 +833,10 @@ def test_backward_reports_the_non_finite_block():
 
 
 @pytest.mark.cuda
-def test_backward_on_cuda_synchronizes_at_most_three_times():
-    """One PNG step of 3 models on a GPU reads the device back three times at most (the Gram matrices and
-    losses in one copy, the weights sent back, the finiteness of the directions), whatever N, and
-    writes the CPU step's ``.grad``."""
+def test_backward_on_cuda_synchronizes_at_most_twice():
+    """One PNG step of 3 float64 models on a GPU synchronizes twice at most (the Gram matrices and losses
+    read in one copy, the weights sent back; the directions need no finiteness check, their bound from G
+    and w excludes an overflow), whatever N, and writes the CPU step's ``.grad``."""
     import warnings
 
     x, y = _data(6)
@@ -863,7 +863,7 @@ def test_backward_on_cuda_synchronizes_at_most_three_times():
 
     syncs, got = run("cuda")
     _, ref = run("cpu")
-    assert syncs <= 3, f"{syncs} synchronizations in one PNG step"
+    assert syncs <= 2, f"{syncs} synchronizations in one PNG step"
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 

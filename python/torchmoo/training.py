@@ -31,7 +31,7 @@ from torchmoo import ops
 from torchmoo.autograd import (
     Losses, Params, _accumulate, _jacobian, _losses_and_items, _promoted_dtype, as_param_list, jacobian, unflatten,
 )
-from torchmoo.methods.aggregator import Aggregator, _all_finite, blocks_gram, check_losses
+from torchmoo.methods.aggregator import Aggregator, _all_finite, _combination_bounded, blocks_gram, check_losses
 
 __all__ = ["backward"]
 
@@ -213,13 +213,15 @@ def _aggregate_blocks(
                 b = b.index_select(1, reached_rows[k]).to_dense()
             flat.append(None if b is None else b.reshape(m, -1))
     if aggregator.gram_based:
-        try:  # float32 Grams for half blocks (a float16 Gram overflows at ||g||^2 > 65504), summed in float64
-            G = blocks_gram(flat, m, device)
-            finite = True
-        except ValueError:  # ops.gram rejects inf / NaN and overflow; anything else is re-raised
-            if not amp and all(b is None or bool(torch.isfinite(b).all()) for b in flat):
-                raise
-            finite = False  # under AMP an overflowing Gram is an overflow too: skip the step
+        # Float32 Grams for half blocks (a float16 Gram overflows at ||g||^2 > 65504), summed in float64 on the
+        # blocks' device, then read on the host once with the loss values: the checks and the aggregator's
+        # m x m problem run on the CPU (on a GPU one synchronization, not one per check plus tiny kernels)
+        G = blocks_gram(flat, m, device, check_finite=False)
+        host = torch.cat([G.reshape(-1), loss_values.reshape(-1).to(device=G.device, dtype=torch.float64)]).cpu()
+        G, host_losses = host[: m * m].reshape(m, m), host[m * m:]
+        finite = bool(torch.isfinite(G).all())
+        if not finite and not amp and all(b is None or bool(torch.isfinite(b).all()) for b in flat):
+            blocks_gram(flat, m, device)  # finite blocks whose Gram overflows: raises ops.gram's message
         if finite:
             # G carries the rounding of the dtype its blocks' Grams were formed in (float32 unless every
             # block is float64): it goes to the aggregator in that dtype, as from Aggregator.compute_weights,
@@ -227,7 +229,7 @@ def _aggregate_blocks(
             # a rank-deficient J is indefinite beyond float64 tolerances)
             exact = all(b is None or b.dtype == torch.float64 for b in flat)
             G = (G / (scale * scale)).to(torch.float64 if exact else torch.float32)
-        finite = finite and bool(torch.isfinite(G).all())  # finite blocks can still overflow G
+            finite = bool(torch.isfinite(G).all())  # the unscaled float32 G can overflow
     else:
         J = J_flat if J_flat is not None else torch.cat(
             [p.new_zeros(m, p.numel()) if b is None else blocks[k].to_dense().reshape(m, -1) if k in reached_rows
@@ -242,17 +244,19 @@ def _aggregate_blocks(
         aggregator.weights = torch.full((m,), float("nan"), dtype=dtype, device=device)  # not the last step's
         return aggregator.weights
     if aggregator.gram_based:
-        # the losses in G's dtype and device, as Aggregator.__call__ passes them to compute_weights
-        w_G = aggregator.gram_weights(G, check_losses(loss_values, m, G))
+        # the losses in G's dtype and device (the CPU), as Aggregator.__call__ passes them to compute_weights
+        w_host = aggregator.gram_weights(G, check_losses(host_losses, m, G))
+        w_G = w_host.to(device)  # one copy to the blocks' device
         w = w_G.to(dtype)
         aggregator.weights = w.detach()
         # the blocks hold scale * J: their combination is scale * d, which GradScaler.step unscales. G and
         # w are finite, so the blocks are combined without ops.combine's check (on CUDA each check would
         # synchronize the stream). Under AMP an overflow of the combination reaches .grad as inf, where
-        # GradScaler sees it; without a scaler it raises, as aggregator(J) does, with one check for all
-        # the blocks and before any .grad is written
+        # GradScaler sees it; without a scaler it raises, as aggregator(J) does, before any .grad is
+        # written: checked once for all the blocks, and only when the bound from G and w does not exclude it
         combined = [None if b is None else ops.combine(b, w_G.to(b.dtype), check_finite=False) for b in flat]
-        if not amp and not _all_finite(combined):
+        if not amp and not _combination_bounded(G, w_host, [b.dtype for b in flat if b is not None], scale) \
+                and not _all_finite(combined):
             bad = next(d for d in combined if d is not None and not bool(torch.isfinite(d).all()))
             raise ValueError(f"The combination w @ J of the Jacobian overflows {bad.dtype} (weights {w.tolist()}): "
                              "an entry exceeds the largest finite value of the dtype.")
