@@ -208,6 +208,17 @@ def test_zdt3_pareto_set_is_stationary_with_bound_constraints():
     torch.testing.assert_close(combined[:, 0], w[:, 1] * 9 / 29 * (1 - 0.5 * X[:, 0].sqrt()))
 
 
+def test_zdt3_gradient_at_x1_zero():
+    # f2 = g - sqrt(f1 g) - f1 sin(10 pi f1): at f1 = 0 its derivative in x_j (j >= 2) is 9 / (n - 1) dg/dx_j
+    # (finite, e.g. at the Pareto-optimal end x = 0) and in x1 it is -inf
+    p = ZDT3(n_var=5)
+    X = torch.tensor([[0.0] * 5, [0.0, 0.1, 0.2, 0.3, 0.4]], dtype=F64)
+    J = jacobian(p, X)
+    torch.testing.assert_close(J[:, 1, 1:], torch.full((2, 4), 9 / 4, dtype=F64))
+    assert bool((J[:, 1, 0] == -math.inf).all())
+    torch.testing.assert_close(J[:, 0], torch.eye(5, dtype=F64)[:1].expand(2, 5))
+
+
 def test_zdt3_dominated_points():
     p = ZDT3()
     front = p.pareto_front(40001)

@@ -1,6 +1,8 @@
 """The ``torchmoo`` command line.
 
-    torchmoo demo [--ops]          Pareto exploration of a two-task LeNet (about a minute); --ops: a tour of the operators
+    torchmoo demo [--ops] [--out DIR] [--device D]
+                                   Pareto exploration of a two-task LeNet (about a minute; results in DIR,
+                                   default runs/pareto-multidigits-seed0); --ops: a tour of the operators
     torchmoo list                  the experiments that reproduce the papers
     torchmoo run NAME [--full] [--seed S] [--out DIR] [--device D] [--set KEY=VALUE ...]
                                    run (or resume) one experiment; results in DIR/results.json
@@ -22,9 +24,10 @@ import torchmoo as tm
 DEMO_OUT = "runs/pareto-multidigits-seed0"
 
 
-def demo(device: str = "cpu", ops: bool = False) -> None:
+def demo(device: str = "cpu", ops: bool = False, out: str = DEMO_OUT) -> None:
     """The small ``pareto-multidigits`` experiment (seeds, Pareto expansion with MINRES, the continuous
-    front), then where its figure is; with ``ops``, the tour of the operators instead."""
+    front) in the folder ``out`` (resumed if it holds the demo), then where its figure is; with ``ops``,
+    the tour of the operators instead."""
     from torchmoo.experiments.runner import check_device
 
     check_device(device)
@@ -32,7 +35,6 @@ def demo(device: str = "cpu", ops: bool = False) -> None:
         return operator_tour(device)
     from torchmoo import experiments
 
-    out = DEMO_OUT
     print(f"torchmoo {tm.__version__}: Pareto exploration of a two-task LeNet on MultiDigits (results in {out}/)")
     res = experiments.run_experiment("pareto-multidigits", out=out, device=device)
     print(experiments.runner.markdown_table(res["summary"]["table"]))
@@ -83,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_demo = sub.add_parser("demo", help="Pareto exploration of a two-task LeNet (--ops: a tour of the operators)")
     p_demo.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p_demo.add_argument("--ops", action="store_true", help="a short tour of the operators instead")
+    p_demo.add_argument("--out", default=DEMO_OUT, help=f"result folder (default {DEMO_OUT}); resumed if it exists")
     sub.add_parser("list", help="list the experiments")
     p_run = sub.add_parser("run", help="run or resume an experiment")
     p_run.add_argument("name", help="experiment name (see `torchmoo list`)")
@@ -108,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"torchmoo {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        out = {"run": getattr(args, "out", None), "demo": None if getattr(args, "ops", True) else DEMO_OUT}.get(args.command)
+        out = {"run": getattr(args, "out", None), "demo": None if getattr(args, "ops", True) else args.out}.get(args.command)
         if args.command == "run" and out is None:
             from torchmoo.experiments.runner import default_out
 
@@ -126,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _command(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        demo(args.device, ops=args.ops)
+        demo(args.device, ops=args.ops, out=args.out)
         return
     from torchmoo import experiments
 

@@ -64,6 +64,28 @@ def _unit_grid(n_points: int, dtype: torch.dtype, device: Optional[torch.device]
     return torch.linspace(0.0, 1.0, n_points, dtype=dtype, device=device)
 
 
+class _SqrtAtZero(torch.autograd.Function):
+    """``sqrt(x)`` for ``x >= 0`` whose backward sends a zero incoming gradient to zero, also at
+    ``x = 0``: plain ``sqrt`` gives ``0 * inf = NaN`` there, so the gradient of any other output of the
+    same graph (ZDT3's ``f1``) would be NaN. A non-zero incoming gradient gives ``+-inf`` at 0, the
+    true derivative. Twice differentiable; batched under ``vmap``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return torch.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (root,) = ctx.saved_tensors
+        return torch.where(grad == 0, torch.zeros_like(grad), grad / (2.0 * root))
+
+
 class Problem:
     """Base class: an analytic multi-objective problem ``x (..., n_var) -> f (..., n_obj)``.
 
@@ -197,7 +219,8 @@ class ZDT3(Problem):
     ``1 - sqrt(t) - t sin(10 pi t)`` and each left end the point on the next descending branch with the
     same value (the tests check both). Outside ``[0, 1]^n`` the square root is undefined: evaluating
     there raises ``ValueError`` (use :meth:`project`). The derivative of ``f2`` in ``x1`` is infinite at
-    ``x1 = 0``.
+    ``x1 = 0`` (autograd gives ``-inf``); the other derivatives are finite there (``9 / (n - 1)`` for
+    ``f2`` in each ``x_j``, ``j >= 2``; ``f1``'s gradient is ``e_1``).
     """
 
     REGIONS: Tuple[Tuple[float, float], ...] = (
@@ -223,9 +246,10 @@ class ZDT3(Problem):
                              "(clamp with ZDT3.project(x)).")
         f1 = x[..., 0]
         g = 1.0 + 9.0 / (self.n_var - 1) * x[..., 1:].sum(dim=-1)
-        ratio = f1 / g
-        h = 1.0 - torch.sqrt(ratio) - ratio * torch.sin(10.0 * math.pi * f1)
-        return torch.stack((f1, g * h), dim=-1)
+        # g h expanded, with sqrt(f1) apart: through sqrt(f1 / g) the derivatives in x2.. would be
+        # inf * 0 = NaN at x1 = 0, and through a plain sqrt(f1) so would f1's own gradient
+        f2 = g - _SqrtAtZero.apply(f1) * torch.sqrt(g) - f1 * torch.sin(10.0 * math.pi * f1)
+        return torch.stack((f1, f2), dim=-1)
 
     def _front_x1(self, n_points: int, dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
         # equally spaced along the concatenated pieces, both outer ends included

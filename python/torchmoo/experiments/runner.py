@@ -347,19 +347,25 @@ def run_experiment(
         out: result folder; default ``runs/<name>-seed<seed>[-full]``. A folder that already holds
             results of the same experiment, config and seed is resumed; one that holds another run's
             is refused, unless that run stopped before it finished a unit or wrote a checkpoint.
-        device: torch device string.
+        device: torch device string. A folder that holds finished units or a checkpoint is resumed on
+            the device it was run on only.
         progress: show progress bars.
-        config: an explicit config object (overrides ``full``), e.g. for tests.
+        config: an explicit config object of the experiment's config type (overrides ``full``), e.g. for tests.
 
     Raises:
+        TypeError: ``config`` is not of the experiment's config type.
         ValueError: unknown experiment, a negative seed, an unavailable device, a folder that cannot be
-            written, holds another run or is in use by a run in progress.
+            written, holds another run (or a ``results.json`` that is not a torchmoo results file) or is
+            in use by a run in progress.
     """
     exp = get_experiment(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}.")
     if config is None:
         config = exp.full() if full else exp.config()
+    elif not isinstance(config, exp.config):  # else a confusing error deep inside the run
+        raise TypeError(f"config must be a {exp.config.__module__}.{exp.config.__qualname__} (the config of {name}), "
+                        f"got {type(config).__name__}.")
     dev = check_device(device)
     out_dir = Path(out) if out is not None else default_out(name, seed, full)
     config_dict = _plain(dataclasses.asdict(config))
@@ -378,9 +384,10 @@ def run_experiment(
 
 
 def _holds_work(out_dir: Path, results: Dict[str, Any]) -> bool:
-    """True when a folder holds finished units or a unit's checkpoint, i.e. something a rerun could lose."""
+    """True when a folder holds finished units or a unit's checkpoint, i.e. something a rerun could lose.
+    The temporary file of a checkpoint write that was killed is not one."""
     ckpts = out_dir / "checkpoints"
-    return bool(results.get("units")) or (ckpts.is_dir() and any(ckpts.iterdir()))
+    return bool(results.get("units")) or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
 
 
 def _device_key(device: Union[str, torch.device]) -> str:
@@ -399,9 +406,14 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
                 progress: bool) -> Dict[str, Any]:
     name = exp.name
     results_path = out_dir / RESULTS_FILE
-    results = storage.read_json(results_path) if results_path.exists() else None
+    try:
+        results = storage.read_json(results_path) if results_path.exists() else None
+    except ValueError as err:  # not JSON: damaged by hand or by another program (our writes are atomic)
+        raise ValueError(f"{str(err).rstrip('.')}; pass another --out or delete it.") from None
     if results is not None:
-        if not isinstance(results, dict):
+        # another program's results.json is refused, never overwritten
+        if not (isinstance(results, dict) and isinstance(results.get("experiment"), str)
+                and isinstance(results.get("units"), dict)):
             raise ValueError(f"{results_path} is not a torchmoo results file; pass another --out or delete it.")
         same = (
             results.get("experiment") == name
@@ -409,12 +421,15 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
             and results.get("seed") == seed
         )
         ran_on = results.get("device")
-        if same and ran_on is not None and _device_key(ran_on) != _device_key(dev) and _holds_work(out_dir, results):
+        holds_work = _holds_work(out_dir, results)
+        if same and ran_on is not None and _device_key(ran_on) != _device_key(dev) and holds_work:
             # units computed on two devices would not match an uninterrupted run bit for bit
             raise ValueError(f"{out_dir} was run on {ran_on}: resume it with --device {ran_on}, or pass another --out.")
         if same:
             results["resumed"] = results.get("resumed", 0) + 1
-        elif _holds_work(out_dir, results):
+            if not holds_work:  # nothing was computed on the recorded device: record the one that computes
+                results["device"] = str(dev)
+        elif holds_work:
             raise ValueError(
                 f"{out_dir} holds results of another run ({results.get('experiment')}, seed {results.get('seed')}, "
                 "or a different config); pass another --out or delete that folder."
