@@ -610,3 +610,116 @@ def test_resume_on_another_device_is_refused(finished_run):
     from torchmoo.experiments.runner import _device_key
 
     assert _device_key("cuda") == _device_key("cuda:0") != _device_key("cuda:1")  # cuda is cuda:0 in a new process
+
+
+def test_a_folder_without_work_is_resumed_on_any_device_and_records_it(tmp_path, toy):
+    """A run that stopped before it computed anything (here: on a GPU) may go on on another device, and
+    the folder then records that device, so that its own later resume is not refused."""
+    out = tmp_path / "moved"
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    for ckpt in (out / "checkpoints").iterdir():
+        ckpt.unlink()
+    data = storage.read_json(out / "results.json")
+    assert data["units"] == {}
+    data["device"] = "cuda:0"
+    storage.write_json(out / "results.json", data)
+    _toy_hook["fn"] = _interrupt_at("second/unit", 1)
+    with pytest.raises(KeyboardInterrupt):  # runs on the CPU: nothing was computed on cuda:0
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    assert storage.read_json(out / "results.json")["device"] == "cpu"
+    _toy_hook["fn"] = None
+    assert tm.experiments.run_experiment(TOY, out=str(out), progress=False)["complete"]
+
+
+def test_a_killed_checkpoint_write_is_not_work(tmp_path, toy):
+    # what a process killed inside storage.save_checkpoint leaves: a temporary, no checkpoint
+    out = tmp_path / "killed"
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    _toy_hook["fn"] = None
+    (ckpt,) = (out / "checkpoints").iterdir()
+    ckpt.rename(ckpt.parent / f".{ckpt.name}.0123456789ab.tmp")
+    res = tm.experiments.run_experiment(TOY, out=str(out), progress=False, config=ToyConfig(epochs=4))
+    assert res["complete"] and res["config"]["epochs"] == 4
+
+
+def test_a_foreign_or_damaged_results_file_is_refused_and_kept(tmp_path, toy):
+    for text in ('{"accuracy": 0.9, "epochs": 10}', '{"experiment": "x", "units": {"a": 1}', "[1, 2]"):
+        out = tmp_path / "other"
+        out.mkdir(exist_ok=True)
+        (out / "results.json").write_text(text)
+        with pytest.raises(ValueError, match=r"results.json is not a .*pass another --out or delete it"):
+            tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+        assert (out / "results.json").read_text() == text
+
+
+def test_a_config_of_another_experiment_is_a_type_error(tmp_path, toy):
+    with pytest.raises(TypeError, match="config must be a .*ToyConfig.*got Config"):
+        tm.experiments.run_experiment(TOY, out=str(tmp_path / "x"), progress=False, config=tiny_config())
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_takes_an_out_folder(tmp_path, toy, capsys):
+    # the demo's refusals tell the user to pass another --out: the demo accepts one
+    out = tmp_path / "taken"
+    tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    before = (out / "results.json").read_text()
+    assert cli_main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchmoo demo: ") and "holds results of another run" in err and "--out" in err
+    assert (out / "results.json").read_text() == before
+
+
+def test_bad_settings_are_refused_before_any_unit_runs(tmp_path, monkeypatch):
+    """A setting the first unit would not use (PNG's alpha in png-synthetic, whose EPO unit runs first; the
+    explorations' f1 range in pareto-zdt2, after its tangents unit; an ablation's second setting) or one that
+    would skip every step (a batch size <= 0) is refused before anything trains."""
+    from torchmoo.experiments import pareto_zdt2, png_diverse, png_synthetic
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a unit ran before the config was checked")
+
+    monkeypatch.setattr(RunContext, "record", trained)
+    monkeypatch.setattr(RunContext, "save_state", trained)
+    monkeypatch.delenv("TORCHMOO_MNIST_DIR", raising=False)
+    syn = dict(r1=[0.5], steps=5)
+    tiny_png = dict(num_models=2, seeds=1, epochs=1, train_images=32, test_images=16, batch_size=16)
+    cases = [
+        ("mgda-multidigits", tiny_config(batch_size=-1), "batch_size must be >= 1"),
+        ("mgda-multidigits", tiny_config(batch_size=0), "batch_size must be >= 1"),
+        ("mgda-multidigits", tiny_config(lr=0.0), "lr must be a positive"),
+        ("png-synthetic", png_synthetic.Config(alpha=-1.0, **syn), "alpha must be"),
+        ("png-synthetic", png_synthetic.Config(gamma=-0.1, units=["png ratio", "png weighted-distance"], **syn),
+         "gamma must be"),
+        ("png-synthetic", png_synthetic.Config(record_every=0, **syn), "record_every must be >= 1"),
+        ("png-zdt2", png_synthetic.ZDT2Config(init_r2=[1.0], **syn), "init_r2 must be"),
+        ("png-zdt2", png_synthetic.ZDT2Config(n_var=5, **syn), "n_var must be 3"),
+        ("pareto-zdt2", pareto_zdt2.Config(tangent_points=1, explore_seeds=1, seed_f1=[0.2]), "seed_f1 must be"),
+        ("pareto-zdt2", pareto_zdt2.Config(tangent_points=1, explore_seeds=1, seed_f1=[0.2, 1.5]), "seed_f1 must be"),
+        ("pareto-zdt2", pareto_zdt2.Config(tangent_points=1, explore_seeds=1, step=0.0), "step must be"),
+        ("png-ablation-multidigits", png_diverse.AblationConfig(settings=[[0.5, 0.1], [-1.0, 0.1]], **tiny_png),
+         "alpha must be"),
+        ("png-ablation-multidigits", png_diverse.AblationConfig(settings=[[0.5, 0.1], [0.5, 0.1000000001]],
+                                                                **tiny_png), "first 6 significant digits"),
+        ("png-diverse-multidigits", png_diverse.Config(datasets=["multidigits", "multimnist"], **tiny_png),
+         "TORCHMOO_MNIST_DIR"),
+    ]
+    for i, (name, cfg, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            tm.experiments.run_experiment(name, out=str(tmp_path / str(i)), progress=False, config=cfg)
+
+
+def test_png_diverse_full_runs_the_papers_schedule_on_multidigits(monkeypatch):
+    # appendix C.2.1: 100 epochs of Adam (1e-3, batch 256), 5 seeds; MGDA takes over after 60 epochs and the
+    # front is collected from epoch 60 on, also when no MNIST folder is set
+    from torchmoo.experiments import png_diverse
+
+    for var in ("TORCHMOO_MNIST_DIR", "TORCHMOO_FASHION_MNIST_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    for cfg in (png_diverse.full(), png_diverse.ablation_full()):
+        assert cfg.datasets == ["multidigits"] and cfg.num_models == 5
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seeds) == (100, 256, 1e-3, 5)
+        assert math.ceil(cfg.mgda_switch * cfg.epochs) == 60 and math.floor(cfg.collect_from * cfg.epochs) == 60

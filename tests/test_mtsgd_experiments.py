@@ -58,6 +58,15 @@ def test_zdt3_metrics_on_the_analytic_set():
     assert m["in_pareto_set"]["0.001"] == 0.0 and m["median_tail_max"] == pytest.approx(0.1)
 
 
+def test_zdt3_bandwidths_that_share_a_unit_are_refused(tmp_path, monkeypatch):
+    # "h=0.01" twice would hand the second bandwidth the first one's particles
+    monkeypatch.setattr(mtsgd_zdt3, "_sample", lambda *a: pytest.fail("sampled with colliding unit names"))
+    for i, bandwidths in enumerate(([0.01, 0.0100000001], [None, None])):
+        cfg = mtsgd_zdt3.Config(particles=4, steps=2, bandwidths=bandwidths, front_points=100)
+        with pytest.raises(ValueError, match="first 6 significant digits"):
+            run_experiment("mtsgd-zdt3", config=cfg, out=str(tmp_path / str(i)), progress=False)
+
+
 # ------------------------------------------------------------------------------------------------ MultiDigits
 def test_multidigits_ensembles_learn(tmp_path):
     cfg = mtsgd_multidigits.Config(train_images=512, test_images=128, particles=2, epochs=4, batch_size=64, lr=5e-3,

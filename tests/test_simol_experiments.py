@@ -77,6 +77,19 @@ def test_toy_runs_reach_the_front_at_their_predicted_points_and_simol_leaves_the
     assert again["resumed"] == 1 and again["summary"]["table"] == res["summary"]["table"]
 
 
+def test_toy_settings_of_the_last_unit_are_checked_before_the_first(tmp_path, monkeypatch):
+    # the simol unit runs after the two MGDA units: its lambda and learning rate are checked before them
+    def trained(*args, **kwargs):
+        raise AssertionError("a unit ran before the config was checked")
+
+    monkeypatch.setattr(tm.experiments.RunContext, "record", trained)
+    for i, (bad, message) in enumerate([(dict(simol_lambda1=-1.0), "lambda1"), (dict(simol_lambda2=-1.0), "lambda2"),
+                                        (dict(simol_lr=0.0), "simol_lr"), (dict(tolerance=0.0), "tolerance")]):
+        cfg = TOY.Config(starts=[[4.0, -8.0]], seeds=1, steps=5, front_points=101, **bad)
+        with pytest.raises(ValueError, match=message):
+            tm.experiments.run_experiment("simol-toy", out=str(tmp_path / str(i)), progress=False, config=cfg)
+
+
 # ---- few-shot classification ----------------------------------------------------------------------------------
 
 

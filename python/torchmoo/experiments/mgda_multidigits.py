@@ -129,13 +129,18 @@ def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_
 def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     if not cfg.weights or any(not 0.0 <= w <= 1.0 for w in cfg.weights):
         raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {cfg.weights}.")
+    # before any data or training: a batch size <= 0 would skip every step (or fail mid-unit)
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}.")
+    if not 0.0 < cfg.lr < math.inf:
+        raise ValueError(f"lr must be a positive finite number, got {cfg.lr}.")
     names = [f"linear w={w:g}" for w in cfg.weights]
     check_unique_units(names, f"weights must differ in their first 6 significant digits, got {cfg.weights}.")
-    data = _data(cfg, ctx.seed, ctx.device)
     units: List[Tuple[str, Any]] = [
         (name, tm.methods.LinearScalarization([w, 1.0 - w])) for name, w in zip(names, cfg.weights)
     ]
-    units.append(("mgda", tm.methods.MGDA(normalization=cfg.mgda_normalization)))
+    units.append(("mgda", tm.methods.MGDA(normalization=cfg.mgda_normalization)))  # checks the normalization
+    data = _data(cfg, ctx.seed, ctx.device)
     results = {}
     for i, (unit, aggregator) in enumerate(units):
         results[unit] = ctx.result(unit) if ctx.done(unit) else _train_unit(unit, aggregator, cfg, ctx, data, i)

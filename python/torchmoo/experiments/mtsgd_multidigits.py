@@ -67,7 +67,9 @@ features, with hand-tuned repulsion factors and one warm-up epoch of linear scal
 is likewise the library's (weight-space kernel, one MGDA QP per network).
 ``--full`` runs 100 epochs of SGD (lr 1e-3, momentum 0.9, batch 256) on MultiMNIST when
 ``$TORCHMOO_MNIST_DIR`` is set (else 20,000 MultiDigits pairs), with the sweep at 100 epochs; it was not
-run here.
+run here. The supplement names SGD, batch 256 and 100 epochs but not the learning rate or momentum
+(ours are a choice), and :class:`~torchmoo.zoo.data.MultiMNIST` composes 60,000 28 x 28 training pairs
+(Ma et al.'s construction), not the authors' 36 x 36 files.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class Config:
     methods: List[str] = field(default_factory=lambda: list(METHODS))
     epochs: int = 7
     batch_size: int = 64
-    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9; the paper's)
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9; the paper's optimizer, its momentum unstated)
     lr: float = 5e-3
     ece_bins: int = 10
     sweep_particles: List[int] = field(default_factory=lambda: [3, 5, 7, 9, 15])  # MT-SGD only; [] skips
@@ -189,6 +191,9 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"sweep_particles must hold positive ensemble sizes, got {cfg.sweep_particles}.")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}.")
+    if any(n is not None and n < 1 for n in (cfg.train_images, cfg.test_images)):
+        raise ValueError(f"train_images and test_images must be None or >= 1, got {cfg.train_images} and "
+                         f"{cfg.test_images}.")
     data = _load(cfg, ctx.seed, ctx.device)
     results, sweep = {}, {}
     with intra_op_threads(cfg.threads):

@@ -71,7 +71,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import torchmoo as tm
-from torchmoo.experiments.runner import Experiment, RunContext, register
+from torchmoo.experiments.runner import Experiment, RunContext, check_unique_units, register
 
 METHODS = {"mt-sgd": tm.methods.MTSGD, "moo-svgd": tm.methods.MOOSVGD}
 #: The reference point of MOO-SVGD's ZDT3 hypervolume.
@@ -172,6 +172,8 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError("particles and n_var must be >= 2; steps, checkpoint_every and threads >= 1.")
     if not cfg.bandwidths or any(h is not None and not h > 0 for h in cfg.bandwidths):
         raise ValueError(f"bandwidths must be a non-empty list of positive numbers or None, got {cfg.bandwidths}.")
+    check_unique_units([_label("", h) for h in cfg.bandwidths],
+                       f"bandwidths must differ in their first 6 significant digits, got {cfg.bandwidths}.")
     if not 0.0 <= cfg.box_margin < 0.5 or not cfg.tolerances or min(cfg.tolerances) <= 0 or len(cfg.hv_ref) != 2:
         raise ValueError("box_margin must lie in [0, 0.5), tolerances be positive, hv_ref have 2 entries.")
     problem = tm.problems.ZDT3(cfg.n_var)

@@ -182,6 +182,15 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
                  "explore_k"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+    # checked before the tangents unit: the explorations (which would reject them) come after it
+    lo_hi = list(cfg.seed_f1)
+    if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+        raise ValueError(f"seed_f1 must be [low, high] with 0 <= low <= high <= 1 (a range of f1), got {lo_hi}.")
+    for name in ("span", "step", "perturbation", "optimize_tol"):
+        if not 0.0 < getattr(cfg, name) < math.inf:
+            raise ValueError(f"{name} must be a positive finite number, got {getattr(cfg, name)}.")
+    if cfg.optimize_max_iter < 1:
+        raise ValueError(f"optimize_max_iter must be >= 1, got {cfg.optimize_max_iter}.")
     problem = tm.problems.ZDT2Variant()
     if ctx.done("tangents"):
         tangents = ctx.result("tangents")

@@ -281,12 +281,35 @@ def run_unit(unit: str, problem_name: str, cfg: Config, seed: int) -> Dict[str, 
     return out
 
 
+def _check(problem_name: str, cfg: Config) -> None:
+    """``ValueError`` for a setting that would fail (or silently do nothing) only once a unit runs:
+    checked before the first unit, so a bad PNG setting does not wait for the EPO unit to finish."""
+    if cfg.steps < 1 or cfg.record_every < 1 or cfg.mgda_warmup < 0:
+        raise ValueError(f"steps and record_every must be >= 1 and mgda_warmup >= 0, got {cfg.steps}, "
+                         f"{cfg.record_every} and {cfg.mgda_warmup}.")
+    if not 0.0 < cfg.lr < math.inf or not 0.0 <= cfg.init_scale < math.inf:
+        raise ValueError(f"lr must be positive and init_scale >= 0 (both finite), got {cfg.lr} and {cfg.init_scale}.")
+    _problem(problem_name, cfg.n_var)  # the problem's own checks (n_var)
+    if problem_name == "zdt2-variant":
+        if cfg.n_var != 3:  # the ZDT2-variant is defined on R^3 only
+            raise ValueError(f"n_var must be 3 for the ZDT2-variant, got {cfg.n_var}.")
+        r2 = list(getattr(cfg, "init_r2", []))
+        if len(r2) != 2 or not 0.0 <= r2[0] <= r2[1] < math.inf:
+            raise ValueError(f"init_r2 must be [low, high] with 0 <= low <= high (a range of x2^2 + x3^2), got {r2}.")
+    # PNG's own checks of alpha, gamma and decay, for the settings the configured units use
+    if "png ratio" in cfg.units:
+        tm.methods.PNG(None, alpha=cfg.ratio_alpha, gamma=cfg.ratio_gamma, decay=cfg.decay)
+    if any(u.startswith("png") and u != "png ratio" for u in cfg.units):
+        tm.methods.PNG(None, alpha=cfg.alpha, gamma=cfg.gamma, decay=cfg.decay)
+
+
 def _run(problem_name: str, cfg: Config, ctx: RunContext) -> Dict[str, Any]:
     if not cfg.r1 or any(not 0.0 < r < 1.0 for r in cfg.r1):
         raise ValueError(f"r1 must be a non-empty list of numbers in (0, 1), got {cfg.r1}.")
     unknown = [u for u in cfg.units if u not in UNITS]
-    if unknown:
-        raise ValueError(f"unknown units {unknown}; known: {list(UNITS)}.")
+    if unknown or not cfg.units:
+        raise ValueError(f"units must be a non-empty subset of {list(UNITS)}, got {cfg.units}.")
+    _check(problem_name, cfg)
     results = {}
     for unit in cfg.units:
         if ctx.done(unit):

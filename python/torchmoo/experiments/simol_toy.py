@@ -2,8 +2,9 @@ r"""``simol-toy``: SIMOL's two-objective toy (Yu et al., ICLR 2023, section 3, f
 
 The problem is :class:`torchmoo.problems.SIMOLToy` (``x in R^2``, two objectives, from CAGrad). Each
 outer step samples *one* task, task 1 with probability 2/3 and task 2 with 1/3 (mini-batch size 1),
-and moves ``x`` with Adam (learning rate 0.01, appendix A). Three methods, every one from the same
-starting points and with the same task draws:
+and moves ``x`` with Adam (learning rate 0.01, appendix A; the appendix gives the learning rates but
+not the optimizer: Adam is that of CAGrad's toy). Three methods, every one from the same starting
+points and with the same task draws:
 
 * ``mgda``: full MGDA, both gradients every step (the min-norm point of their hull, Eq. 3);
 * ``minibatch-mgda``: MGDA on the sampled task only; with one task the min-norm point is that task's
@@ -64,6 +65,7 @@ predicted 2.42) is next to mini-batch MGDA's. ``lambda'`` = 100 was selected on 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -275,6 +277,12 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"task_probabilities must be two positive numbers, got {p}.")
     if cfg.simol_theta_at not in ("next", "current"):
         raise ValueError(f"simol_theta_at must be 'next' or 'current', got {cfg.simol_theta_at!r}.")
+    # checked before the first unit: the simol unit runs last, after the two MGDA units
+    if not all(0.0 < v < math.inf for v in (cfg.lr, cfg.simol_lr, cfg.tolerance)):
+        raise ValueError(f"lr, simol_lr and tolerance must be positive finite numbers, got {cfg.lr}, "
+                         f"{cfg.simol_lr} and {cfg.tolerance}.")
+    if "simol" in cfg.methods:
+        tm.methods.SIMOL(tm.methods.TaskTableWeights(2), cfg.simol_lambda1, cfg.simol_lambda2)  # its own checks
     front = _Front(cfg.front_points)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
