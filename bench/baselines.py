@@ -47,6 +47,7 @@ __all__ = [
     "GAP_TOL",
     "GAP_MEDIAN_TOL",
     "check_qp_solution",
+    "direction_weights",
     "num_threads",
 ]
 
@@ -347,6 +348,24 @@ def check_qp_solution(name: str, G, c, x, x_exact=None, *, simplex: bool, kkt_to
         assert gap_median_tol is None or median <= gap_median_tol, (
             f"{name}: median objective gap {median:.1e} (scaled) > {gap_median_tol:.0e}")
     return kkt
+
+
+def direction_weights(name: str, J, d, *, rtol: float):
+    """The weights ``w`` of a direction ``d = J^T w``, asserting that ``d`` is one.
+
+    ``J (m, n)`` of full row rank, ``d (n,)`` (torch, any float dtype, any device). ``w (m,)`` float64 solves
+    ``(J J^T) w = J d`` (least squares); ``d`` must lie in the span of ``J``'s rows to ``rtol`` (relative
+    2-norm): otherwise a direction with anything added orthogonally to the rows would pass any check
+    of ``w``. The caller then checks ``w`` (e.g. with :func:`check_qp_solution`).
+    """
+    import torch
+
+    J64, d64 = J.detach().cpu().double(), d.detach().cpu().double()
+    assert d64.shape == (J64.shape[-1],), f"{name}: direction of shape {tuple(d64.shape)}, expected ({J64.shape[-1]},)"
+    w = torch.linalg.solve(J64 @ J64.T, J64 @ d64)
+    off = float((d64 - w @ J64).norm() / d64.norm().clamp_min(1e-300))
+    assert off <= rtol, f"{name}: the direction is {off:.1e} (relative) off the span of J's rows > {rtol:.0e}"
+    return w
 
 
 class num_threads:

@@ -10,7 +10,10 @@ groups). Each test records its median *per problem* time and the KKT residuals o
 ``benchmark.extra_info``; a contender timed after the reference also records ``<reference>_speedup`` =
 (its per-problem median) / (the reference's, same group, same run). At the end of the session a table
 of these ratios is printed (``pytest_terminal_summary``); it takes every ratio there, from the stored
-medians, so it does not depend on the order in which the tests ran.
+medians, so it does not depend on the order in which the tests ran. Groups whose name ends in
+``interleaved`` are measured by one test that times all their contenders round-robin
+(``baselines.interleaved_medians``): a change of load moves all contenders alike, so on a shared machine
+their ratios are the ones to trust; the others time one contender after the other.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("torchmoo benchmark ratios (per-problem medians, this run)" + (" [QUICK]" if QUICK else ""))
+    tr.write_line("groups named '... interleaved': contenders timed round-robin; the others: one after the other")
     for group, rows in RESULTS.items():
         ref = REFERENCE_CONTENDER.get(group, "torchmoo")
         ref_s = rows.get(ref, {}).get("per_problem_s")

@@ -63,6 +63,7 @@ from baselines import (  # noqa: E402
     GAP_MEDIAN_TOL,
     GAP_TOL,
     check_qp_solution,
+    direction_weights,
     MinNormSolver,
     QuadprogNonneg,
     QuadprogSimplex,
@@ -100,13 +101,17 @@ def one_thread(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def calibrated_number(fn: Callable[[], object], target_s: float = 0.02) -> int:
-    """How many back-to-back calls of ``fn`` take about ``target_s`` (for microsecond calls)."""
+def calibrated_number(fn: Callable[[], object], target_s: float = 0.02,
+                      sync: Optional[Callable[[], None]] = None) -> int:
+    """How many back-to-back calls of ``fn`` take about ``target_s`` (for microsecond calls). ``sync``: wait for
+    the device after each call, so that asynchronous launches are not counted as finished work."""
     fn()
     t0 = time.perf_counter()
     n = 0
     while time.perf_counter() - t0 < target_s / 4:
         fn()
+        if sync is not None:
+            sync()
         n += 1
     return max(1, 4 * n)
 
@@ -138,7 +143,7 @@ class Section:
             if sync is not None:
                 sync()
             if time.perf_counter() - t0 < 0.02:
-                self.number[name] = calibrated_number(fn)
+                self.number[name] = calibrated_number(fn, sync=sync)
                 rewarm.append(name)
             try:
                 kkt[name] = self.residual[name](out)
@@ -242,8 +247,8 @@ def single_sections(m: int, n: int, repeats: int) -> List[Section]:
     sections = [sec.run(repeats)]
 
     if tjd is not None:
-        def weights_of(check):  # the weights behind d = J^T w (J has full row rank), then their residual
-            return lambda d: check(torch.linalg.lstsq(J.T, d.unsqueeze(-1)).solution.squeeze(-1))
+        def weights_of(check):  # the weights behind d = J^T w (J has full row rank; d must be one), their residual
+            return lambda d: check(direction_weights("direction", J, d, rtol=1e-10))
 
         sec2 = Section(f"Single problem, m = {m}: MGDA direction from the Jacobian (J -> J^T w)")
 

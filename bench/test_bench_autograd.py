@@ -18,6 +18,11 @@ ratio is a contender's median over the reference's median, same run; see ``bench
 * ``hvp k=4 <model>``: 4 products with ``hvp(loss, params, V)``, ``V`` (4, n), in one batched pass
   (reference) against 4 single ``hvp`` calls.
 
+Two measurements of the same contenders: the pytest-benchmark tests above (one contender after the
+other), and ``test_autograd_interleaved``: the contenders of each group timed round-robin
+(``baselines.interleaved_medians``; groups ``... interleaved``), so that a change of load on a shared
+machine moves all of them alike: the ratios to trust.
+
 Every timed call's output is checked against plain ``torch.autograd.grad`` (one call per loss for the
 Jacobian, an explicit double backward for the Hessian-vector products), so a fast wrong answer fails.
 
@@ -36,8 +41,8 @@ pytest.importorskip("pytest_benchmark")
 
 from torchmoo.autograd import flatten, hvp, hvp_operator, jacobian, num_params  # noqa: E402
 
-from baselines import QUICK  # noqa: E402
-from benchutil import record, run_timed  # noqa: E402
+from baselines import QUICK, interleaved_medians  # noqa: E402
+from benchutil import REFERENCE_CONTENDER, RESULTS, record, run_timed  # noqa: E402
 
 M = 10
 BATCH = 4 if QUICK else 64
@@ -118,58 +123,85 @@ def test_jacobian_batched_equals_loop():
         torch.testing.assert_close(Jb, Jl, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("contender", ["one backward", "jacobian batched", "jacobian loop"])
-@pytest.mark.parametrize("kind", MODELS)
-def test_jacobian(benchmark, kind, contender):
-    params, losses = setup(kind)
-    group = f"jacobian m={M} {kind} (n={num_params(params)}, batch {BATCH})"
-    if contender == "one backward":
-        total = losses.sum()
-        fn = lambda: torch.autograd.grad(total, params, retain_graph=True)  # noqa: E731
-    elif contender == "jacobian batched":
-        fn = lambda: jacobian(losses, params, batched=True, retain_graph=True)  # noqa: E731
-    else:
-        fn = lambda: jacobian(losses, params, batched=False, retain_graph=True)  # noqa: E731
-    out = run_timed(benchmark, group, fn, rounds=7)
-    ref = reference_jacobian(kind)
-    _assert_close(contender, flatten(out) if contender == "one backward" else out,
-                  ref.sum(0) if contender == "one backward" else ref)
-    record(benchmark, group, contender, 1, reference="one backward")
+#: group kind -> (reference contender, contenders); the reference is listed first
+GROUPS = {
+    "jacobian": ("one backward", ("one backward", "jacobian batched", "jacobian loop")),
+    "hvp": ("one backward", ("one backward", "hvp", "hvp_operator product")),
+    "hvp k=4": ("hvp k=4 batched", ("hvp k=4 batched", "4 single hvps")),
+}
 
 
-@pytest.mark.parametrize("contender", ["one backward", "hvp", "hvp_operator product"])
-@pytest.mark.parametrize("kind", MODELS)
-def test_hvp(benchmark, kind, contender):
+def group_name(group: str, kind: str) -> str:
+    params, _ = setup(kind)
+    return f"{group}{f' m={M}' if group == 'jacobian' else ''} {kind} (n={num_params(params)}, batch {BATCH})"
+
+
+def contender(group: str, kind: str, name: str):
+    """``(fn, check)``: the timed call of contender ``name`` of ``group`` on model ``kind``, and the check of
+    its output (asserts agreement with plain ``torch.autograd.grad``)."""
     params, losses = setup(kind)
     loss = losses.sum()
-    v = torch.randn(num_params(params), generator=torch.Generator().manual_seed(1))
-    group = f"hvp {kind} (n={num_params(params)}, batch {BATCH})"
-    if contender == "one backward":
+    n = num_params(params)
+    if name == "one backward":
         fn = lambda: torch.autograd.grad(loss, params, retain_graph=True)  # noqa: E731
-    elif contender == "hvp":
-        fn = lambda: hvp(loss, params, v)  # noqa: E731
-    else:
-        op = hvp_operator(loss, params)
-        fn = lambda: op(v)  # noqa: E731
-    out = run_timed(benchmark, group, fn, rounds=7)
-    if contender == "one backward":
-        _assert_close(contender, flatten(out), reference_jacobian(kind).sum(0))
-    else:
-        _assert_close(contender, out, reference_hvp(kind, v))
-    record(benchmark, group, contender, 1, reference="one backward")
-
-
-@pytest.mark.parametrize("contender", ["hvp k=4 batched", "4 single hvps"])
-@pytest.mark.parametrize("kind", MODELS)
-def test_hvp_batched(benchmark, kind, contender):
-    params, losses = setup(kind)
-    loss = losses.sum()
-    V = torch.randn(4, num_params(params), generator=torch.Generator().manual_seed(2))
-    group = f"hvp k=4 {kind} (n={num_params(params)}, batch {BATCH})"
-    if contender == "hvp k=4 batched":
+        return fn, lambda out: _assert_close(name, flatten(out), reference_jacobian(kind).sum(0))
+    if group == "jacobian":
+        batched = name == "jacobian batched"
+        fn = lambda: jacobian(losses, params, batched=batched, retain_graph=True)  # noqa: E731
+        return fn, lambda out: _assert_close(name, out, reference_jacobian(kind))
+    if group == "hvp":
+        v = torch.randn(n, generator=torch.Generator().manual_seed(1))
+        if name == "hvp":
+            fn = lambda: hvp(loss, params, v)  # noqa: E731
+        else:
+            op = hvp_operator(loss, params)
+            fn = lambda: op(v)  # noqa: E731
+        return fn, lambda out: _assert_close(name, out, reference_hvp(kind, v))
+    V = torch.randn(4, n, generator=torch.Generator().manual_seed(2))
+    if name == "hvp k=4 batched":
         fn = lambda: hvp(loss, params, V, batched=True)  # noqa: E731
     else:
         fn = lambda: torch.stack([hvp(loss, params, v) for v in V])  # noqa: E731
-    out = run_timed(benchmark, group, fn, rounds=5)
-    _assert_close(contender, out, reference_hvp(kind, V))
-    record(benchmark, group, contender, 1, reference="hvp k=4 batched")
+    return fn, lambda out: _assert_close(name, out, reference_hvp(kind, V))
+
+
+def _sequential(benchmark, group: str, kind: str, name: str, rounds: int) -> None:
+    fn, check = contender(group, kind, name)
+    gname = group_name(group, kind)
+    check(run_timed(benchmark, gname, fn, rounds=rounds))
+    record(benchmark, gname, name, 1, reference=GROUPS[group][0])
+
+
+@pytest.mark.parametrize("contender_name", GROUPS["jacobian"][1])
+@pytest.mark.parametrize("kind", MODELS)
+def test_jacobian(benchmark, kind, contender_name):
+    _sequential(benchmark, "jacobian", kind, contender_name, rounds=7)
+
+
+@pytest.mark.parametrize("contender_name", GROUPS["hvp"][1])
+@pytest.mark.parametrize("kind", MODELS)
+def test_hvp(benchmark, kind, contender_name):
+    _sequential(benchmark, "hvp", kind, contender_name, rounds=7)
+
+
+@pytest.mark.parametrize("contender_name", GROUPS["hvp k=4"][1])
+@pytest.mark.parametrize("kind", MODELS)
+def test_hvp_batched(benchmark, kind, contender_name):
+    _sequential(benchmark, "hvp k=4", kind, contender_name, rounds=5)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_autograd_interleaved(kind):
+    """Every group's contenders timed round-robin in this process; medians, ratios to the group's reference."""
+    for group, (reference, names) in GROUPS.items():
+        fns = {}
+        for name in names:
+            fn, check = contender(group, kind, name)
+            check(fn())  # a wrong output fails before anything is timed
+            fns[name] = fn
+        med = interleaved_medians(fns, repeats=3 if QUICK else 15, warmup=1)
+        gname = group_name(group, kind) + ", interleaved"
+        REFERENCE_CONTENDER[gname] = reference
+        RESULTS[gname] = {name: {"per_problem_s": med[name], "count": 1,
+                                 **({} if name == reference else {"ratio": med[name] / med[reference]})}
+                          for name in names}

@@ -28,9 +28,10 @@ Two measurements of the same contenders:
 
 Every output is checked (``check_output``; a wrong one fails the benchmark): the sum and the Gram
 matrices against float64, ``w @ J`` and ``tm.ops.combine`` against ``w @ J`` in float64, and the MGDA
-directions through the simplex weights behind them (``G w = J d``, ``G`` the float64 Gram matrix): a
-KKT residual below ``MGDA_KKT[name]`` for torchmoo's (recorded next to the times), for torchjd's
-Frank-Wolfe weights a feasible point within ``baselines.GAP_TOL["torchjd"]`` of the exact objective.
+directions through the simplex weights behind them (``G w = J d``, ``G`` the float64 Gram matrix; ``d``
+must be ``J^T w``, in the span of ``J``'s rows: ``baselines.direction_weights``): a KKT residual below
+``MGDA_KKT[name]`` for torchmoo's (recorded next to the times), for torchjd's Frank-Wolfe weights a
+feasible point within ``baselines.GAP_TOL["torchjd"]`` of the exact objective.
 Quick mode (``TORCHMOO_BENCH_QUICK=1``): ``n = 1e5``, ``m`` in {2, 10}, 2 rounds.
 """
 
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torchmoo as tm  # noqa: E402
 from torchmoo.reference import gram_reference  # noqa: E402
 
-from baselines import GAP_TOL, QUICK, check_qp_solution, interleaved_medians  # noqa: E402
+from baselines import GAP_TOL, QUICK, check_qp_solution, direction_weights, interleaved_medians  # noqa: E402
 from benchutil import RESULTS, REFERENCE_CONTENDER, record, run_timed  # noqa: E402
 
 try:
@@ -115,7 +116,7 @@ def check_output(name: str, J: torch.Tensor, out: torch.Tensor) -> Optional[torc
     assert out.shape == (J.shape[1],) or (name == READ and out.dim() == 0), f"{name}: shape {tuple(out.shape)}"
     if name in MGDA_CONTENDERS:
         G = gram_reference(J)
-        w = torch.linalg.solve(G, J.double() @ out.double())
+        w = direction_weights(name, J, out, rtol=1e-5)  # float32 d = J^T w, up to its rounding
         if name in MGDA_KKT:
             return check_qp_solution(name, G, None, w, simplex=True, kkt_tol=MGDA_KKT[name])
         return check_qp_solution(name, G, None, w, tm.ops.min_norm_simplex(G), simplex=True,
@@ -127,6 +128,22 @@ def check_output(name: str, J: torch.Tensor, out: torch.Tensor) -> Optional[torc
         err = float((out.double() - ref).abs().max() / ref.abs().max())
     assert err < 1e-5, f"{name}: relative error {err:.1e}"
     return None
+
+
+def test_check_output_rejects_a_direction_off_the_rows():
+    """Not a benchmark: an MGDA direction with a component orthogonal to J's rows fails ``check_output``
+    (the weights recovered by least squares would not see that component)."""
+    gen = torch.Generator().manual_seed(3)
+    J = torch.randn(3, 200, generator=gen)
+    d = tm.ops.min_norm_simplex(tm.ops.gram(J)) @ J
+    check_output("tm.methods.MGDA()", J, d)
+    u = torch.randn(200, generator=gen, dtype=torch.float64)
+    J64 = J.double()
+    u -= torch.linalg.solve(J64 @ J64.T, J64 @ u) @ J64  # J u = 0
+    bad = (d.double() + 0.1 * d.norm() * u / u.norm()).float()
+    for name in ("tm.methods.MGDA()", "torchjd MGDA()"):
+        with pytest.raises(AssertionError, match="off the span"):
+            check_output(name, J, bad)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Groups (each solved by every contender in this process, torchmoo first; see ``be
   tensor); all four return the weights ``w`` from a given Gramian.
 * ``mgda direction m=...``: from the Jacobian ``J`` to the aggregated direction: torchjd's
   ``MGDA()(J)`` (Gramian, its Frank-Wolfe weights, ``w @ J``) against torchmoo doing the same work
-  (``J @ J.T``, ``min_norm_simplex``, ``w @ J``).
+  (``J @ J.T``, ``min_norm_simplex``, ``w @ J``). The direction must be ``J^T w`` (in the span of ``J``'s
+  rows, ``baselines.direction_weights``) and its weights ``w`` are checked like the others.
 * ``simplex cuda B=65536 m=8``: torchmoo on the GPU (``torch.cuda.synchronize`` inside the timing)
   against torchmoo on the CPU; skipped without CUDA.
 
@@ -49,6 +50,7 @@ from baselines import (  # noqa: E402
     MinNormSolver,
     QuadprogSimplex,
     check_qp_solution,
+    direction_weights,
     make_gram,
     make_jacobian,
     num_threads,
@@ -66,6 +68,8 @@ if QUICK:
 N_BATCHED = 20
 SINGLE_M = (2, 10, 40)
 N_SINGLE = 100
+#: float64 directions J^T w are in the span of J's rows up to rounding (about 1e-16)
+DIRECTION_RTOL = 1e-10
 
 
 @lru_cache(maxsize=None)
@@ -212,8 +216,8 @@ def test_mgda_direction(benchmark, m, contender):
         aggregation = pytest.importorskip("torchjd.aggregation")
         mgda = aggregation.MGDA()  # defaults: epsilon=1e-3, max_iters=100
         d = run_timed(benchmark, group, lambda: mgda(J), fast=True)
-    # Residual of the weights behind d: recover them by least squares (J has full row rank).
-    w = torch.linalg.lstsq(J.T, d.unsqueeze(-1)).solution.squeeze(-1)
+    # Residual of the weights behind d (J has full row rank); d must be J^T w for them.
+    w = direction_weights(contender, J, d, rtol=DIRECTION_RTOL)
     G = J @ J.T
     exact = contender == "torchmoo"
     kkt = check_qp_solution(contender, G, None, w, tm.ops.min_norm_simplex(G), simplex=True,

@@ -35,6 +35,7 @@ samples, 10 iterations, 2 repeats, only to prove that the code runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from functools import lru_cache
@@ -121,8 +122,10 @@ def check_solution(name: str, x: torch.Tensor, x_ref: torch.Tensor) -> float:
 
 
 def _sync(device: str):
-    """What the timings call after each block: the host waits for the device's queue."""
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    """What the timings call after each block: the host waits for the queue of ``device`` (not only of the
+    current device: ``cuda:1``'s work must be waited for too); None on the CPU."""
+    dev = torch.device(device)
+    return functools.partial(torch.cuda.synchronize, dev) if dev.type == "cuda" else None
 
 
 def _where(device: str) -> str:
@@ -222,6 +225,15 @@ def publish(group: str, medians: Dict[str, float], checks: Dict[str, dict], refe
 # --------------------------------------------------------------------------------------------------
 # pytest
 # --------------------------------------------------------------------------------------------------
+
+
+def test_sync_waits_for_the_given_device(monkeypatch):
+    """Not a benchmark: the timings of ``--device cuda:1`` wait for cuda:1, not for the current device."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    assert _sync("cpu") is None
+    _sync("cuda:1")()
+    assert calls == [torch.device("cuda:1")]
 
 
 @pytest.mark.parametrize("batch", BATCHES)

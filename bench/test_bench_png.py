@@ -30,6 +30,8 @@ Quick mode (``TORCHMOO_BENCH_QUICK=1``): batch 8, ``k = 2``, 2 rounds.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -242,7 +244,9 @@ def main(argv=None) -> None:
                         help="also time Ma et al.'s second-order step (50 MINRES iterations per model) against the "
                              "linear-scalarization step, R repeats interleaved (about 50 HVPs per model each)")
     args = parser.parse_args(argv)
-    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
+    device = torch.device(args.device)
+    # wait for this device's queue (cuda:1's too, not only the current device's)
+    sync = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
     # on a GPU the vmapped Jacobian (one batched backward pass per model) may win: time it there too
     steps = _steps(args.device, args.batch, vmapped=sync is not None)
     medians = interleaved_medians(steps, repeats=args.repeats, warmup=3, sync=sync)
