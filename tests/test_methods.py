@@ -1016,3 +1016,117 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
     assert syncs <= 2, f"{syncs} synchronizations in one tm.backward step"
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _FixedGramWeights(tm.methods.Aggregator):
+    """Gram-based aggregator that returns fixed weights (in G's dtype)."""
+
+    def __init__(self, w) -> None:
+        super().__init__()
+        self.w = w
+
+    def gram_weights(self, G, losses=None):
+        return torch.tensor(self.w, dtype=G.dtype, device=G.device)
+
+
+def test_backward_raises_for_weights_beyond_a_half_dtype():
+    """The combination of a float16 block skips its finiteness check only when nothing can overflow: the
+    bound sum_i |w_i| sqrt(G_ii) (here 1e5 * 2.2e-3 = 220) is not enough, as the weights are cast to
+    float16 first, where 1e5 is inf (inf times the row's entries, zeros included, is inf / NaN). Without a
+    GradScaler that is an error before any .grad is written, as aggregator(J) raises; float32 weights of
+    1e5 fit and are written."""
+    from torchmoo.methods.aggregator import _combination_bounded
+
+    A = torch.tensor([[1e-3, 2e-3, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    G = A @ A.T
+    w = torch.tensor([1e5, 1.0])
+    assert not _combination_bounded(G, w, [torch.float16]) and _combination_bounded(G, w, [torch.float32])
+    assert _combination_bounded(G, w, [])  # no block: nothing is combined
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    L = A.half() @ p
+    with pytest.raises(ValueError, match="overflows torch.float16"):
+        tm.backward([L[0], L[1]], [p], _FixedGramWeights([1e5, 1.0]))
+    assert p.grad is None
+    q = torch.zeros(4, requires_grad=True)
+    L = A @ q
+    tm.backward([L[0], L[1]], [q], _FixedGramWeights([1e5, 1.0]))
+    torch.testing.assert_close(q.grad, w @ A)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_backward_when_no_loss_reaches_the_shared_parameters(batched):
+    """Shared parameters that no loss reaches (all blocks None) keep .grad None, on the Gram path as on the
+    assembled one; the task parameters get their gradients (no error from the overflow bound of an empty
+    combination)."""
+    x = torch.randn(3, dtype=F64, requires_grad=True)
+    p = torch.randn(2, dtype=F64, requires_grad=True)
+    for agg in (MGDA(), _JacobianImprovement(0.5)):
+        x.grad = None
+        tm.backward([x.sum(), x.pow(2).sum()], [p], agg, task_params=[[x], None], batched=batched)
+        assert p.grad is None
+        torch.testing.assert_close(x.grad, torch.ones(3, dtype=F64))
+
+
+@pytest.mark.parametrize("which", ["mgda-loss", "epo", "png"])
+def test_backward_amp_overflowing_loss_skips_the_step_for_aggregators_that_check_losses(which):
+    """Under a GradScaler a loss that overflowed to inf is an overflow, for the scaler to skip (NaN weights
+    and .grad, parameters unchanged, the scale lowered), also for the aggregators whose check_inputs rejects
+    non-finite losses (MGDA("loss"), EPO, PNG's criterion); without a scaler the same losses are their
+    error, raised before any backward pass."""
+    from torchmoo.methods import EPO
+
+    def make():
+        return {"mgda-loss": lambda: MGDA("loss"), "epo": lambda: EPO([1.0, 2.0]),
+                "png": lambda: tm.methods.PNG(tm.methods.NonUniformity([1.0, 1.0]))}[which]()
+
+    model, x, ys, opt, scaler, before = _amp_overflow_setup(22)
+    _, losses = _task_losses(model, x, ys)
+    losses = [losses[0] * 1e30 * 1e10, losses[1]]  # inf in float32, and so is its gradient
+    w = tm.backward(losses, model.trunk, make(), task_params=list(model.heads), grad_scaler=scaler)
+    assert bool(torch.isnan(w).all())
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert scaler.get_scale() < 2.0**10
+    opt.zero_grad(set_to_none=True)
+    _, losses = _task_losses(model, x, ys)
+    with pytest.raises(ValueError):
+        tm.backward([losses[0] * 1e30 * 1e10, losses[1]], model.trunk, make(), task_params=list(model.heads))
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _CountHeadBackward(torch.autograd.Function):
+    """Identity whose backward counts its calls."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountHeadBackward.calls += 1
+        return g
+
+
+def test_backward_representation_jacobian_runs_each_pass_through_its_own_head():
+    """MGDA-UB (representation=z) with m scalar losses: pass i of the Jacobian with respect to z starts from
+    loss i, so it runs through head i only (3 head backward calls, not 9), then one backward of w @ losses
+    through every head (3 more); the weights and .grad are those from the stacked losses."""
+    torch.manual_seed(23)
+    model = MultiHead(3).to(F64)
+    x, ys = _data(3, seed=23)
+    results = []
+    for stacked in (False, True):
+        model.zero_grad(set_to_none=True)
+        z, outs = model(x)
+        losses = [((_CountHeadBackward.apply(o) - y) ** 2).mean() for o, y in zip(outs, ys)]
+        _CountHeadBackward.calls = 0
+        w = tm.backward(torch.stack(losses) if stacked else losses, model.trunk, MGDA(), representation=z,
+                        task_params=list(model.heads), batched=False)
+        results.append((_CountHeadBackward.calls, [w] + [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == 3 + 3 + 3  # the Jacobian's 3 passes, w @ losses, the heads' own passes
+    assert results[1][0] == 9 + 3 + 3
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)

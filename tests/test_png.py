@@ -1022,3 +1022,30 @@ def test_tm_backward_checks_the_criterion_before_any_backward_pass():
         assert png.steps == 0 and all(p.grad is None for p in model.parameters())
     tm.backward(L, model, PNG(WeightedDistance([0.1, 0.2])))  # the graph is intact
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_backward_raises_for_weights_beyond_a_half_dtype():
+    """A float16 model whose weights exceed float16's range (a reference of 1e-6: w ~ 2e6) on a Jacobian of tiny
+    rows: the bound sum_i |w_i| sqrt(G_ii) (~4e3) stays below 65504, but the weights are cast to float16 before
+    the combination, where they are inf (inf times a zero entry is NaN). That is PNG.backward's overflow error
+    before any .grad is written and with the state put back, not a NaN .grad."""
+    A = torch.tensor([[1e-3, 2e-3, 0.0, 0.0], [0.0, 0.0, 1e-3, 1e-3]], dtype=torch.float16)
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    png = PNG(WeightedDistance([1e-6, 1e-6]), threshold=0.0)
+    with pytest.raises(ValueError, match="overflows"):
+        png.backward(A @ p + 1.0, [p])
+    assert p.grad is None and png.steps == 0 and png.e0 is None
+    png = PNG(WeightedDistance([1e-4, 1e-4]), threshold=0.0)  # w ~ 2e4 fits: written
+    w = png.backward(A @ p + 1.0, [p])
+    torch.testing.assert_close(p.grad.double(), w @ A.double(), rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_backward_when_the_losses_reach_no_parameter(batched):
+    """One model whose losses reach none of the given parameters: the step is taken (weights from a zero
+    Gram matrix) and .grad stays None, without an error from the overflow bound of an empty combination."""
+    x = torch.randn(3, dtype=F64, requires_grad=True)
+    p = torch.randn(2, dtype=F64, requires_grad=True)
+    png = PNG(WeightedDistance([0.1, 0.2]))
+    w = png.backward([x.sum(), x.pow(2).sum()], [p], batched=batched)
+    assert p.grad is None and png.steps == 1 and bool(torch.isfinite(w).all())

@@ -561,7 +561,7 @@ def hvp_operator(loss: Tensor, params: Params, *, batched: Optional[bool] = None
         batched: as in :func:`hvp`.
 
     Returns:
-        ``matvec(v) -> H v``, with ``H v`` of the shape of ``v`` in the parameters' dtype (the results do
+        ``matvec(v) -> H v``, with ``H v`` of the shape of ``v`` in the parameters' (promoted) dtype (the results do
         not require grad). ``matvec`` raises as :func:`hvp` does for a bad ``v``.
 
     Raises:

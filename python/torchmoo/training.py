@@ -61,7 +61,8 @@ def backward(
             to them (computed as by :func:`torchmoo.autograd.jacobian_blocks`, with its ``batched``
             rule). For the aggregators that need only ``J J^T`` (all of torchmoo's) no copy of ``J`` is
             made: the Gram matrices of the per-parameter blocks (float32 for float16 / bfloat16 blocks)
-            are summed in float64 and handed to the aggregator in the precision they were formed in
+            are summed in float64 and handed to the aggregator's ``gram_weights`` on the CPU (whatever the
+            parameters' device: one copy of ``G`` and the losses to the host) in the precision they were formed in
             (float64 when every block is float64, else float32, like ``aggregator(J)``); each block is
             combined in place; when the ``m`` backward passes wrote one ``(m, n)`` tensor (the blocks
             are views of it), that tensor is one block. A sparse block (``nn.Embedding(sparse=True)``,
@@ -84,7 +85,8 @@ def backward(
             aggregator sees the unscaled Jacobian ``J / scale`` (normalizations and CAGrad's radius
             are not scale-invariant), and ``.grad`` receives ``scale * d``, which
             ``grad_scaler.step(optimizer)`` unscales as usual. If the scaled Jacobian has an inf or
-            NaN, or its Gram matrix overflows, the aggregator is skipped and NaN is written into the
+            NaN (a loss that overflowed included, also for an aggregator whose ``check_inputs`` rejects
+            it), or its Gram matrix overflows, the aggregator is skipped and NaN is written into the
             shared ``.grad``, so that ``grad_scaler.step`` skips the step and ``grad_scaler.update``
             lowers the scale; the returned weights are then NaN.
         retain_graph: keep the graph for another backward pass afterwards.
@@ -121,9 +123,15 @@ def backward(
     if not L.requires_grad:
         raise ValueError("None of the losses requires grad: there is nothing to back-propagate.")
     loss_values = L.detach()
-    aggregator.check_inputs(m, loss_values)  # before any backward pass: an error leaves the graph intact
-
     amp = grad_scaler is not None and grad_scaler.is_enabled()
+    try:
+        aggregator.check_inputs(m, loss_values)  # before any backward pass: an error leaves the graph intact
+    except ValueError:
+        # under a GradScaler a loss that overflowed is an overflow like any other (NaN .grad below, so that the
+        # scaler skips the step and lowers the scale), not an error (checked only on this error path: on CUDA
+        # a synchronization)
+        if not amp or bool(torch.isfinite(loss_values).all()):
+            raise
     scale = 1.0
     if amp:
         L = grad_scaler.scale(L)
@@ -146,7 +154,8 @@ def backward(
         else:
             if not isinstance(representation, Tensor) or not representation.requires_grad:
                 raise ValueError("representation must be a tensor that requires grad (the shared features z).")
-            Jz = jacobian(L, [representation], retain_graph=True, batched=batched)
+            # from the scalar losses when given: pass i runs through head i only, not all m heads
+            Jz = jacobian(L if items is None else items, [representation], retain_graph=True, batched=batched)
             w = _aggregate_weights(aggregator, Jz, loss_values, scale, amp=amp)
         if shared:
             # AMP overflow of the Jacobian w.r.t. z: poison the step so that the scaler skips it (fixed

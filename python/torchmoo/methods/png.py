@@ -704,8 +704,8 @@ class PNG(Aggregator):
         devices = {G.device for G in grams}
         for blocks, J in zip(all_blocks, jacobians):
             devices.update([J.device] if J is not None else [b.device for b in blocks if b is not None])
-        W_on = {d: W.to(d) for d in devices}
         try:
+            W_on = {d: W.to(d) for d in devices}
             # G and W are finite: the combinations skip ops.combine's check (on CUDA a synchronization each)
             # and are checked together, once per device, before any .grad is written (as png(J, losses)
             # raises)

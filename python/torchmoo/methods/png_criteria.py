@@ -104,7 +104,7 @@ class Criterion:
         if not bool(torch.isfinite(value)) or not bool(torch.isfinite(grad).all()):
             raise ValueError(
                 f"{type(self).__name__} is not finite at losses {losses.detach().tolist()} "
-                f"(F = {float(value)}); see its documentation for its domain."
+                f"(F = {float(value.detach())}); see its documentation for its domain."
             )
         return value.detach(), grad
 
