@@ -30,6 +30,41 @@ if settings is not None:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+class CountBackward(torch.autograd.Function):
+    """Identity whose backward counts its calls (``CountBackward.calls``): how many backward passes ran
+    through a part of a graph."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        CountBackward.calls += 1
+        return g
+
+
+def count_cuda_syncs(fn, device: str) -> int:
+    """Run ``fn()`` and return how many CUDA synchronizations torch's sync debug mode reported in it (0 on
+    the CPU, where ``fn`` just runs)."""
+    import warnings
+
+    if device != "cuda":
+        fn()
+        return 0
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread while a test runs: tiny problems pay OpenMP start-up and contention costs."""

@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call
 
 import torchmoo as tm
+from conftest import CountBackward
 from torchmoo.autograd import flatten, hvp, hvp_operator, jacobian, num_params, unflatten
 
 F64 = torch.float64
@@ -514,21 +515,6 @@ def test_functions_work_under_no_grad():
     assert Jc.requires_grad
 
 
-class _CountBackward(torch.autograd.Function):
-    """Identity whose backward counts its calls."""
-
-    calls = 0
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        _CountBackward.calls += 1
-        return g
-
-
 def test_jacobian_loop_runs_each_pass_through_its_own_loss_only():
     """Given m scalar losses, pass i starts from loss i: the other losses' heads are not run with zero
     gradients (from a stacked (m,) tensor every pass runs through every head). Same Jacobian either way;
@@ -540,15 +526,15 @@ def test_jacobian_loop_runs_each_pass_through_its_own_loss_only():
 
     def losses():
         z = trunk(x)
-        return [_CountBackward.apply(h(z)).pow(2).mean() for h in heads]
+        return [CountBackward.apply(h(z)).pow(2).mean() for h in heads]
 
-    _CountBackward.calls = 0
+    CountBackward.calls = 0
     J = jacobian(losses(), params, batched=False)
-    assert _CountBackward.calls == 3  # one head per pass
-    _CountBackward.calls = 0
+    assert CountBackward.calls == 3  # one head per pass
+    CountBackward.calls = 0
     J_stacked = jacobian(torch.stack(losses()), params, batched=False)
-    assert _CountBackward.calls == 9
+    assert CountBackward.calls == 9
     torch.testing.assert_close(J, J_stacked, rtol=0, atol=0)
-    _CountBackward.calls = 0
+    CountBackward.calls = 0
     tm.backward(losses(), trunk, tm.methods.MGDA(), task_params=heads, batched=False)
-    assert _CountBackward.calls == 6  # the Jacobian's 3 passes and the 3 heads' own passes
+    assert CountBackward.calls == 6  # the Jacobian's 3 passes and the 3 heads' own passes

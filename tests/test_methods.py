@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import torchmoo as tm
+from conftest import CountBackward
 from torchmoo.autograd import jacobian
 from torchmoo.methods import (
     MGDA,
@@ -988,7 +989,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
     """tm.backward with MGDA on a GPU model synchronizes twice at most (the Gram matrix and losses read in
     one copy, the weights sent back; no finiteness check of a float32 direction) and writes what the CPU
     writes."""
-    import warnings
+    from conftest import count_cuda_syncs
 
     x, ys = _data(2, seed=21)
 
@@ -997,18 +998,8 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
         model = MultiHead(2).to(device)
         xd, yd = x.float().to(device), [y.float().to(device) for y in ys]
         _, losses = _task_losses(model, xd, yd)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if device == "cuda":
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads))
-            finally:
-                if device == "cuda":
-                    torch.cuda.set_sync_debug_mode("default")
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        syncs = count_cuda_syncs(lambda: tm.backward(losses, model.trunk, MGDA(), task_params=list(model.heads)),
+                                 device)
         return syncs, [p.grad.cpu() for p in model.parameters()]
 
     syncs, got = run("cuda")
@@ -1095,21 +1086,6 @@ def test_backward_amp_overflowing_loss_skips_the_step_for_aggregators_that_check
     assert all(p.grad is None for p in model.parameters())
 
 
-class _CountHeadBackward(torch.autograd.Function):
-    """Identity whose backward counts its calls."""
-
-    calls = 0
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        _CountHeadBackward.calls += 1
-        return g
-
-
 def test_backward_representation_jacobian_runs_each_pass_through_its_own_head():
     """MGDA-UB (representation=z) with m scalar losses: pass i of the Jacobian with respect to z starts from
     loss i, so it runs through head i only (3 head backward calls, not 9), then one backward of w @ losses
@@ -1121,11 +1097,11 @@ def test_backward_representation_jacobian_runs_each_pass_through_its_own_head():
     for stacked in (False, True):
         model.zero_grad(set_to_none=True)
         z, outs = model(x)
-        losses = [((_CountHeadBackward.apply(o) - y) ** 2).mean() for o, y in zip(outs, ys)]
-        _CountHeadBackward.calls = 0
+        losses = [((CountBackward.apply(o) - y) ** 2).mean() for o, y in zip(outs, ys)]
+        CountBackward.calls = 0
         w = tm.backward(torch.stack(losses) if stacked else losses, model.trunk, MGDA(), representation=z,
                         task_params=list(model.heads), batched=False)
-        results.append((_CountHeadBackward.calls, [w] + [p.grad.clone() for p in model.parameters()]))
+        results.append((CountBackward.calls, [w] + [p.grad.clone() for p in model.parameters()]))
     assert results[0][0] == 3 + 3 + 3  # the Jacobian's 3 passes, w @ losses, the heads' own passes
     assert results[1][0] == 9 + 3 + 3
     for a, b in zip(results[0][1], results[1][1]):

@@ -837,7 +837,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
     """One PNG step of 3 float64 models on a GPU synchronizes twice at most (the Gram matrices and losses
     read in one copy, the weights sent back; the directions need no finiteness check, their bound from G
     and w excludes an overflow), whatever N, and writes the CPU step's ``.grad``."""
-    import warnings
+    from conftest import count_cuda_syncs
 
     x, y = _data(6)
 
@@ -848,17 +848,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
         png.backward([lambda m=m: m.losses(xd, yd) for m in models], models)  # first step: e0 is set
         for m in models:
             m.zero_grad(set_to_none=True)
-        torch.cuda.synchronize() if device == "cuda" else None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if device == "cuda":
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                png.backward([lambda m=m: m.losses(xd, yd) for m in models], models)
-            finally:
-                if device == "cuda":
-                    torch.cuda.set_sync_debug_mode("default")
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        syncs = count_cuda_syncs(lambda: png.backward([lambda m=m: m.losses(xd, yd) for m in models], models), device)
         return syncs, [tm.autograd.flatten([p.grad.cpu() for p in m.parameters()]) for m in models]
 
     syncs, got = run("cuda")
