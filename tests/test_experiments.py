@@ -712,6 +712,63 @@ def test_bad_settings_are_refused_before_any_unit_runs(tmp_path, monkeypatch):
             tm.experiments.run_experiment(name, out=str(tmp_path / str(i)), progress=False, config=cfg)
 
 
+_MULTI_LENET = tm.zoo.models.MultiLeNet
+
+
+def _record_lenets(monkeypatch) -> List[tuple]:
+    """Replaces ``tm.zoo.models.MultiLeNet`` with one that records ``(kwargs, initial parameters)`` per model."""
+    built, lenet = [], tm.zoo.models.MultiLeNet
+
+    def recording(**kwargs):
+        model = lenet(**kwargs)
+        built.append((kwargs, [p.detach().clone() for p in model.parameters()]))
+        return model
+
+    monkeypatch.setattr(tm.zoo.models, "MultiLeNet", recording)
+    return built
+
+
+def _assert_initialized_as_seeded(built: List[tuple], seeds: List[int]) -> None:
+    """The recorded initial parameters are bit for bit those of ``torch.manual_seed(seed)`` followed by the
+    constructor (the initialization the experiments have always used)."""
+    assert len(built) == len(seeds)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        for (kwargs, params), seed in zip(built, seeds):
+            torch.manual_seed(seed)
+            reference = list(_MULTI_LENET(**kwargs).parameters())
+            assert len(params) == len(reference)
+            assert all(torch.equal(a, b.detach()) for a, b in zip(params, reference))
+
+
+def _callers_stream() -> torch.Tensor:
+    torch.manual_seed(1234)
+    torch.rand(3)  # somewhere in the middle of the caller's stream
+    return torch.get_rng_state()
+
+
+def test_mgda_multidigits_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    # an experiment called from Python seeds its models without resetting the caller's random stream, and
+    # the models start from the same weights as before
+    built = _record_lenets(monkeypatch)
+    before = _callers_stream()
+    cfg = tiny_config(epochs=1, train_images=64, test_images=32, batch_size=32)
+    tm.experiments.run_experiment("mgda-multidigits", out=str(tmp_path), progress=False, config=cfg, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    _assert_initialized_as_seeded(built, [3, 3])  # both units start from the same weights
+
+
+def test_png_diverse_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    from torchmoo.experiments import png_diverse
+
+    built = _record_lenets(monkeypatch)
+    before = _callers_stream()
+    cfg = png_diverse.Config(methods=["linear"], num_models=2, seeds=1, epochs=1, train_images=32, test_images=16,
+                             batch_size=16)
+    tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path), progress=False, config=cfg, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    _assert_initialized_as_seeded(built, [5000, 5001])  # model k of seed s: torch.manual_seed(1000 s + k)
+
+
 def test_png_diverse_full_runs_the_papers_schedule_on_multidigits(monkeypatch):
     # appendix C.2.1: 100 epochs of Adam (1e-3, batch 256), 5 seeds; MGDA takes over after 60 epochs and the
     # front is collected from epoch 60 on, also when no MNIST folder is set

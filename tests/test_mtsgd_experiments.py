@@ -10,6 +10,7 @@ import torch
 
 import torchmoo as tm
 from torchmoo.experiments import mtsgd_multidigits, mtsgd_sarcos, mtsgd_zdt3, run_experiment
+from torchmoo.experiments.mtsgd_ensemble import make_networks
 from torchmoo.experiments.runner import experiment_names
 
 
@@ -67,6 +68,15 @@ def test_zdt3_bandwidths_that_share_a_unit_are_refused(tmp_path, monkeypatch):
             run_experiment("mtsgd-zdt3", config=cfg, out=str(tmp_path / str(i)), progress=False)
 
 
+def test_zdt3_box_margin_must_be_positive(tmp_path, monkeypatch):
+    # at x1 = 0 the slope of ZDT3's f2 in x1 is -inf (through sqrt(f1)): a particle clamped there stops MT-SGD
+    monkeypatch.setattr(mtsgd_zdt3, "_sample", lambda *a: pytest.fail("sampled with a bad box margin"))
+    for i, margin in enumerate((0.0, -1e-3, 0.5, float("nan"))):
+        cfg = mtsgd_zdt3.Config(particles=4, steps=2, bandwidths=[0.01], front_points=100, box_margin=margin)
+        with pytest.raises(ValueError, match=r"box_margin must lie in \(0, 0.5\)"):
+            run_experiment("mtsgd-zdt3", config=cfg, out=str(tmp_path / str(i)), progress=False)
+
+
 # ------------------------------------------------------------------------------------------------ MultiDigits
 def test_multidigits_ensembles_learn(tmp_path):
     cfg = mtsgd_multidigits.Config(train_images=512, test_images=128, particles=2, epochs=4, batch_size=64, lr=5e-3,
@@ -99,6 +109,23 @@ def test_ensemble_metrics_of_identical_networks_equal_the_single_network():
     with torch.no_grad():
         probs = torch.softmax(net(x)[1].double(), -1)
     assert m["brier"][1] == pytest.approx(float(tm.metrics.brier_score(probs, y[:, 1])))
+
+
+def test_make_networks_leaves_the_callers_random_state_alone():
+    # network m starts from the weights of torch.manual_seed(seed * 1_000_003 + 7919 (m + 1)), as it always
+    # has, and the caller's random stream goes on where it was
+    factory = lambda: tm.zoo.models.SarcosMLP(21, 7, hidden=(8,))  # noqa: E731
+    torch.manual_seed(1234)
+    torch.rand(3)
+    before = torch.get_rng_state()
+    nets = make_networks(factory, 2, seed=3, device=torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        for m, net in enumerate(nets):
+            torch.manual_seed(3 * 1_000_003 + 7919 * (m + 1))
+            ours, reference = list(net.parameters()), list(factory().parameters())
+            assert len(ours) == len(reference) and all(torch.equal(a, b) for a, b in zip(ours, reference))
+    assert not torch.equal(next(nets[0].parameters()), next(nets[1].parameters()))  # two seeds, two networks
 
 
 # ------------------------------------------------------------------------------------------------ SARCOS

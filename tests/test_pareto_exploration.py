@@ -556,6 +556,37 @@ def test_objectives_in_another_dtype_than_the_parameters():
     assert res.iterations > 0 and res.stationarity < 1e-6 and bool((res.losses < start).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** -10])
+def test_half_precision_model_expands_as_in_float64(dtype, scale):
+    """A float16 / bfloat16 linear regression (two outputs, one loss each) is solved by MINRES in float32:
+    its directions are those of the same weights and data in float64, in the model's dtype. With the
+    losses scaled by 2^-10, ||H|| ~ 1e-3: the products of float16 Lanczos vectors of that norm would
+    underflow unless each vector is scaled before its rounding."""
+    g = torch.Generator().manual_seed(0)
+    # weights and data rounded to the half dtype first, so that both models compute the same function
+    x = torch.randn(32, 6, generator=g, dtype=F64).to(dtype)
+    y = torch.randn(32, 2, generator=g, dtype=F64).to(dtype)
+    half = torch.nn.Linear(6, 2, dtype=dtype)
+    with torch.no_grad():
+        half.weight.copy_(torch.randn(2, 6, generator=g, dtype=F64))
+        half.bias.copy_(torch.randn(2, generator=g, dtype=F64))
+    full = torch.nn.Linear(6, 2, dtype=F64)
+    full.load_state_dict({k: v.double() for k, v in half.state_dict().items()})
+
+    def objectives(model, xs, ys):
+        return lambda: [scale * ((model(xs)[:, i] - ys[:, i]) ** 2).mean() for i in range(2)]
+
+    beta = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -1.0]], dtype=F64)
+    ref = pareto_expand(objectives(full, x.double(), y.double()), full, beta=beta, k=20, correction=True)
+    got = pareto_expand(objectives(half, x, y), half, beta=beta, k=20, correction=True)
+    assert got.directions.dtype == dtype and got.predicted.dtype == dtype
+    # the operator and J carry the half dtype's rounding (eps 2^-11 / 2^-8): directions within a few eps
+    eps = torch.finfo(dtype).eps
+    assert (got.directions.double() - ref.directions).norm(dim=1).max() < 4 * eps
+    assert torch.allclose(got.predicted.double(), ref.predicted, rtol=4 * eps, atol=4 * eps * ref.predicted.abs().max())
+
+
 def test_parent_rule_compares_the_objectives_in_their_dtype():
     """float32 parameters, float64 objectives near 1000: f(x*) - f(parent) = (-1e-6, 1e-6) must not be
     rounded to the parameters' dtype, where it would point the other way and make both directions retract."""

@@ -433,3 +433,15 @@ def test_three_targets_sampling():
     assert float(init.std()) == pytest.approx(5.0, rel=0.03)
     with pytest.raises(ValueError, match="target"):
         toy.sample(3, 3)
+
+
+def test_three_targets_errors_name_the_count_argument():
+    # the argument is n (not the problems' n_points): an error must name what the caller passed
+    toy = ThreeTargetToy()
+    for call in (lambda v: toy.sample(v, 0), lambda v: toy.initial_particles(v)):
+        with pytest.raises(ValueError, match=r"^n must be at least 1, got 0\.$"):
+            call(0)
+        with pytest.raises(TypeError, match=r"^n must be an int, got float\.$"):
+            call(2.0)
+    with pytest.raises(ValueError, match=r"^n_points must be at least 1"):  # the other problems keep theirs
+        ZDT3().pareto_set(0)

@@ -49,11 +49,12 @@ def _check_x(x: object, n_var: int, name: str = "x") -> None:
         raise ValueError(f"{name} must have shape (..., {n_var}), got {tuple(x.shape)}.")
 
 
-def _check_n_points(n_points: int) -> int:
+def _check_n_points(n_points: int, name: str = "n_points") -> int:
+    """``n_points`` checked to be an int ``>= 1``; the errors call it ``name`` (the caller's argument)."""
     if isinstance(n_points, bool) or not isinstance(n_points, int):
-        raise TypeError(f"n_points must be an int, got {type(n_points).__name__}.")
+        raise TypeError(f"{name} must be an int, got {type(n_points).__name__}.")
     if n_points < 1:
-        raise ValueError(f"n_points must be at least 1, got {n_points}.")
+        raise ValueError(f"{name} must be at least 1, got {n_points}.")
     return n_points
 
 
@@ -494,7 +495,7 @@ class ThreeTargetToy:
     def sample(self, n: int, target: int, *, generator: Optional[torch.Generator] = None,
                dtype: torch.dtype = torch.float64) -> Tensor:
         """``(n, 2)`` exact samples of target ``target`` (0, 1 or 2), on the CPU."""
-        _check_n_points(n)
+        _check_n_points(n, "n")
         if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < self.n_obj:
             raise ValueError(f"target must be 0, 1 or 2, got {target!r}.")
         w = torch.tensor(self.weights[target], dtype=torch.float64)
@@ -506,7 +507,7 @@ class ThreeTargetToy:
     def initial_particles(self, n: int, *, generator: Optional[torch.Generator] = None,
                           dtype: torch.dtype = torch.float64) -> Tensor:
         """``(n, 2)`` starting particles drawn from ``N(0, 5^2 I)`` (supplement 2.1.1)."""
-        _check_n_points(n)
+        _check_n_points(n, "n")
         return (5.0 * torch.randn(n, 2, generator=generator, dtype=torch.float64)).to(dtype)
 
     def __repr__(self) -> str:

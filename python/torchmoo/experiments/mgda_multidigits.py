@@ -71,8 +71,11 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[
 
 def _train_unit(unit: str, aggregator, cfg: Config, ctx: RunContext, data, unit_index: int) -> Dict[str, Any]:
     (x_train, y_train), (x_test, y_test) = data
-    torch.manual_seed(ctx.seed)  # the same initialization for every unit
-    model = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=x_train.shape[-1]).to(ctx.device)
+    # the same initialization for every unit, seeded under a fork: the caller's random streams are left as
+    # they were
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(ctx.seed)
+        model = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=x_train.shape[-1]).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if isinstance(aggregator, tm.methods.LinearScalarization):
         # the gradient of w * l_1 + (1 - w) * l_2 in every parameter: each head gets its task's weight

@@ -73,11 +73,13 @@ def check_optimizer(name: str) -> None:
 
 def make_networks(factory: Callable[[], nn.Module], count: int, seed: int, device: torch.device) -> List[nn.Module]:
     """``count`` networks from ``factory``; network ``m`` is initialized under the seed ``(seed, m)``, so
-    the first ``m`` networks are the same for every method and every ensemble size."""
+    the first ``m`` networks are the same for every method and every ensemble size. The seeding is done
+    under :func:`torch.random.fork_rng`: the caller's CPU and CUDA random streams are left as they were."""
     nets = []
-    for m in range(count):
-        torch.manual_seed(seed * 1_000_003 + 7919 * (m + 1))
-        nets.append(factory().to(device))
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        for m in range(count):
+            torch.manual_seed(seed * 1_000_003 + 7919 * (m + 1))
+            nets.append(factory().to(device))
     return nets
 
 

@@ -87,7 +87,7 @@ class Config:
     steps: int = 4000
     lr: float = 5e-4  # Adam, betas (0.9, 0.999)
     bandwidths: List[Optional[float]] = field(default_factory=lambda: [None, 0.01])  # None: median heuristic
-    box_margin: float = 1e-6  # particles are clamped to [margin, 1 - margin]
+    box_margin: float = 1e-6  # particles are clamped to [margin, 1 - margin]; > 0 (inf gradient at x1 = 0)
     tolerances: List[float] = field(default_factory=lambda: [0.01, 0.05])
     front_points: int = 5000  # samples of the analytic front (IGD+, distances, its hypervolume)
     hv_ref: List[float] = field(default_factory=lambda: list(HV_REF))
@@ -174,8 +174,13 @@ def run(cfg: Config, ctx: RunContext) -> Dict[str, Any]:
         raise ValueError(f"bandwidths must be a non-empty list of positive numbers or None, got {cfg.bandwidths}.")
     check_unique_units([_label("", h) for h in cfg.bandwidths],
                        f"bandwidths must differ in their first 6 significant digits, got {cfg.bandwidths}.")
-    if not 0.0 <= cfg.box_margin < 0.5 or not cfg.tolerances or min(cfg.tolerances) <= 0 or len(cfg.hv_ref) != 2:
-        raise ValueError("box_margin must lie in [0, 0.5), tolerances be positive, hv_ref have 2 entries.")
+    if not 0.0 < cfg.box_margin < 0.5:
+        # at x1 = 0 the slope of f2 = g - sqrt(f1 g) - ... in x1 is -inf: a particle clamped there has a
+        # non-finite score, which stops the sampler mid-run
+        raise ValueError(f"box_margin must lie in (0, 0.5): ZDT3's gradient is infinite at x1 = 0, got "
+                         f"{cfg.box_margin}.")
+    if not cfg.tolerances or min(cfg.tolerances) <= 0 or len(cfg.hv_ref) != 2:
+        raise ValueError("tolerances must be positive and hv_ref have 2 entries.")
     problem = tm.problems.ZDT3(cfg.n_var)
     front = problem.pareto_front(cfg.front_points)
     initial = particle_metrics(problem, initial_particles(cfg, ctx.seed), front, cfg)

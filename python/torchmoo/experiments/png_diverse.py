@@ -213,9 +213,12 @@ def train_unit(unit: str, method: str, cfg: Config, ctx: RunContext, data, seed:
     (x_train, y_train), (x_test, y_test) = data
     N = cfg.num_models
     models = []
-    for k in range(N):
-        torch.manual_seed(seed * 1000 + k)  # model k starts from the same weights in every method
-        models.append(tm.zoo.models.MultiLeNet(num_tasks=2, image_size=x_train.shape[-1]).to(ctx.device))
+    # model k starts from the same weights in every method; seeded under a fork, which leaves the caller's
+    # random streams as they were
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        for k in range(N):
+            torch.manual_seed(seed * 1000 + k)
+            models.append(tm.zoo.models.MultiLeNet(num_tasks=2, image_size=x_train.shape[-1]).to(ctx.device))
     params = [p for m in models for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     pref = preferences(N)

@@ -511,6 +511,8 @@ def pareto_expand(
        \nabla^2 f_i` applied by Hessian-vector products (:func:`torchmoo.autograd.hvp_operator` of
        :math:`\alpha^\top f`), all ``K`` systems in one batched :func:`torchmoo.ops.minres` (one batched
        product per iteration). ``shift=-0.1`` is the authors' "damping" 0.1 (their MultiMNIST code).
+       The solve runs in the parameters' dtype, or in float32 when they are float16 / bfloat16 (each
+       product computed in their dtype and cast to float32; the directions cast back at the end).
     4. Orientation (``sign``): ``v`` and ``-v`` both solve the system, and one of them retracts. With
        ``"parent"`` the predicted change :math:`J v` must point away from the parent's objectives
        (:math:`\langle Jv, f(x^*) - f(\text{parent})\rangle \ge 0`, section 4.3); with ``"beta"`` it must
@@ -609,9 +611,13 @@ def pareto_expand(
         residuals = torch.full((K,), float("nan"), dtype=torch.float64)
         info = None
     else:
-        B = beta @ J
+        # MINRES works in float32 or float64: the systems of a float16 / bfloat16 model are solved in float32
+        # (right-hand sides from J in float32; each Hessian-vector product in the parameters' dtype, cast back)
+        work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        Jw = J.to(work)
+        B = beta.to(work) @ Jw
         if correction:
-            B = B - beta.sum(1, keepdim=True) * c
+            B = B - beta.to(work).sum(1, keepdim=True) * (alpha.to(work) @ Jw)
         Lh = L  # the objectives whose alpha-weighted Hessian is applied
         if hessian_objectives is not None:
             Lh = _Problem(hessian_objectives, prob.params, prob.counter).losses()
@@ -629,18 +635,26 @@ def pareto_expand(
 
         def matvec(v: Tensor) -> Tensor:
             counter_ref.hvp += v.shape[0] if v.dim() == 2 else 1
-            return hv(v)
+            if work == dtype:
+                return hv(v)
+            # Each row scaled by a power of two to a largest entry in [0.5, 1) before it is rounded to
+            # the parameters' dtype (float16 would flush the small entries of a Lanczos vector of small
+            # norm to 0), and the product scaled back in float32 (H is linear: the scaling loses nothing).
+            _, e = torch.frexp(v.abs().amax(-1, keepdim=True))
+            return torch.ldexp(hv(torch.ldexp(v, -e)).to(work), e)
 
         V, info = ops.minres(matvec, B.contiguous(), max_iter=k, tol=tol, shift=shift)
         bn = B.double().norm(dim=1)
         last = info.residual_norms[:, -1]
         residuals = torch.where(bn > 0, last / bn.clamp_min(1e-300), torch.full_like(bn, float("nan"))).cpu()
         del hv
-        P = V @ J.T
+        P = V @ Jw.T
         s = _orient(P, beta, losses, parent_losses, sign)
         V = V * s[:, None]
+    # normalized in the solve's dtype (the unnormalized solution may overflow float16), then cast to the
+    # parameters' dtype
     norms = V.norm(dim=1, keepdim=True)
-    V = torch.where(norms > 0, V / norms.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(V))
+    V = torch.where(norms > 0, V / norms.clamp_min(torch.finfo(V.dtype).tiny), torch.zeros_like(V)).to(dtype)
     P = V @ J.T
     return Expansion(V.detach(), P.detach(), alpha.detach(), beta.detach(), losses, stationarity, residuals, info)
 
