@@ -1039,3 +1039,15 @@ def test_backward_when_the_losses_reach_no_parameter(batched):
     png = PNG(WeightedDistance([0.1, 0.2]))
     w = png.backward([x.sum(), x.pow(2).sum()], [p], batched=batched)
     assert p.grad is None and png.steps == 1 and bool(torch.isfinite(w).all())
+
+
+def test_tm_backward_overflow_leaves_the_png_state_as_it_was():
+    """Through tm.backward, a combination that overflows the parameters' float16 raises before any .grad
+    is written and puts PNG's state back (e0, step count, diagnostics), as PNG.backward does: a step
+    that is not taken does not advance the control."""
+    A = 4 * torch.tensor([[1.0, 0.5, -0.25, 2.0], [0.5, -1.0, 1.0, 0.25]], dtype=torch.float16)
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    png = PNG(WeightedDistance([1e-4, 1e-4]))
+    with pytest.raises(ValueError, match="overflows"):
+        tm.backward(A @ p + 1.0, [p], png)
+    assert p.grad is None and png.steps == 0 and png.e0 is None and png.stats is None and png.weights is None

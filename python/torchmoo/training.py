@@ -254,6 +254,7 @@ def _aggregate_blocks(
         return aggregator.weights
     if aggregator.gram_based:
         # the losses in G's dtype and device (the CPU), as Aggregator.__call__ passes them to compute_weights
+        state = aggregator._save_state()  # put back if the combination overflows (no step is taken)
         w_host = aggregator.gram_weights(G, check_losses(host_losses, m, G))
         w_G = w_host.to(device)  # one copy to the blocks' device
         w = w_G.to(dtype)
@@ -267,6 +268,7 @@ def _aggregate_blocks(
         if not amp and not _combination_bounded(G, w_host, [b.dtype for b in flat if b is not None], scale) \
                 and not _all_finite(combined):
             bad = next(d for d in combined if d is not None and not bool(torch.isfinite(d).all()))
+            aggregator._restore_state(state)
             raise ValueError(f"The combination w @ J of the Jacobian overflows {bad.dtype} (weights {w.tolist()}): "
                              "an entry exceeds the largest finite value of the dtype.")
         if J_flat is not None:

@@ -11,7 +11,7 @@ parameters, see :func:`torchmoo.backward`).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -190,6 +190,14 @@ class Aggregator:
         """
         J = check_jacobian(J)
         return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
+
+    def _save_state(self) -> Any:
+        """What one weight computation changes (``weights`` and any running state of a subclass), to be put
+        back by :meth:`_restore_state` when the step it served is abandoned (an overflowing combination)."""
+        return self.weights
+
+    def _restore_state(self, state: Any) -> None:
+        self.weights = state
 
     def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
         """Raise the aggregator's own errors about the number of objectives ``m`` and the ``(m,)`` loss

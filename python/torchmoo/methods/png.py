@@ -515,6 +515,12 @@ class PNG(Aggregator):
         self.steps += 1
         return w.to(device=G.device, dtype=G.dtype)
 
+    def _save_state(self) -> Any:
+        return self.e0, self.steps, self.stats, self.weights
+
+    def _restore_state(self, state: Any) -> None:
+        self.e0, self.steps, self.stats, self.weights = state
+
     # ---- Aggregator interface (one model, through tm.backward or png(J, losses)) --------------------
     def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
         """One model's ``m`` losses (the criterion's value last with ``criterion=None``): given, and in the
@@ -695,7 +701,7 @@ class PNG(Aggregator):
         for G, blocks, J in zip(Gs, all_blocks, jacobians):
             if not bool(torch.isfinite(G).all()):  # the block at fault raises ops.gram's message
                 blocks_gram([J] if J is not None else blocks, k, first)
-        state = (self.e0, self.steps, self.stats)  # put back if no .grad is written (see below)
+        state = self._save_state()  # put back if no .grad is written (see below)
         W = self._step(Gs, Ls, criterion_value=None if criterion_value is None else float(criterion_value.detach()),
                        single=not multi)
         # The weights go once to every device that holds a Jacobian: a model's losses (where its Gram matrix
@@ -726,7 +732,7 @@ class PNG(Aggregator):
                 raise ValueError("PNG.backward: the combination w @ J of a model's Jacobian overflows its dtype (an "
                                  "entry exceeds the largest finite value); no .grad was written.")
         except Exception:  # (an overflow, or e.g. running out of memory): no step was taken
-            self.e0, self.steps, self.stats = state
+            self._restore_state(state)
             raise
         for plist, blocks, (pieces, _) in zip(groups, all_blocks, all_pieces):
             # a parameter no loss reaches keeps its .grad as it was

@@ -43,7 +43,7 @@ import itertools
 import math
 import numbers
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -676,6 +676,12 @@ class PSST(Aggregator):
         self.feasibility: str = feasibility
         self.last: Optional[PSSTStep] = None
         self.counts: Dict[str, int] = {"constrained": 0, "feasibility": 0, "inside": 0}
+
+    def _save_state(self) -> Any:
+        return self.weights, self.last, dict(self.counts)
+
+    def _restore_state(self, state: Any) -> None:
+        self.weights, self.last, self.counts = state
 
     def check_inputs(self, m: int, losses: Optional[Tensor]) -> None:
         """Losses given, finite, one per objective of the region."""
