@@ -65,6 +65,16 @@ def count_cuda_syncs(fn, device: str) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def check_cuda_step_against_cpu(run, max_syncs: int, **tolerances) -> None:
+    """``run(device) -> (synchronizations, grads)`` on ``"cuda"`` and ``"cpu"``: at most ``max_syncs``
+    synchronizations on the GPU, and the same gradients as on the CPU (``torch.testing.assert_close``)."""
+    syncs, got = run("cuda")
+    _, ref = run("cpu")
+    assert syncs <= max_syncs, f"{syncs} synchronizations in one step (at most {max_syncs} expected)"
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, **tolerances)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread while a test runs: tiny problems pay OpenMP start-up and contention costs."""

@@ -989,7 +989,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
     """tm.backward with MGDA on a GPU model synchronizes twice at most (the Gram matrix and losses read in
     one copy, the weights sent back; no finiteness check of a float32 direction) and writes what the CPU
     writes."""
-    from conftest import count_cuda_syncs
+    from conftest import check_cuda_step_against_cpu, count_cuda_syncs
 
     x, ys = _data(2, seed=21)
 
@@ -1002,11 +1002,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
                                  device)
         return syncs, [p.grad.cpu() for p in model.parameters()]
 
-    syncs, got = run("cuda")
-    _, ref = run("cpu")
-    assert syncs <= 2, f"{syncs} synchronizations in one tm.backward step"
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    check_cuda_step_against_cpu(run, 2, rtol=1e-4, atol=1e-6)
 
 
 class _FixedGramWeights(tm.methods.Aggregator):

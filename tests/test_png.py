@@ -837,7 +837,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
     """One PNG step of 3 float64 models on a GPU synchronizes twice at most (the Gram matrices and losses
     read in one copy, the weights sent back; the directions need no finiteness check, their bound from G
     and w excludes an overflow), whatever N, and writes the CPU step's ``.grad``."""
-    from conftest import count_cuda_syncs
+    from conftest import check_cuda_step_against_cpu, count_cuda_syncs
 
     x, y = _data(6)
 
@@ -851,11 +851,7 @@ def test_backward_on_cuda_synchronizes_at_most_twice():
         syncs = count_cuda_syncs(lambda: png.backward([lambda m=m: m.losses(xd, yd) for m in models], models), device)
         return syncs, [tm.autograd.flatten([p.grad.cpu() for p in m.parameters()]) for m in models]
 
-    syncs, got = run("cuda")
-    _, ref = run("cpu")
-    assert syncs <= 2, f"{syncs} synchronizations in one PNG step"
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    check_cuda_step_against_cpu(run, 2, rtol=1e-9, atol=1e-12)
 
 
 class _NumpyTanh(torch.autograd.Function):

@@ -31,7 +31,9 @@ from torchmoo import ops
 from torchmoo.autograd import (
     Losses, Params, _accumulate, _jacobian, _losses_and_items, _promoted_dtype, as_param_list, jacobian, unflatten,
 )
-from torchmoo.methods.aggregator import Aggregator, _all_finite, _combination_bounded, blocks_gram, check_losses
+from torchmoo.methods.aggregator import (
+    Aggregator, _all_finite, _combination_bounded, _grams_to_host, blocks_gram, check_losses,
+)
 
 __all__ = ["backward"]
 
@@ -225,9 +227,8 @@ def _aggregate_blocks(
         # Float32 Grams for half blocks (a float16 Gram overflows at ||g||^2 > 65504), summed in float64 on the
         # blocks' device, then read on the host once with the loss values: the checks and the aggregator's
         # m x m problem run on the CPU (on a GPU one synchronization, not one per check plus tiny kernels)
-        G = blocks_gram(flat, m, device, check_finite=False)
-        host = torch.cat([G.reshape(-1), loss_values.reshape(-1).to(device=G.device, dtype=torch.float64)]).cpu()
-        G, host_losses = host[: m * m].reshape(m, m), host[m * m:]
+        Gs, host_losses = _grams_to_host([blocks_gram(flat, m, device, check_finite=False)], [loss_values])
+        G, host_losses = Gs[0], host_losses[0]
         finite = bool(torch.isfinite(G).all())
         if not finite and not amp and all(b is None or bool(torch.isfinite(b).all()) for b in flat):
             blocks_gram(flat, m, device)  # finite blocks whose Gram overflows: raises ops.gram's message
@@ -265,12 +266,11 @@ def _aggregate_blocks(
         # GradScaler sees it; without a scaler it raises, as aggregator(J) does, before any .grad is
         # written: checked once for all the blocks, and only when the bound from G and w does not exclude it
         combined = [None if b is None else ops.combine(b, w_G.to(b.dtype), check_finite=False) for b in flat]
-        if not amp and not _combination_bounded(G, w_host, [b.dtype for b in flat if b is not None], scale) \
+        if not amp and not _combination_bounded(G, w_host, [b.dtype for b in flat if b is not None]) \
                 and not _all_finite(combined):
-            bad = next(d for d in combined if d is not None and not bool(torch.isfinite(d).all()))
             aggregator._restore_state(state)
-            raise ValueError(f"The combination w @ J of the Jacobian overflows {bad.dtype} (weights {w.tolist()}): "
-                             "an entry exceeds the largest finite value of the dtype.")
+            raise _overflow_error(next(d.dtype for d in combined
+                                       if d is not None and not bool(torch.isfinite(d).all())), w)
         if J_flat is not None:
             pieces = unflatten(combined[0], shared)
             _accumulate(shared, [None if b is None else g for b, g in zip(blocks, pieces)])
@@ -287,14 +287,17 @@ def _aggregate_blocks(
         # still overflow, which without a scaler is an error, as on the Gram path (before any .grad is written)
         if not amp and any(p.dtype != d.dtype for p in shared) and not _all_finite(
                 [g for b, g in zip(blocks, pieces) if b is not None]):
-            bad = next(p.dtype for b, g, p in zip(blocks, pieces, shared)
-                       if b is not None and not bool(torch.isfinite(g).all()))
-            raise ValueError(f"The combination w @ J of the Jacobian overflows {bad} (weights {w.tolist()}): "
-                             "an entry exceeds the largest finite value of the dtype.")
+            raise _overflow_error(next(p.dtype for b, g, p in zip(blocks, pieces, shared)
+                                       if b is not None and not bool(torch.isfinite(g).all())), w)
         # a parameter no loss reaches keeps .grad None, as with Tensor.backward (and the Gram path)
         _accumulate(shared, [None if b is None else _sparse_rows(g[reached_rows[k]], reached_rows[k], g)
                              if k in reached_rows else g for k, (b, g) in enumerate(zip(blocks, pieces))])
     return w
+
+
+def _overflow_error(dtype: torch.dtype, w: Tensor) -> ValueError:
+    return ValueError(f"The combination w @ J of the Jacobian overflows {dtype} (weights {w.tolist()}): "
+                      "an entry exceeds the largest finite value of the dtype.")
 
 
 def _sparse_rows(values: Tensor, rows: Tensor, like: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ parameters, see :func:`torchmoo.backward`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -116,8 +116,19 @@ def blocks_gram(
     return G
 
 
-def _combination_bounded(G: Tensor, w: Tensor, dtypes: Sequence[torch.dtype], scale: float = 1.0) -> bool:
-    r"""Whether ``scale * (w @ J)`` is certainly finite in every dtype of ``dtypes``, from the host tensors
+def _grams_to_host(grams: Sequence[Tensor], losses: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``N`` Gram matrices ``(k, k)`` and loss rows ``(m,)`` (any devices) as float64 CPU tensors ``(N, k, k)``
+    and ``(N, m)``, read in one copy: where the small weight problems run (on a GPU one synchronization
+    instead of one per check, and no tiny kernels)."""
+    first = grams[0].device
+    host = torch.stack([torch.cat([G.reshape(-1).to(torch.float64), r.reshape(-1).to(torch.float64)]).to(first)
+                        for G, r in zip(grams, losses)]).cpu()
+    k = grams[0].shape[-1]
+    return host[:, : k * k].reshape(-1, k, k), host[:, k * k:]
+
+
+def _combination_bounded(G: Tensor, w: Tensor, dtypes: Sequence[torch.dtype]) -> bool:
+    r"""Whether ``w @ J`` is certainly finite in every dtype of ``dtypes``, from the host tensors
     ``G = J J^T`` (m, m) and ``w`` (m,) alone: :math:`|(w^\top J)_j| \le \sum_i |w_i| \|J_i\| =
     \sum_i |w_i| \sqrt{G_{ii}}`, against half the dtype's largest value (room for the rounding of the
     sums). When it holds, the combinations need no finiteness check (on CUDA a synchronization); float32
@@ -129,7 +140,7 @@ def _combination_bounded(G: Tensor, w: Tensor, dtypes: Sequence[torch.dtype], sc
         return True
     limit = 0.5 * min(torch.finfo(d).max for d in dtypes)
     w_abs = w.detach().double().abs()
-    bound = float((w_abs * G.detach().double().diagonal().clamp_min(0).sqrt()).sum()) * scale
+    bound = float((w_abs * G.detach().double().diagonal().clamp_min(0).sqrt()).sum())
     return bound < limit and float(w_abs.max()) < limit  # False for a NaN bound or weight
 
 

@@ -54,7 +54,9 @@ from torch import Tensor
 
 from torchmoo import ops
 from torchmoo.autograd import Losses, Params, _accumulate, _jacobian, _losses_and_items, as_param_list, unflatten
-from torchmoo.methods.aggregator import Aggregator, _all_finite, _combination_bounded, blocks_gram, check_gram
+from torchmoo.methods.aggregator import (
+    Aggregator, _all_finite, _combination_bounded, _grams_to_host, blocks_gram, check_gram,
+)
 from torchmoo.methods.png_criteria import (
     ComplexCosine,
     Criterion,
@@ -694,10 +696,8 @@ class PNG(Aggregator):
         # The k x k step runs on the CPU: the N Gram matrices and loss rows (the models may live on different
         # devices) reach the host in one copy, and the weights go back once per device
         first = grams[0].device
-        host = torch.stack([torch.cat([G.reshape(-1), r.to(torch.float64)]).to(first)
-                            for G, r in zip(grams, loss_rows)]).cpu()
-        k = grams[0].shape[0]
-        Gs, Ls = host[:, : k * k].reshape(N, k, k), host[:, k * k:]
+        Gs, Ls = _grams_to_host(grams, loss_rows)
+        k = Gs.shape[-1]
         for G, blocks, J in zip(Gs, all_blocks, jacobians):
             if not bool(torch.isfinite(G).all()):  # the block at fault raises ops.gram's message
                 blocks_gram([J] if J is not None else blocks, k, first)
