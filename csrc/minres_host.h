@@ -58,10 +58,13 @@ inline InitOutputs init(const at::Tensor& b, int64_t max_iter) {
   return {y, yprev, w, wprev, x, state, history};
 }
 
+// minres_step's summary[1] when every product of the step was finite.
+constexpr int32_t kNoBadRow = std::numeric_limits<int32_t>::max();
+
 // Checks of minres_step's arguments (cheap: metadata only). hv may be undefined (the final flush).
 inline void check_step(const at::Tensor& hv, const at::Tensor& y, const at::Tensor& yprev, const at::Tensor& w,
                        const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
-                       const at::Tensor& history) {
+                       const at::Tensor& history, const at::Tensor& summary) {
   check_vectors(y, "y");
   if (hv.defined()) {  // (n,) is accepted for k = 1: the shape of what the matvec received
     TORCH_CHECK_VALUE(hv.numel() == y.numel() && hv.scalar_type() == y.scalar_type() && hv.device() == y.device() &&
@@ -107,6 +110,11 @@ inline void check_step(const at::Tensor& hv, const at::Tensor& y, const at::Tens
   TORCH_CHECK_VALUE(history.scalar_type() == at::kDouble && history.dim() == 2 && history.size(0) == y.size(0) &&
                         history.size(1) >= 1 && history.is_contiguous() && history.device() == y.device(),
                     "minres_step: history must be a contiguous (k, max_iter + 1) float64 tensor from minres_init.");
+  TORCH_CHECK_VALUE(summary.scalar_type() == at::kInt && summary.dim() == 1 && summary.size(0) == 2 &&
+                        summary.is_contiguous() && summary.device() == y.device(),
+                    "minres_step: summary must be a contiguous (2,) int32 tensor on the device of y.");
+  TORCH_CHECK_VALUE(y.size(0) < kNoBadRow, "minres_step: at most ", kNoBadRow - 1, " right-hand sides, got ",
+                    y.size(0), ".");
 }
 
 inline double dtype_eps(at::ScalarType t) {

@@ -19,13 +19,14 @@ TORCH_LIBRARY(torchmoo, m) {
   m.def("gram(Tensor J, bool check_finite=True) -> Tensor");
   // MINRES for (H - shift I) x = b over a matvec that runs in Python (torchmoo.ops.minres drives the loop).
   // minres_init(b (k, n), max_iter) -> (y, yprev, w, wprev, x, state, history); minres_step consumes
-  // hv = H y and advances every right-hand side by one iteration in place, returning how many still run
-  // (hv = None: apply the pending updates of x only); minres_info(state, history) -> (iterations,
-  // residual_norms, stop codes).
+  // hv = H y and advances every right-hand side by one iteration in place, writing into summary (int32
+  // (2,), on the device of y) how many rows still run and the first row whose hv was not finite (2^31 - 1
+  // when none), without synchronizing a CUDA stream (hv = None: apply the pending updates of x only,
+  // summary untouched); minres_info(state, history) -> (iterations, residual_norms, stop codes).
   m.def("minres_init(Tensor b, int max_iter) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "minres_step(Tensor? hv, Tensor(a!) y, Tensor(b!) yprev, Tensor(c!) w, Tensor(d!) wprev, Tensor(e!) x,"
-      " Tensor(f!) state, Tensor(g!) history, float shift, float tol) -> int");
+      " Tensor(f!) state, Tensor(g!) history, Tensor(h!) summary, float shift, float tol) -> ()");
   m.def("minres_info(Tensor state, Tensor history) -> (Tensor, Tensor, Tensor)");
   // MT-SGD (supplement Eq. 3): U (K, K) = <phi_i, phi_j> in the RKHS of k = exp(-|x_a - x_b|^2 / h), for
   // particles X (M, d) and scores S (K, M, d); stein_update: phi (M, d) = sum_i w_i phi_i at the particles.

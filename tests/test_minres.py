@@ -554,10 +554,11 @@ def test_step_operator_rejects_layouts_it_cannot_read():
 
     def fresh():
         y, yprev, w, wprev, x, state, history = ops.minres_init.default(b, 4)
-        return [y @ A, y, yprev, w, wprev, x, state, history]
+        return [y @ A, y, yprev, w, wprev, x, state, history, torch.empty(2, dtype=torch.int32)]
 
     args = fresh()
     ops.minres_step.default(*args, 0.0, 0.0)  # the valid call works
+    assert args[8].tolist() == [3, 2**31 - 1]  # its summary: 3 rows still run, no non-finite product
     column_major = torch.empty_strided((3, 6), (1, 3), dtype=F64).copy_(b)
     expanded = b[:1].expand(3, 6)  # stride 0 along k: reading it as (3, 6) runs past its storage
     for y_bad in (column_major, expanded):
@@ -576,6 +577,118 @@ def test_step_operator_rejects_layouts_it_cannot_read():
     args = fresh()
     args[0] = args[1]  # hv is y (H = I): only read, allowed
     ops.minres_step.default(*args, 0.0, 0.0)
+    # H = I: every row's b is an eigenvector, so all three stop (breakdown) and none was non-finite.
+    assert args[8].tolist() == [0, 2**31 - 1]
+    for bad_summary in (torch.empty(2, dtype=torch.int64), torch.empty(3, dtype=torch.int32)):
+        args = fresh()
+        args[8] = bad_summary
+        with pytest.raises(ValueError, match=r"summary must be a contiguous \(2,\) int32 tensor"):
+            ops.minres_step.default(*args, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The lagged stopping test (CUDA reads each step's summary one product later; forced here on the CPU)
+# --------------------------------------------------------------------------------------------------
+
+
+LAG_SCENARIOS = {
+    **{f"reference {case}": case for case in REF_CASES},
+    "rows stopping at different iterations": "rows",
+    "eigenvector breakdown": "eigenvector",
+    "max_iter": "max_iter",
+}
+
+
+@pytest.mark.parametrize("scenario", list(LAG_SCENARIOS))
+def test_lagged_stopping_test_gives_the_same_solve(monkeypatch, scenario):
+    """Reading a step's summary one product late changes nothing but, when the solve stops before
+    ``max_iter``, one more (discarded) product: x, iterations, residuals and stop reasons are bitwise
+    those of the loop that reads every summary at once."""
+    what = LAG_SCENARIOS[scenario]
+    kw = dict(max_iter=80, tol=1e-6)
+    if what in REF_CASES:
+        eigs, shift, kind = REF_CASES[what]
+        A, _ = sym_matrix(eigs, seed=18)
+        b = randn(2, M, seed=19)
+        b = b @ A if kind == "range" else b
+        kw["shift"] = shift
+    elif what == "rows":
+        A, Q = sym_matrix(np.r_[np.zeros(2), np.linspace(-6.0, 6.0, 22)], seed=14)
+        b = torch.stack([randn(24, seed=15), Q[:, 5], A @ randn(24, seed=16), torch.zeros(24, dtype=F64),
+                         randn(24, seed=17)])
+        kw = dict(max_iter=60, tol=1e-9)
+    elif what == "eigenvector":
+        A, Q = sym_matrix(np.linspace(-4.0, 6.0, 12), seed=5)
+        b = 2.5 * Q[:, 3]
+        kw = dict(max_iter=10, tol=0.0)
+    else:
+        A, _ = sym_matrix(np.linspace(1.0, 20.0, N), seed=3)
+        b = randn(3, N, seed=4)
+        kw = dict(max_iter=7, tol=0.0)
+    calls = [0, 0]
+    lag = [False]
+
+    def mv(v):
+        calls[lag[0]] += 1
+        return rowwise(A)(v)
+
+    monkeypatch.setattr(tm.ops._StepSummaries, "lag_on_cpu", False)
+    x0, i0 = tm.ops.minres(mv, b, **kw)
+    lag[0] = True
+    monkeypatch.setattr(tm.ops._StepSummaries, "lag_on_cpu", True)
+    x1, i1 = tm.ops.minres(mv, b, **kw)
+    assert torch.equal(x0, x1) and torch.equal(i0.iterations, i1.iterations)
+    assert torch.equal(i0.residual_norms, i1.residual_norms) and i0.stop_reason == i1.stop_reason
+    assert (i0.matvec_calls, i1.matvec_calls) == tuple(calls)
+    stopped_early = i0.matvec_calls < kw["max_iter"]
+    assert i1.matvec_calls == i0.matvec_calls + stopped_early
+    assert stopped_early == (what != "max_iter")
+
+
+def test_lagged_stopping_test_errors(monkeypatch):
+    """With the lagged reading: a non-finite product still raises with its iteration (also in the last
+    step, read after the loop), a product after the solve stopped may fail without hiding the result,
+    and a failing product while the solve runs still raises."""
+    monkeypatch.setattr(tm.ops._StepSummaries, "lag_on_cpu", True)
+    A, Q = sym_matrix(np.linspace(1.0, 2.0, 4), seed=38)
+    b = randn(2, 4, seed=39)
+
+    def nan_on_call(k):
+        calls = []
+
+        def mv(v):
+            calls.append(1)
+            out = v @ A
+            return out + float("nan") if len(calls) == k else out
+        return mv
+
+    with pytest.raises(ValueError, match=r"right-hand side 0 of 2, at iteration 3\)"):
+        tm.ops.minres(nan_on_call(3), b, tol=0.0)
+    with pytest.raises(ValueError, match=r"at iteration 3\)"):  # the last product: found by the drain
+        tm.ops.minres(nan_on_call(3), b, max_iter=3, tol=0.0)
+    # An eigenvector stops the solve after one product; the second (speculative) one fails.
+    e = Q[:, 1] * 3.0
+    seen = []
+
+    def fails_after_first(v):
+        seen.append(1)
+        if len(seen) > 1:
+            raise RuntimeError("called after the solve stopped")
+        return v @ A
+
+    x, info = tm.ops.minres(fails_after_first, e, max_iter=10, tol=0.0)
+    assert info.stop_reason == "breakdown" and int(info.iterations) == 1 and len(seen) == 2
+    torch.testing.assert_close(x @ A, e, rtol=1e-12, atol=1e-12)
+
+    def fails_on_third(v):
+        seen.append(1)
+        if len(seen) == 3:
+            raise RuntimeError("a genuine failure")
+        return v @ A
+
+    seen.clear()
+    with pytest.raises(RuntimeError, match="a genuine failure"):
+        tm.ops.minres(fails_on_third, randn(4, seed=40), max_iter=10, tol=0.0)
 
 
 def test_info_shapes_and_types():
@@ -650,6 +763,30 @@ class TestCuda:
             tm.ops.minres(lambda v: (v @ A).cpu(), b)
         x, info = tm.ops.minres(lambda v: v @ A, torch.zeros(2, 4, dtype=F64, device="cuda"))
         assert info.stop_reason == ("b_zero", "b_zero") and bool((x == 0).all())
+
+    def test_no_synchronization_per_iteration(self):
+        """The loop reads each step's summary from pinned memory one product later: a solve synchronizes
+        the stream a fixed number of times (the checks of b, the diagnostics), not once per iteration; the
+        solve is the CPU's."""
+        from conftest import count_cuda_syncs
+
+        d = torch.linspace(1.0, 100.0, 5000, dtype=F64)
+        b = randn(2, 5000, seed=41)
+        xc, ic = tm.ops.minres(lambda v: v * d, b, max_iter=30, tol=0.0)
+        dg, bg, out = d.cuda(), b.cuda(), {}
+        syncs = count_cuda_syncs(lambda: out.update(r=tm.ops.minres(lambda v: v * dg, bg, max_iter=30, tol=0.0)),
+                                 "cuda")
+        xg, ig = out["r"]
+        assert ic.iterations.tolist() == ig.iterations.tolist() == [30, 30] and ig.matvec_calls == 30
+        assert syncs <= 4, f"{syncs} synchronizations in a 30-iteration solve"
+        torch.testing.assert_close(xg.cpu(), xc, rtol=1e-9, atol=1e-12)
+        # Stopping early costs at most one discarded product, and changes nothing else.
+        xc, ic = tm.ops.minres(lambda v: v * d, b, max_iter=200, tol=1e-8)
+        xg, ig = tm.ops.minres(lambda v: v * dg, bg, max_iter=200, tol=1e-8)
+        assert ig.stop_reason == ic.stop_reason == ("converged", "converged")
+        assert ig.iterations.tolist() == ic.iterations.tolist()
+        assert ig.matvec_calls in (ic.matvec_calls, ic.matvec_calls + 1)
+        torch.testing.assert_close(xg.cpu(), xc, rtol=1e-9, atol=1e-12)
 
     def test_info_checks_devices_before_the_guard(self):
         """One of state / history on the CPU still dispatches to the CUDA kernel: it must raise the

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../common/minres_recurrence.h"
@@ -148,10 +149,12 @@ const Kernels<T>& kernels() {
   return portable;
 }
 
+// Returns (rows still running, first row whose hv was not finite or kNoBadRow).
 template <typename T>
-int64_t step_impl(const c10::optional<at::Tensor>& hv_t, const at::Tensor& y_t, const at::Tensor& yprev_t,
-                  const at::Tensor& w_t, const at::Tensor& wprev_t, const at::Tensor& x_t, const at::Tensor& state_t,
-                  const at::Tensor& history_t, double shift, double tol) {
+std::pair<int64_t, int64_t> step_impl(const c10::optional<at::Tensor>& hv_t, const at::Tensor& y_t,
+                                      const at::Tensor& yprev_t, const at::Tensor& w_t, const at::Tensor& wprev_t,
+                                      const at::Tensor& x_t, const at::Tensor& state_t, const at::Tensor& history_t,
+                                      double shift, double tol) {
   const int64_t k = y_t.size(0), n = y_t.size(1);
   const int64_t hcols = history_t.size(1);
   const bool flush = !hv_t.has_value();
@@ -185,7 +188,7 @@ int64_t step_impl(const c10::optional<at::Tensor>& hv_t, const at::Tensor& y_t, 
     rows.push_back(r);
     coef.push_back(a);
   }
-  if (rows.empty() || n == 0) return 0;
+  if (rows.empty() || n == 0) return {0, kNoBadRow};
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   const int64_t items = static_cast<int64_t>(rows.size()) * nchunks;
   const int64_t grain = std::max<int64_t>(1, kMinTaskElems / std::min(kChunk, n));
@@ -219,7 +222,7 @@ int64_t step_impl(const c10::optional<at::Tensor>& hv_t, const at::Tensor& y_t, 
     s[kPending] = 0.0;
     if (coef[j].lanczos) s[kAlfa] = row_sum(j) / s[kBeta];
   }
-  if (flush) return 0;
+  if (flush) return {0, kNoBadRow};
 
   for_chunks([&](size_t j, int64_t off, int64_t len) -> double {
     if (!coef[j].lanczos) return 0.0;
@@ -227,37 +230,37 @@ int64_t step_impl(const c10::optional<at::Tensor>& hv_t, const at::Tensor& y_t, 
     return kern.b(yprev + off, y + off, len, static_cast<T>(s[kAlfa] / s[kBeta]));
   });
 
-  int64_t active = 0;
+  int64_t active = 0, bad = kNoBadRow;
   for (size_t j = 0; j < rows.size(); ++j) {
     if (!coef[j].lanczos) continue;
     const int64_t r = rows[j];
     double* s = state + r * kSlots;
     s[kBetaNextSq] = row_sum(j);
     scalar_step(s, tol, eps);
-    if (s[kStatus] == kNonFinite) {
-      TORCH_CHECK_VALUE(false, "minres: matvec returned NaN or infinity (for right-hand side ", r, " of ", k,
-                        ", at iteration ", static_cast<int64_t>(s[kIter]) + 1,
-                        "); H v must be finite for every finite v.");
-    }
+    if (s[kStatus] == kNonFinite) bad = std::min(bad, r);  // the caller raises (torchmoo.ops.minres)
     if (s[kPending] != 0.0) {
       const int64_t it = static_cast<int64_t>(s[kIter]);
       if (it < hcols) history[r * hcols + it] = s[kPhibar];
     }
     if (s[kStatus] == kActive) ++active;
   }
-  return active;
+  return {active, bad};
 }
 
-int64_t minres_step_cpu(const c10::optional<at::Tensor>& hv, const at::Tensor& y, const at::Tensor& yprev,
-                        const at::Tensor& w, const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
-                        const at::Tensor& history, double shift, double tol) {
-  check_step(hv.has_value() ? *hv : at::Tensor(), y, yprev, w, wprev, x, state, history);
+void minres_step_cpu(const c10::optional<at::Tensor>& hv, const at::Tensor& y, const at::Tensor& yprev,
+                     const at::Tensor& w, const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
+                     const at::Tensor& history, const at::Tensor& summary, double shift, double tol) {
+  check_step(hv.has_value() ? *hv : at::Tensor(), y, yprev, w, wprev, x, state, history, summary);
   TORCH_CHECK_VALUE(y.device().is_cpu(), "minres_step (CPU kernel): tensors must be on the CPU.");
-  int64_t active = 0;
+  std::pair<int64_t, int64_t> result{0, kNoBadRow};
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "minres_step_cpu", [&] {
-    active = step_impl<scalar_t>(hv, y, yprev, w, wprev, x, state, history, shift, tol);
+    result = step_impl<scalar_t>(hv, y, yprev, w, wprev, x, state, history, shift, tol);
   });
-  return active;
+  if (hv.has_value()) {  // the final flush leaves summary alone
+    int32_t* out = summary.mutable_data_ptr<int32_t>();
+    out[0] = static_cast<int32_t>(result.first);
+    out[1] = static_cast<int32_t>(result.second);
+  }
 }
 
 InitOutputs minres_init_cpu(const at::Tensor& b, int64_t max_iter) { return init(b, max_iter); }

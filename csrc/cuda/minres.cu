@@ -14,9 +14,10 @@
 //
 // The final flush (hv undefined) is pass_a alone, with the Lanczos part off. Rows without work are
 // skipped by every kernel (flags read from the state row). No atomics touch floating-point data and
-// the partials are summed in a fixed order, so a step is deterministic on a given GPU. The host reads
-// back two integers (rows still running, first row whose matvec output was not finite), which
-// synchronizes the stream once per iteration: the Python loop needs that count to stop.
+// the partials are summed in a fixed order, so a step is deterministic on a given GPU. The step never
+// synchronizes the stream: scalar_kernel writes the caller's summary on the device (rows still running,
+// first row whose matvec output was not finite), and the Python loop copies it to pinned memory and
+// reads it one iteration later, while the GPU runs the next product.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -71,9 +72,14 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pass_a(const T* __restrict__ hv, const T* __restrict__ y, T* __restrict__ yprev, const T* __restrict__ w,
            T* __restrict__ wprev, T* __restrict__ x, const double* __restrict__ state, double* __restrict__ partial,
-           int64_t k, int64_t n, double shift, bool flush) {
+           int64_t k, int64_t n, double shift, bool flush, int* __restrict__ summary) {
   __shared__ double shared[kWarps];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  // Preset the summary that scalar_kernel (later on the stream) counts into; null for the flush.
+  if (summary != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+    summary[0] = 0;
+    summary[1] = kNoBadRow;
+  }
   for (int64_t r = blockIdx.y; r < k; r += gridDim.y) {
     const double* s = state + r * kSlots;
     // Both flags are uniform over the block, so the block reduction below is reached by all threads or none.
@@ -133,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // summary[0]: rows still running after this step; summary[1]: smallest row whose matvec output was not
-// finite (0x7f7f7f7f when none). Both preset by the host.
+// finite (kNoBadRow when none). Both preset by pass_a.
 __global__ void __launch_bounds__(kThreads)
     scalar_kernel(double* __restrict__ state, double* __restrict__ history, const double* __restrict__ partial_alfa,
                   const double* __restrict__ partial_beta, int64_t k, int64_t blocks, int64_t hcols, double tol,
@@ -163,16 +169,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int64_t minres_step_cuda(const c10::optional<at::Tensor>& hv, const at::Tensor& y, const at::Tensor& yprev,
-                         const at::Tensor& w, const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
-                         const at::Tensor& history, double shift, double tol) {
+void minres_step_cuda(const c10::optional<at::Tensor>& hv, const at::Tensor& y, const at::Tensor& yprev,
+                      const at::Tensor& w, const at::Tensor& wprev, const at::Tensor& x, const at::Tensor& state,
+                      const at::Tensor& history, const at::Tensor& summary, double shift, double tol) {
   const bool flush = !hv.has_value();
-  check_step(flush ? at::Tensor() : *hv, y, yprev, w, wprev, x, state, history);
+  check_step(flush ? at::Tensor() : *hv, y, yprev, w, wprev, x, state, history, summary);
   TORCH_CHECK_VALUE(y.is_cuda(), "minres_step (CUDA kernel): tensors must be on a CUDA device.");
   const c10::cuda::CUDAGuard guard(y.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t k = y.size(0), n = y.size(1);
-  if (k == 0 || n == 0) return 0;
+  if (k == 0 || n == 0) {  // nothing runs (minres never gets here: such a b has no nonzero row)
+    if (!flush) {
+      summary.select(0, 0).fill_(0);
+      summary.select(0, 1).fill_(kNoBadRow);
+    }
+    return;
+  }
   const int64_t blocks = std::clamp<int64_t>((n + kThreads * 4 - 1) / (kThreads * 4), 1, kMaxBlocksPerRow);
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(std::min(k, kMaxGridY)));
   const unsigned scalar_grid = static_cast<unsigned>(std::min<int64_t>(k, 1 << 20));
@@ -187,22 +199,19 @@ int64_t minres_step_cuda(const c10::optional<at::Tensor>& hv, const at::Tensor& 
       pass_a<scalar_t><<<grid, kThreads, 0, stream>>>(
           nullptr, y.const_data_ptr<scalar_t>(), yprev.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           wprev.mutable_data_ptr<scalar_t>(), x.mutable_data_ptr<scalar_t>(), state_ptr, partial_alfa, k, n, shift,
-          true);
+          true, nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     state.select(1, kPending).zero_();
-    return 0;
+    return;
   }
 
-  const at::Tensor summary = at::empty({2}, y.options().dtype(at::kInt));
   int* summary_ptr = summary.mutable_data_ptr<int>();
-  C10_CUDA_CHECK(cudaMemsetAsync(summary_ptr, 0, sizeof(int), stream));
-  C10_CUDA_CHECK(cudaMemsetAsync(summary_ptr + 1, 0x7f, sizeof(int), stream));
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "minres_step_cuda", [&] {
     pass_a<scalar_t><<<grid, kThreads, 0, stream>>>(
         hv->const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), yprev.mutable_data_ptr<scalar_t>(),
         w.const_data_ptr<scalar_t>(), wprev.mutable_data_ptr<scalar_t>(), x.mutable_data_ptr<scalar_t>(), state_ptr,
-        partial_alfa, k, n, shift, false);
+        partial_alfa, k, n, shift, false, summary_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     pass_b<scalar_t><<<grid, kThreads, 0, stream>>>(y.const_data_ptr<scalar_t>(), yprev.mutable_data_ptr<scalar_t>(),
                                                      state_ptr, partial_alfa, partial_beta, k, n);
@@ -211,16 +220,6 @@ int64_t minres_step_cuda(const c10::optional<at::Tensor>& hv, const at::Tensor& 
   scalar_kernel<<<scalar_grid, kThreads, 0, stream>>>(state_ptr, history.mutable_data_ptr<double>(), partial_alfa,
                                                       partial_beta, k, blocks, history.size(1), tol, eps, summary_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  const at::Tensor host = summary.cpu();  // synchronizes the stream
-  const int* h = host.const_data_ptr<int>();
-  const int64_t bad = h[1];
-  if (bad < k) {
-    const int64_t iteration = static_cast<int64_t>(state[bad][kIter].item<double>()) + 1;
-    TORCH_CHECK_VALUE(false, "minres: matvec returned NaN or infinity (for right-hand side ", bad, " of ", k,
-                      ", at iteration ", iteration, "); H v must be finite for every finite v.");
-  }
-  return h[0];
 }
 
 minres::InitOutputs minres_init_cuda(const at::Tensor& b, int64_t max_iter) {

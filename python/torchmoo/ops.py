@@ -581,7 +581,9 @@ class MinresInfo(NamedTuple):
             ``"converged"``, ``"least_squares"``, ``"breakdown"``, ``"max_iter"``, ``"b_zero"`` (meanings in
             :func:`minres`).
         matvec_calls: how many times ``matvec`` was called (each call is one batched product for all
-            ``k`` right-hand sides).
+            ``k`` right-hand sides). On CUDA, a solve that stops before ``max_iter`` may have made one
+            product more than its iterations: the loop does not synchronize the stream to read each
+            step's stopping test (see :func:`minres`), and that last product is discarded.
     """
 
     iterations: Tensor
@@ -602,18 +604,21 @@ def _check_real(name: str, value: object, *, minimum: Optional[float] = None) ->
 
 
 def _check_matvec_output(hv: object, v: Tensor, call: int) -> Tensor:
-    """``hv = matvec(v)`` must be a tensor with the shape, dtype and device of ``v``."""
-    where = f"minres: matvec (call {call})"
+    """``hv = matvec(v)`` must be a tensor with the shape, dtype and device of ``v`` (runs every iteration:
+    the messages are only formatted on failure)."""
     if not isinstance(hv, Tensor):
-        raise TypeError(f"{where} must return a torch.Tensor, got {type(hv).__name__}.")
+        raise TypeError(f"minres: matvec (call {call}) must return a torch.Tensor, got {type(hv).__name__}.")
     if hv.shape != v.shape:
         raise ValueError(
-            f"{where} returned shape {tuple(hv.shape)} for v of shape {tuple(v.shape)}; H v must have the shape of v."
+            f"minres: matvec (call {call}) returned shape {tuple(hv.shape)} for v of shape {tuple(v.shape)}; H v "
+            "must have the shape of v."
         )
     if hv.dtype != v.dtype:
-        raise TypeError(f"{where} returned {hv.dtype} for v of dtype {v.dtype}; H v must have the dtype of v.")
+        raise TypeError(f"minres: matvec (call {call}) returned {hv.dtype} for v of dtype {v.dtype}; H v must have "
+                        "the dtype of v.")
     if hv.device != v.device:
-        raise ValueError(f"{where} returned a tensor on {hv.device} for v on {v.device}; H v must be on v's device.")
+        raise ValueError(f"minres: matvec (call {call}) returned a tensor on {hv.device} for v on {v.device}; H v "
+                         "must be on v's device.")
     return hv
 
 
@@ -638,6 +643,76 @@ def _times_pow2(t: Tensor, e: Tensor) -> Tensor:
     return (t.to(torch.float64) * _pow2(half) * _pow2(e - half)).to(t.dtype)
 
 
+class _StepSummaries:
+    """The stopping test of :func:`minres`'s loop. Each ``minres_step`` writes into a summary buffer how
+    many right-hand sides still run and the first one whose product was not finite.
+
+    On the CPU a summary is read right after its step. On CUDA, reading it at once would synchronize the
+    stream every iteration, the GPU idle while the host then launches the next product; instead it is
+    copied to pinned memory behind the step and read once that copy is done, at the latest before the
+    product after next. So the loop may call ``matvec`` once after the solve stopped (the step of that
+    product only applies the pending update of ``x``, as the final flush would)."""
+
+    #: test hook: the lagged reading on the CPU, where a summary is then never ready before it must be read
+    lag_on_cpu = False
+
+    def __init__(self, like: Tensor):
+        self.k = like.shape[0]
+        self.cuda = like.is_cuda
+        self.lag = self.cuda or _StepSummaries.lag_on_cpu
+        self.buffers = [torch.empty(2, dtype=torch.int32, device=like.device) for _ in range(2)]
+        if self.cuda:
+            self.host = torch.empty((2, 2), dtype=torch.int32, pin_memory=True)
+            self.events = [torch.cuda.Event() for _ in range(2)]
+            self.stream = torch.cuda.current_stream(like.device)  # the steps' stream (that of like's device)
+        self.unread: list = []  # (buffer slot, matvec call) of the steps not read yet, oldest first
+        self.issued = 0
+        self.stopped = False
+
+    def buffer(self) -> Tensor:
+        """The buffer for the next step (two alternate: a step's summary is read before its slot returns)."""
+        return self.buffers[self.issued % 2]
+
+    def written(self, call: int) -> None:
+        """After the step of product ``call`` (which wrote :meth:`buffer`): on CUDA, its copy to the host."""
+        slot = self.issued % 2
+        self.issued += 1
+        if self.cuda:
+            self.host[slot].copy_(self.buffers[slot], non_blocking=True)
+            self.events[slot].record(self.stream)
+        self.unread.append((slot, call))
+
+    def _ready(self, slot: int) -> bool:
+        if not self.lag:
+            return True
+        return self.cuda and self.events[slot].query()
+
+    def _read_oldest(self) -> None:
+        slot, call = self.unread.pop(0)
+        if self.cuda:
+            self.events[slot].synchronize()
+            running, bad = self.host[slot].tolist()
+        else:
+            running, bad = self.buffers[slot].tolist()
+        if bad < self.k:
+            raise ValueError(
+                f"minres: matvec returned NaN or infinity (for right-hand side {bad} of {self.k}, at iteration "
+                f"{call}); H v must be finite for every finite v.")
+        self.stopped = self.stopped or running == 0
+
+    def running(self) -> bool:
+        """Whether the loop goes on, from the summaries that are ready and the older of two unread ones."""
+        while self.unread and not self.stopped and (len(self.unread) > 1 or self._ready(self.unread[0][0])):
+            self._read_oldest()
+        return not self.stopped
+
+    def drain(self) -> bool:
+        """Reads every summary left (raising for a non-finite product); whether the solve still runs."""
+        while self.unread:
+            self._read_oldest()
+        return not self.stopped
+
+
 def minres(
     matvec: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -659,7 +734,11 @@ def minres(
     ``b`` of shape ``(k, n)`` runs ``k`` independent recurrences that share one batched ``matvec``
     call per iteration. Besides the calls, one iteration is one compiled operator call that makes
     two passes over the vectors (the Lanczos step with its two dot products, the Givens rotation and
-    the solution and direction updates, fused; CPU and CUDA).
+    the solution and direction updates, fused; CPU and CUDA). On CUDA no iteration synchronizes the
+    stream: the stopping test of a step is copied to pinned memory behind it and read while the GPU
+    runs the next product, so the solve stays queued ahead of the host; when it stops before
+    ``max_iter``, ``matvec`` may have been called once more (that product is discarded, and if it
+    raises, the exception is dropped in favour of the finished solve).
 
     Args:
         matvec: ``v -> H v``; receives a tensor of the shape, dtype and device of ``b`` and must
@@ -747,18 +826,27 @@ def minres(
     y, yprev, w, wprev, x, state, history = _ops.minres_init.default(rhs, min(max_iter, _MINRES_HISTORY_START))
     calls = 0
     if max_iter > 0 and nonzero:
+        summaries = _StepSummaries(rhs)
         # (buffer, what matvec receives, storage address) of the current and the previous Lanczos vector.
         cur = (y, y[0] if single else y, y.untyped_storage().data_ptr())
         prev = (yprev, yprev[0] if single else yprev, yprev.untyped_storage().data_ptr())
         written = {t.untyped_storage().data_ptr() for t in (w, wprev, x)}
-        for _ in range(max_iter):
+        while calls < max_iter and summaries.running():
             if history.shape[1] <= calls + 1:  # this step may record iteration calls + 1
                 grown = history.new_zeros(history.shape[0], min(2 * history.shape[1], max_iter + 1))
                 grown[:, : history.shape[1]] = history
                 history = grown
             arg = cur[1]
-            hv = _check_matvec_output(matvec(arg), arg, calls + 1)
             calls += 1
+            try:
+                hv = matvec(arg)
+            except Exception:
+                # A product after the solve stopped (its step not read yet) may fail on a Lanczos vector
+                # the solve no longer uses (e.g. NaN after a non-finite product): report the solve's outcome.
+                if not summaries.drain():
+                    break
+                raise
+            hv = _check_matvec_output(hv, arg, calls)
             if hv.requires_grad:
                 hv = hv.detach()
             # The step overwrites yprev, w, wprev and x: an hv sharing their memory is copied first
@@ -768,17 +856,19 @@ def minres(
                 hv = hv.clone()
             elif not hv.is_contiguous():
                 hv = hv.contiguous()
-            running = _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
+            _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(),
+                                     shift_f, tol_f)
+            summaries.written(calls)
             # Free H v before the next product, so that the allocator can hand its (cache-warm) block to
             # the next one.
             del hv
             # The step wrote y_{k+1} over y_{k-1} and w_{k-1} over w_{k-3}.
             cur, prev = prev, cur
             w, wprev = wprev, w
-            if running == 0:
-                break
+        summaries.drain()  # raises for a non-finite product of the last steps
         # The update of x made possible by the last iteration is still pending: apply it.
-        _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, shift_f, tol_f)
+        _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(),
+                                 shift_f, tol_f)
     iterations, residuals, codes = _ops.minres_info.default(state, history)
     if exponent is not None:
         x, residuals = _times_pow2(x, exponent), _times_pow2(residuals, exponent)
