@@ -662,7 +662,7 @@ class _StepSummaries:
         self.lag = self.cuda or _StepSummaries.lag_on_cpu
         self.buffers = [torch.empty(2, dtype=torch.int32, device=like.device) for _ in range(2)]
         if self.cuda:
-            self.host = torch.empty((2, 2), dtype=torch.int32, pin_memory=True)
+            self.host = list(torch.empty((2, 2), dtype=torch.int32, pin_memory=True))  # one row per buffer
             self.events = [torch.cuda.Event() for _ in range(2)]
             self.stream = torch.cuda.current_stream(like.device)  # the steps' stream (that of like's device)
         self.unread: list = []  # (buffer slot, matvec call) of the steps not read yet, oldest first
