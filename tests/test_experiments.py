@@ -780,3 +780,98 @@ def test_png_diverse_full_runs_the_papers_schedule_on_multidigits(monkeypatch):
         assert cfg.datasets == ["multidigits"] and cfg.num_models == 5
         assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seeds) == (100, 256, 1e-3, 5)
         assert math.ceil(cfg.mgda_switch * cfg.epochs) == 60 and math.floor(cfg.collect_from * cfg.epochs) == 60
+
+
+def test_a_run_stopped_before_any_unit_leaves_no_results_file(tmp_path, toy, capsys, monkeypatch):
+    # a missing data path: an empty results.json would be listed by `report` as a run
+    monkeypatch.delenv("TORCHMOO_SARCOS_DIR", raising=False)
+    out = tmp_path / "sarcos"
+    argv = ["run", "mtsgd-sarcos", "--out", str(out), "--no-progress", "--set", f"data={tmp_path / 'no sarcos'}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchmoo run: ") and f"{tmp_path / 'no sarcos'}', which does not exist" in err, err
+    assert not (out / "results.json").exists()
+    toy_out = tmp_path / "toy"
+    for _ in range(2):  # the second time over the first one's folder
+        with pytest.raises(DataNotFoundError, match="toy data"):
+            tm.experiments.run_experiment(TOY, out=str(toy_out), progress=False, config=ToyConfig(data=str(tmp_path)
+                                                                                                     + "/no"))
+        assert not (toy_out / "results.json").exists()
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "no results.json found" in capsys.readouterr().err
+    # an interrupted unit's checkpoint is work: the results file that says whose it is stays
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(toy_out), progress=False)
+    assert storage.read_json(toy_out / "results.json")["units"] == {}
+
+
+def test_ctrl_c_before_the_first_checkpoint_promises_no_results(tmp_path, toy, capsys, monkeypatch):
+    out = tmp_path / "early"
+
+    def interrupted(self, unit):  # Ctrl-C while the first unit sets up, before it checkpoints
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunContext, "load_state", interrupted)
+    assert cli_main(["run", TOY, "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert not (out / "results.json").exists()
+    assert "interrupted" in err and "results.json" not in err and "rerun the same command" in err, err
+
+
+def test_a_binary_results_file_is_named(tmp_path, toy, capsys):
+    out = tmp_path / "binary"
+    out.mkdir()
+    (out / "results.json").write_bytes(b"\xff\xfe\x00\x80 not text")
+    with pytest.raises(ValueError, match=r"binary.results\.json is not a valid JSON results file"):
+        storage.read_json(out / "results.json")
+    with pytest.raises(ValueError, match=r"results\.json is not a valid JSON .*pass another --out or delete it"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    tm.experiments.run_experiment(TOY, out=str(tmp_path / "good"), progress=False)
+    assert cli_main(["report", str(tmp_path)]) == 0
+    assert str(out / "results.json") in capsys.readouterr().out.split("## not reported")[1]
+
+
+def test_checkpoints_without_their_results_file_are_refused(tmp_path, toy):
+    # results.json deleted (as the message for a damaged one suggests): the checkpoint left is of an unknown
+    # run, here seed 0's, and must not be resumed by seed 1
+    out = tmp_path / "orphans"
+    _toy_hook["fn"] = _interrupt_at("first unit", 1)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False, seed=0)
+    _toy_hook["fn"] = None
+    (out / "results.json").unlink()
+    with pytest.raises(ValueError, match=r"holds checkpoints but no results.json.*delete .*checkpoints"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False, seed=1)
+    for ckpt in (out / "checkpoints").iterdir():
+        ckpt.unlink()
+    reference = tm.experiments.run_experiment(TOY, out=str(tmp_path / "ref"), progress=False, seed=1)
+    assert tm.experiments.run_experiment(TOY, out=str(out), progress=False, seed=1)["units"] == reference["units"]
+
+
+def test_temporaries_of_killed_writes_are_removed_on_resume(tmp_path, toy):
+    # a write killed mid-way leaves its temporary (for a checkpoint, as large as the model); the next run
+    # in the folder deletes them, and only them
+    out = tmp_path / "killed writes"
+    _toy_hook["fn"] = _interrupt_at("first unit", 0)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    _toy_hook["fn"] = None
+    (ckpt,) = (out / "checkpoints").iterdir()
+    left = [out / ".results.json.0123456789ab.tmp", ckpt.parent / f".{ckpt.name}.a1b2c3d4e5f6.tmp"]
+    kept = [out / "notes.tmp", out / ".my.0123456789ab.tmp.bak", ckpt.parent / ".x.0123456789AB.tmp"]
+    for path in left + kept:
+        path.write_bytes(b"x" * 64)
+    assert tm.experiments.run_experiment(TOY, out=str(out), progress=False)["complete"]
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+    storage.remove_temporaries(tmp_path / "no such folder")  # nothing to do
+
+
+def test_set_reads_one_pair_of_a_list_of_pairs():
+    # the pair as given, not one list per number (which the experiment would refuse as not pairs)
+    for text in ("ws_weights=0.5,0.5", "ws_weights=[0.5, 0.5]", "ws_weights=(0.5, 0.5)"):
+        assert configure("pareto-multidigits", assignments=[text]).ws_weights == [[0.5, 0.5]], text
+    assert configure("pareto-multidigits", assignments=["ws_weights=[[1, 0], [0, 1]]"]).ws_weights == [[1, 0], [0, 1]]
+    assert configure("simol-toy", assignments=["starts=-7,2"]).starts == [[-7.0, 2.0]]
+    assert configure("pareto-multidigits", assignments=["ws_weights=[]"]).ws_weights == []
+    assert configure("pareto-multidigits", assignments=["seed_weights=0.2,0.8"]).seed_weights == [0.2, 0.8]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -116,12 +117,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             from torchmoo.experiments.runner import default_out
 
             out = default_out(args.name, args.seed, args.full)
-        hint = (
-            f" The finished units are kept in {out}/results.json and the unit in progress resumes from its last "
-            "checkpoint: rerun the same command to continue."
-            if out is not None
-            else ""
-        )
+        if out is None:
+            hint = ""
+        elif (Path(out) / "results.json").exists():
+            hint = (
+                f" The finished units are kept in {out}/results.json and the unit in progress resumes from its last "
+                "checkpoint: rerun the same command to continue."
+            )
+        else:  # stopped before the first unit checkpointed: the runner kept no results file
+            hint = " Nothing had been computed yet: rerun the same command to start again."
         print(f"\ntorchmoo {args.command}: interrupted.{hint}", file=sys.stderr)
         return 130
     return 0

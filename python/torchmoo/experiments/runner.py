@@ -132,6 +132,10 @@ def _coerce(value: Any, hint: Any) -> Any:
         out = None
         if isinstance(value, str):
             parsed = _literal(value)
+            nested = typing.get_origin(item) in (list, tuple, collections.abc.Sequence)
+            if nested and isinstance(parsed, (list, tuple)) and parsed and \
+                    not any(isinstance(v, (list, tuple)) for v in parsed):
+                parsed = [parsed]  # one pair of a list of pairs (0.5,0.5): that pair, not [[0.5], [0.5]]
             if isinstance(parsed, (list, tuple)):
                 try:
                     out = [_coerce(v, item) for v in parsed]
@@ -346,7 +350,8 @@ def run_experiment(
         seed: seed of every random stream of the run.
         out: result folder; default ``runs/<name>-seed<seed>[-full]``. A folder that already holds
             results of the same experiment, config and seed is resumed; one that holds another run's
-            is refused, unless that run stopped before it finished a unit or wrote a checkpoint.
+            is refused, unless that run stopped before it finished a unit or wrote a checkpoint. A run that
+            stops so (a missing data path, say) leaves no ``results.json``.
         device: torch device string. A folder that holds finished units or a checkpoint is resumed on
             the device it was run on only.
         progress: show progress bars.
@@ -355,8 +360,8 @@ def run_experiment(
     Raises:
         TypeError: ``config`` is not of the experiment's config type.
         ValueError: unknown experiment, a negative seed, an unavailable device, a folder that cannot be
-            written, holds another run (or a ``results.json`` that is not a torchmoo results file) or is
-            in use by a run in progress.
+            written, holds another run (or a ``results.json`` that is not a torchmoo results file, or
+            checkpoints without their ``results.json``) or is in use by a run in progress.
     """
     exp = get_experiment(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -406,6 +411,8 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
                 progress: bool) -> Dict[str, Any]:
     name = exp.name
     results_path = out_dir / RESULTS_FILE
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / "models"):  # the lock is held: no write in progress
+        storage.remove_temporaries(folder)
     try:
         results = storage.read_json(results_path) if results_path.exists() else None
     except ValueError as err:  # not JSON: damaged by hand or by another program (our writes are atomic)
@@ -434,8 +441,12 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
                 f"{out_dir} holds results of another run ({results.get('experiment')}, seed {results.get('seed')}, "
                 "or a different config); pass another --out or delete that folder."
             )
-        else:  # a run that stopped before any unit (bad data path, say): nothing to keep
+        else:  # a run killed before its first unit or checkpoint (while loading its data, say): nothing to keep
             results = None
+    elif _holds_work(out_dir, {}):
+        # checkpoints whose results.json was deleted: of an unknown config and seed, they must not be resumed
+        raise ValueError(f"{out_dir} holds checkpoints but no {RESULTS_FILE}, so it is not known which run they "
+                         f"belong to; pass another --out or delete {out_dir / 'checkpoints'}.")
     if results is None:
         results = {
             "experiment": name,
@@ -454,7 +465,17 @@ def _run_locked(exp: Experiment, config: Any, config_dict: Any, seed: int, dev: 
         ctx._write()
     except OSError as err:
         raise ValueError(f"cannot write the results folder {out_dir}: {err.strerror or err}; pass another --out.") from None
-    summary = exp.run(config, ctx)
+    try:
+        summary = exp.run(config, ctx)
+    except BaseException:
+        # stopped before it finished a unit or wrote a checkpoint (a missing data path, Ctrl-C while loading):
+        # a results.json without units would be listed by `report` as a run, and there is nothing to resume
+        if not _holds_work(out_dir, results):
+            try:
+                results_path.unlink(missing_ok=True)
+            except OSError:  # the run's own error says more
+                pass
+        raise
     results["summary"] = _plain(summary)
     results["complete"] = True
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Optional, Tuple, Union
@@ -25,6 +26,8 @@ except ImportError:  # pragma: no cover - not a POSIX system
 PathLike = Union[str, os.PathLike]
 
 LOCK_FILE = ".lock"
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # the names _create_temporary gives
 
 
 def _create_temporary(path: Path) -> Tuple[int, Path]:
@@ -56,6 +59,21 @@ def _atomic_write(path: PathLike, write) -> None:
         raise
 
 
+def remove_temporaries(folder: PathLike) -> None:
+    """Deletes the temporary files of writes that were killed (SIGKILL, power loss) in ``folder``: nothing
+    else removes them, and a checkpoint's is as large as the model. Call it only while holding the folder's
+    :class:`FolderLock`, so that no write is in progress."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            try:
+                path.unlink()
+            except OSError:  # best effort: a leftover costs space, not correctness
+                pass
+
+
 def write_json(path: PathLike, obj: Any) -> None:
     """Writes ``obj`` as indented JSON, atomically."""
     data = json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode()
@@ -66,8 +84,8 @@ def read_json(path: PathLike) -> Any:
     """Reads a JSON file, with an error that names the file when it is not valid JSON."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        return json.loads(path.read_bytes())  # bytes: JSON's own encodings, whatever the locale's
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a binary file would not be named otherwise
         raise ValueError(f"{path} is not a valid JSON results file ({err}).") from None
 
 
