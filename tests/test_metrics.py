@@ -177,9 +177,12 @@ def test_worst_fraction_mean_by_hand():
     assert float(metrics.worst_fraction_mean(x, 1.0)) == 5.5
     assert float(metrics.worst_fraction_mean(x, 0.01)) == 10.0  # at least one
     assert float(metrics.worst_fraction_mean(x, 0.1, largest=False)) == 1.0  # accuracies
-    # 0.1 * 30 is 3.0000000000000004 in floating point: still the 3 worst
     y = torch.arange(30.0)
     assert float(metrics.worst_fraction_mean(y, 0.1)) == 28.0
+    # 0.07 * 100 is 7.000000000000001 in floating point: still the 7 worst, not 8
+    z = torch.arange(100.0, dtype=F64)
+    assert 0.07 * 100 > 7
+    assert float(metrics.worst_fraction_mean(z, 0.07)) == 96.0  # mean of 93 .. 99
     assert float(metrics.worst_fraction_mean([3.0, 1.0, 2.0], 0.5)) == 2.5  # lists work too
 
 

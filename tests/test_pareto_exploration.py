@@ -922,3 +922,116 @@ def test_resumed_cuda_exploration_keeps_its_points_on_one_device():
     assert F.device.type == "cuda" and P.device.type == "cuda" and len(out) == len(ref)
     torch.testing.assert_close(F, torch.stack([p.losses for p in ref]), rtol=0, atol=1e-12)
     torch.testing.assert_close(P, torch.stack([p.predicted for p in ref[1:]]), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# continuous parametrization: invariants of t, segments and stitches
+# --------------------------------------------------------------------------------------------------
+
+
+def _mirrored_seeds_front(resolution: int):
+    """Two explorers from mirror-image seeds ``(x1, x2, x3)`` and ``(x1, -x2, -x3)`` of the innermost ZDT2
+    cylinder (one chain each way along ``x1``): the seeds have the same objective values but different
+    parameters, so the traversal must jump between the families, never interpolate across the axis."""
+    common = dict(k=2, step=0.1, num_children=1, num_points=3, rhs="binary", optimize_seed=False,
+                  optimize=functools.partial(pareto_optimize, max_iter=0))
+    x = zdt2_point(0.5).requires_grad_(True)
+    right = ParetoExplorer(x, lambda: ZDT2(x), seed=1, **common)  # f1 increases
+    right.explore()
+    with torch.no_grad():
+        x[1:] *= -1
+    left = ParetoExplorer(x, lambda: ZDT2(x), seed=0, **common)  # f1 decreases
+    left.explore()
+    assert torch.equal(right.points[0].losses, left.points[0].losses)
+    return stitch([right, left], resolution=resolution)
+
+
+def _check_t_and_stitches(front: ContinuousFront) -> None:
+    fv = front.front_values
+    steps = (fv[1:] - fv[:-1]).norm(dim=1)
+    # t is the Euclidean arc length of the sampled front in objective space, mapped onto [-1, 1]
+    assert float(front.t[0]) == -1.0 and float(front.t[-1]) == 1.0
+    torch.testing.assert_close(front.t.diff(), 2 * steps / steps.sum(), rtol=0, atol=1e-12)
+    # across a stitch, solution and objectives_at give the nearer end (no blend of two families)
+    for i in torch.nonzero(~front.segment).flatten().tolist():
+        t0, t1 = float(front.t[i]), float(front.t[i + 1])
+        if t1 - t0 < 1e-9:
+            continue
+        for lam, end in ((0.25, i), (0.75, i + 1)):
+            s = int(front.order[end])
+            t = t0 + lam * (t1 - t0)
+            assert torch.equal(front.solution(t), front.sample_params(s))
+            assert torch.equal(front.objectives_at(t), front.values[s])
+
+
+@pytest.mark.parametrize("resolution", [1, 4])
+def test_mirrored_seeds_stitch_without_leaving_the_pareto_set(resolution):
+    front = _mirrored_seeds_front(resolution)
+    assert len(front) == front.values.shape[0] and front.num_stitches >= 1
+    edge = (front.node_params[front.edges[:, 1]] - front.node_params[front.edges[:, 0]]).norm(dim=1)
+    torch.testing.assert_close(edge, torch.full_like(edge, 0.1), rtol=0, atol=1e-12)
+    # a segment joins two consecutive samples of one edge: exactly one sampling step apart in parameters
+    X = torch.stack([front.sample_params(int(s)) for s in front.order])
+    d = (X[1:] - X[:-1]).norm(dim=1)[front.segment]
+    torch.testing.assert_close(d, torch.full_like(d, 0.1 / resolution), rtol=0, atol=1e-12)
+    # so the parameters at every t stay on the cylinder (chains along x1): the objectives are on the front
+    for t in torch.linspace(-1, 1, 41, dtype=F64).tolist():
+        x = front.solution(t)
+        assert abs(float(x[1] ** 2 + x[2] ** 2) - math.pi) < 1e-12
+        f = ZDT2(x)
+        assert abs(float(f[1] - (1 - f[0] ** 2))) < 1e-12
+    _check_t_and_stitches(front)
+
+
+def test_stitched_front_t_segments_and_jumps():
+    x = zdt2_point(0.5).requires_grad_(True)
+    common = dict(k=2, num_children=2, rhs="binary", optimize_seed=False,
+                  optimize=functools.partial(pareto_optimize, max_iter=0))
+    good = ParetoExplorer(x, lambda: ZDT2(x), step=0.1, num_points=8, **common)
+    good.explore()
+    bad = ParetoExplorer(x, lambda: ZDT2(x), method="gradient", step=0.03, num_points=4, **common)
+    bad.explore()
+    resolution = 4
+    front = stitch([good, bad], resolution=resolution)
+    assert front.num_stitches > 0
+    _check_t_and_stitches(front)
+    # a segment never skips a cropped sample: its two samples are one step of one edge apart
+    X = torch.stack([front.sample_params(int(s)) for s in front.order])
+    d = (X[1:] - X[:-1]).norm(dim=1)
+    edge = (front.node_params[front.edges[:, 1]] - front.node_params[front.edges[:, 0]]).norm(dim=1)
+    assert float(d[front.segment].max()) <= float(edge.max()) / resolution + 1e-12
+
+
+def test_convex_hull_sample_is_uniform():
+    """Uniform in the hull of the center and K children: the hull coordinates ``r`` are the last K of
+    Dirichlet(1, ..., 1) weights, so each ``r_j`` follows Beta(1, K) and ``sum r`` follows Beta(K, 1)."""
+    from scipy import stats
+
+    center = torch.zeros(4, dtype=F64)
+    fam = ConvexHullFamily(center, torch.eye(3, 4, dtype=F64))
+    _, r = fam.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert stats.kstest(r[:, 0].numpy(), stats.beta(1, 3).cdf).pvalue > 1e-3
+    assert stats.kstest(r.sum(1).numpy(), stats.beta(3, 1).cdf).pvalue > 1e-3
+
+
+def test_a_segment_through_a_cropped_sample_is_cut_at_a_stitch():
+    """Test objectives with a narrow bump at the middle of the first segment: the middle sample is
+    dominated by the two ends of its own segment and cropped, so the traversal must not join those ends
+    (``solution`` would pass through the bump); it jumps between them instead."""
+    x = zdt2_point(0.5).requires_grad_(True)
+    ex = ParetoExplorer(x, lambda: ZDT2(x), k=2, step=0.1, num_children=1, num_points=2, rhs="binary",
+                        optimize_seed=False, optimize=functools.partial(pareto_optimize, max_iter=0))
+    ex.explore()
+    middle = 0.5 * (ex.points[0].params + ex.points[1].params)
+
+    def bumped(z: torch.Tensor) -> torch.Tensor:
+        return ZDT2(z) + torch.exp(-((z - middle) ** 2).sum() / 1e-4)
+
+    front = ex.front(objectives=lambda: bumped(x), resolution=2)
+    assert int((~front.kept).sum()) == 1 and len(front) == front.values.shape[0] - 1
+    assert front.num_stitches == 1
+    # away from the bump every sample is on the front; solution(t) never reaches the bump
+    for t in torch.linspace(-1, 1, 41, dtype=F64).tolist():
+        with torch.no_grad():
+            f = bumped(front.solution(t))
+        assert float((f - front.objectives_at(t)).abs().max()) < 1e-3

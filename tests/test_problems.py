@@ -98,6 +98,31 @@ def test_bad_inputs(problem):
         problem.pareto_front(2.5)
 
 
+@pytest.mark.parametrize("problem", TWO_OBJ, ids=IDS)
+def test_gradients_match_finite_differences(problem):
+    gen = torch.Generator().manual_seed(8)
+    if isinstance(problem, ZDT3):
+        problem = ZDT3(n_var=4)
+        x = 0.05 + 0.9 * torch.rand(3, 4, generator=gen, dtype=F64)  # inside the box, away from x1 = 0
+    else:
+        x = 3 * torch.randn(3, problem.n_var, generator=gen, dtype=F64)
+    if isinstance(problem, SIMOLToy):
+        x[:, 1] = torch.tensor([1.5, -2.0, -8.4], dtype=F64)  # both halves, away from the kink at x2 = 0
+    x.requires_grad_(True)
+    torch.autograd.gradcheck(problem, (x,))
+    if isinstance(problem, ZDT3):  # its square root is a custom autograd function, twice differentiable
+        torch.autograd.gradgradcheck(problem, (x,))
+
+
+@pytest.mark.parametrize("problem", TWO_OBJ, ids=IDS)
+def test_a_single_point_is_the_middle_of_the_front(problem):
+    # n_points = 1 takes the middle of the parameter range, as the middle row of a 3-point grid (ZDT2's
+    # angle around the cylinder depends on the row, its objectives do not)
+    middle = problem.pareto_front(3)[1:2]
+    torch.testing.assert_close(problem.pareto_front(1), middle, rtol=0, atol=1e-14)
+    torch.testing.assert_close(problem(problem.pareto_set(1)), middle, rtol=0, atol=1e-14)
+
+
 # --------------------------------------------------------------------------------------------------
 # ZDT2-variant (Ma et al., supplement Eq. 15-17)
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +174,19 @@ def test_zdt2_variant_front_shape():
     torch.testing.assert_close(P[:, 1], 1 - P[:, 0] ** 2)
     with pytest.raises(ValueError, match="k must be"):
         ZDT2Variant().pareto_set(3, k=-1)
+
+
+def test_zdt2_variant_is_zdt2_of_the_remapped_variables():
+    """The construction of Ma et al.: y = (sin(x1 + x2^2 + x3^2)/2 + 1/2, cos(x2^2 + x3^2)/2 + 1/2 twice),
+    then ZDT2 on y with n = 3 variables: g = 1 + 9/(n-1) (y2 + y3), f = (y1, g (1 - (y1/g)^2))."""
+    rng = np.random.default_rng(9)
+    X = rng.normal(scale=2.0, size=(50, 3))
+    s = X[:, 1] ** 2 + X[:, 2] ** 2
+    y1 = 0.5 * np.sin(X[:, 0] + s) + 0.5
+    y2 = y3 = 0.5 * np.cos(s) + 0.5
+    g = 1 + 9 / 2 * (y2 + y3)
+    expected = np.stack([y1, g * (1 - (y1 / g) ** 2)], axis=1)
+    np.testing.assert_allclose(ZDT2Variant()(torch.from_numpy(X)).numpy(), expected, rtol=1e-13, atol=1e-13)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,6 +290,16 @@ def test_zdt3_domain_and_projection():
         ZDT3(n_var=1)
 
 
+def test_zdt3_refuses_points_above_the_box_and_needs_x2_zero_for_optimality():
+    p = ZDT3(n_var=3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]\^n_var"):
+        p(torch.tensor([0.5, 1.1, 0.0], dtype=F64))
+    on = torch.tensor([0.05, 0.0, 0.0], dtype=F64)
+    off = torch.tensor([0.05, 0.01, 0.0], dtype=F64)  # x1 in the first piece, g > 1
+    assert bool(p.is_pareto_optimal(on)) and not bool(p.is_pareto_optimal(off))
+    assert float(p(on)[0]) == float(p(off)[0]) and float(p(on)[1]) < float(p(off)[1])  # dominated
+
+
 # --------------------------------------------------------------------------------------------------
 # The problem of Lin et al. 2019 (PNG section 5.1)
 # --------------------------------------------------------------------------------------------------
@@ -292,6 +340,16 @@ def test_lin_concave_random_points_are_dominated_by_front():
     P = p.pareto_front(101)
     torch.testing.assert_close(P[50], torch.full((2,), 1 - math.exp(-1), dtype=F64))
     assert float(P[50].sum()) > float(P[0].sum()) + 0.2
+
+
+def test_lin_concave_set_ends_at_plus_minus_eta():
+    p = LinConcave()
+    eta = torch.full((10,), 10 ** -0.5, dtype=F64)
+    for t in (1.5, -1.5):  # on the line through the segment, beyond its ends: dominated by the end
+        assert not bool(p.is_pareto_optimal(t * eta))
+        end = p(math.copysign(1.0, t) * eta)
+        assert bool((end < p(t * eta)).all())
+    assert bool(p.is_pareto_optimal(torch.stack((eta, -eta, 0.3 * eta))).all())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,6 +408,15 @@ def test_simol_toy_follows_the_papers_formula():
     g2 = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
     c2 = math.tanh(-0.5 * x2)
     assert p(torch.tensor([x1, x2], dtype=F64)).tolist() == pytest.approx([c2 * g1, c2 * g2], rel=1e-14)
+
+
+def test_simol_toy_set_ends_at_x1_plus_minus_7():
+    p = SIMOLToy()
+    for x1 in (7.0, -7.0):
+        end = torch.tensor([x1, float(p.optimal_x2(torch.tensor(x1, dtype=F64)))], dtype=F64)
+        beyond = end + torch.tensor([math.copysign(1.0, x1), 0.0], dtype=F64)
+        assert bool(p.is_pareto_optimal(end)) and not bool(p.is_pareto_optimal(beyond))
+        assert bool((p(end) < p(beyond)).all())  # |x1| > 7 is dominated by the end of the set
 
 
 # --------------------------------------------------------------------------------------------------
