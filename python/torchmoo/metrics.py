@@ -232,7 +232,8 @@ def worst_fraction_mean(losses: ArrayLike, fraction: float = 0.1, *, dim: int = 
     Args:
         losses: ``(..., n, ...)`` per-task values (tensor or array).
         fraction: in (0, 1]; the mean is over the ``k = ceil(fraction * n)`` worst values (at least 1;
-            ``fraction * n`` is rounded to 9 digits first, so 0.1 of 30 tasks is 3, not 4).
+            ``fraction * n`` is rounded to 9 digits first, so 0.07 of 100 tasks is 7, not 8: in floating
+            point ``0.07 * 100`` is ``7.000000000000001``).
         dim: the task dimension.
         largest: True when larger values are worse (losses), False for accuracies.
 
