@@ -679,6 +679,11 @@ def test_lagged_stopping_test_errors(monkeypatch):
     x, info = tm.ops.minres(fails_after_first, e, max_iter=10, tol=0.0)
     assert info.stop_reason == "breakdown" and int(info.iterations) == 1 and len(seen) == 2
     torch.testing.assert_close(x @ A, e, rtol=1e-12, atol=1e-12)
+    # ... or returns something wrong (here a wrong shape): the same finished solve either way.
+    seen.clear()
+    x2, info2 = tm.ops.minres(lambda v: seen.append(1) or (v @ A if len(seen) == 1 else v[:2]), e, max_iter=10,
+                              tol=0.0)
+    assert torch.equal(x2, x) and info2.stop_reason == "breakdown" and len(seen) == 2
 
     def fails_on_third(v):
         seen.append(1)

@@ -583,7 +583,8 @@ class MinresInfo(NamedTuple):
         matvec_calls: how many times ``matvec`` was called (each call is one batched product for all
             ``k`` right-hand sides). On CUDA, a solve that stops before ``max_iter`` may have made one
             product more than its iterations: the loop does not synchronize the stream to read each
-            step's stopping test (see :func:`minres`), and that last product is discarded.
+            step's stopping test (see :func:`minres`), and that last product is discarded. Whether it was
+            made depends on how far the GPU ran behind the host, so two runs may differ by one here.
     """
 
     iterations: Tensor
@@ -664,7 +665,6 @@ class _StepSummaries:
         if self.cuda:
             self.host = list(torch.empty((2, 2), dtype=torch.int32, pin_memory=True))  # one row per buffer
             self.events = [torch.cuda.Event() for _ in range(2)]
-            self.stream = torch.cuda.current_stream(like.device)  # the steps' stream (that of like's device)
         self.unread: list = []  # (buffer slot, matvec call) of the steps not read yet, oldest first
         self.issued = 0
         self.stopped = False
@@ -678,8 +678,9 @@ class _StepSummaries:
         slot = self.issued % 2
         self.issued += 1
         if self.cuda:
+            # on the stream the step and the copy ran on: the current one (matvec may have changed it)
             self.host[slot].copy_(self.buffers[slot], non_blocking=True)
-            self.events[slot].record(self.stream)
+            self.events[slot].record(torch.cuda.current_stream(self.buffers[slot].device))
         self.unread.append((slot, call))
 
     def _ready(self, slot: int) -> bool:
@@ -839,14 +840,14 @@ def minres(
             arg = cur[1]
             calls += 1
             try:
-                hv = matvec(arg)
+                hv = _check_matvec_output(matvec(arg), arg, calls)
             except Exception:
-                # A product after the solve stopped (its step not read yet) may fail on a Lanczos vector
-                # the solve no longer uses (e.g. NaN after a non-finite product): report the solve's outcome.
+                # A product after the solve stopped (its step not read yet) may fail, or return something
+                # wrong, on a Lanczos vector the solve no longer uses (e.g. NaN after a non-finite product):
+                # report the solve's outcome, as the loop that reads each step at once would.
                 if not summaries.drain():
                     break
                 raise
-            hv = _check_matvec_output(hv, arg, calls)
             if hv.requires_grad:
                 hv = hv.detach()
             # The step overwrites yprev, w, wprev and x: an hv sharing their memory is copied first
@@ -856,6 +857,8 @@ def minres(
                 hv = hv.clone()
             elif not hv.is_contiguous():
                 hv = hv.contiguous()
+            if summaries.cuda:  # made on a side stream, hv must not be reused before the step has read it
+                hv.record_stream(torch.cuda.current_stream(hv.device))
             _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(),
                                      shift_f, tol_f)
             summaries.written(calls)
