@@ -1102,3 +1102,236 @@ def test_backward_representation_jacobian_runs_each_pass_through_its_own_head():
     assert results[1][0] == 9 + 3 + 3
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# further checks of MGDA, EPO, PCGrad and CAGrad against analytic answers
+# --------------------------------------------------------------------------------------------------
+
+
+def test_mgda_normalized_with_a_zero_gradient_is_stationary():
+    """A zero gradient has no direction to normalize: with "l2" and "loss+" it stays zero, so the point is
+    Pareto-stationary (d = 0, all the weight on that objective), as without normalization."""
+    gen = torch.Generator().manual_seed(40)
+    J = torch.cat([torch.randn(2, 5, generator=gen, dtype=F64), torch.zeros(1, 5, dtype=F64)])
+    losses = torch.tensor([0.5, 2.0, 1.5], dtype=F64)
+    for norm in ("l2", "loss+"):
+        agg = MGDA(norm)
+        d = agg(J, losses)
+        assert bool(torch.isfinite(agg.weights).all()) and float(agg.weights[2]) >= 1 - 1e-12, agg.weights
+        assert float(d.abs().max()) <= 1e-15
+
+
+def test_mgda_loss_normalization_rejects_zero_and_infinite_losses():
+    """g_i / l_i needs 0 < l_i < inf: a zero loss would divide by zero, an infinite one would silently zero
+    that objective's normalized gradient (and put all the weight on it)."""
+    J = torch.randn(3, 4, generator=torch.Generator().manual_seed(41), dtype=F64)
+    for norm in ("loss", "loss+"):
+        for bad in ([0.0, 1.0, 2.0], [float("inf"), 1.0, 2.0], [float("nan"), 1.0, 2.0]):
+            with pytest.raises(ValueError, match="positive and finite"):
+                MGDA(norm)(J, torch.tensor(bad, dtype=F64))
+
+
+def test_pareto_stationarity_keeps_small_values_of_large_gradients():
+    """g1 = (a, e), g2 = (-a, e) with a = 1e4, e = 1e-4: the min-norm point is (0, e), g(theta) = e^2 = 1e-8,
+    which w'Gw loses entirely (the entries a^2 + e^2 of G round to a^2)."""
+    a, e = 1e4, 1e-4
+    J = torch.tensor([[a, e], [-a, e]], dtype=F64)
+    assert math.isclose(pareto_stationarity(J), e * e, rel_tol=1e-10)
+    _, c = min_norm_correction(J)
+    torch.testing.assert_close(c, torch.tensor([0.0, e], dtype=F64), rtol=0, atol=1e-14)
+
+
+def _epo_lp_reference(G, losses, r, eps, relax):
+    """EPO's LP (Mahapatra & Rajan, the authors' EPO_LP) written out densely and solved by HiGHS.
+
+    Returns (mode, mu, objective c, A_ub, b_ub, linprog result) of max c'beta over the simplex with
+    A_ub beta <= b_ub."""
+    from scipy.special import rel_entr
+
+    m = len(losses)
+    rl = r * losses
+    q = rl / rl.sum()
+    mu = float(rel_entr(q, np.full(m, 1.0 / m)).sum())  # KL(q || uniform), PNG's Eq. 16
+    a = r * (np.log(m * q) - mu)
+    Ca = G @ a
+    if mu > eps:
+        mode, obj = "balance", Ca
+        if np.any(Ca > 0):  # keep (C beta)_j >= (Ca)_j where (Ca)_j <= 0, and (C beta)_j >= 0 for argmax r l
+            top = rl == rl.max()
+            keep = (Ca <= 0) | top
+            A, b = -G[keep], -np.where(top, 0.0, Ca)[keep]
+        else:
+            A, b = -G, np.zeros(m)
+    else:
+        mode, obj = "descent", G.sum(1)
+        A, b = -G, np.zeros(m)
+        if not relax:
+            A, b = np.vstack([A, -Ca]), np.append(b, -min(Ca.max(), 0.0))
+    res = scipy_optimize.linprog(-obj, A_ub=A, b_ub=b, A_eq=np.ones((1, m)), b_eq=[1.0], bounds=[(0, None)] * m,
+                                 method="highs")
+    return mode, mu, obj, A, b, res
+
+
+def test_epo_weights_solve_the_epo_lp():
+    """EPO's weights m * beta: beta is feasible and optimal for the LP of its mode (an independent dense
+    formulation solved by HiGHS; LP solutions need not be unique, the optimal value is), the mode and mu are
+    the reference's, and the fallback m r / sum(r) comes exactly when that LP is infeasible. Random problems
+    with m = 2 (the exact segment solver) and m = 3, 4 (HiGHS), far from and close to the ratio, relaxed or
+    not, reach every branch."""
+    from torchmoo.methods.epo import epo_weights
+
+    rng = np.random.default_rng(42)
+    seen = set()
+    for k in range(80):
+        m, n = int(rng.integers(2, 5)), int(rng.integers(1, 6))
+        J = rng.normal(size=(m, n))
+        G = J @ J.T
+        r = rng.uniform(0.2, 3.0, m)
+        if k % 3 == 0:
+            losses = rng.uniform(0.1, 2.0, m)  # far from the ratio: balance
+        else:
+            losses = (1 + 1e-3 * rng.normal(size=m)) * rng.uniform(0.5, 2.0) / r  # r l nearly uniform
+        relax = bool(k % 2)
+        w, mode, mu = epo_weights(G, losses, r, 1e-4, relax)
+        ref_mode, ref_mu, obj, A, b, res = _epo_lp_reference(G, losses, r, 1e-4, relax)
+        assert math.isclose(mu, ref_mu, rel_tol=1e-9, abs_tol=1e-15)
+        # balance: obj is Ca, and the constraints differ when no (Ca)_j is positive
+        seen.add((mode, m == 2, bool(np.any(obj > 0))) if mode == "balance" else (mode, m == 2))
+        if mode == "fallback":
+            assert ref_mode == "descent" and res.status == 2
+            np.testing.assert_allclose(w, m * r / r.sum(), rtol=1e-15)
+            continue
+        assert mode == ref_mode and res.status == 0
+        beta = w / m
+        scale = float(np.abs(G).max())
+        assert beta.min() >= 0 and math.isclose(beta.sum(), 1.0, rel_tol=1e-12)
+        assert np.all(A @ beta <= b + 1e-9 * scale), A @ beta - b
+        tol = 1e-9 * scale * max(1.0, float(np.abs(obj).max()))
+        assert abs(obj @ beta + res.fun) <= tol, (obj @ beta, -res.fun)
+    # every branch: balance with and without a positive (Ca)_j, descent and fallback, both LP solvers
+    assert {("balance", True, True), ("balance", True, False), ("balance", False, True), ("balance", False, False),
+            ("descent", True), ("descent", False), ("fallback", False)} <= seen, seen
+
+
+def test_epo_lp_simplex_small_cases():
+    """The simplex LP on cases solved by hand: a constraint that does not depend on s (equal entries) is
+    either always or never satisfied; with three objectives and no constraint the maximum of c'beta is the
+    vertex of the largest c_i (not the smallest, not unbounded)."""
+    from torchmoo.methods.epo import _lp_simplex
+
+    c = np.array([1.0, 0.0])
+    assert _lp_simplex(c, np.array([[1.0, 1.0]]), np.array([-1.0])) is None  # beta_1 + beta_2 = 1 <= -1
+    np.testing.assert_array_equal(_lp_simplex(c, np.array([[1.0, 1.0]]), np.array([2.0])), [1.0, 0.0])
+    np.testing.assert_array_equal(_lp_simplex(c, np.array([[2.0, 0.0]]), np.array([0.5])), [0.25, 0.75])
+    none = np.zeros((0, 3)), np.zeros(0)
+    np.testing.assert_allclose(_lp_simplex(np.array([0.0, 2.0, -1.0]), *none), [0.0, 1.0, 0.0], atol=1e-12)
+    # beta_1 <= 0.25 binds: the rest goes to the next best vertex
+    got = _lp_simplex(np.array([3.0, 2.0, -1.0]), np.array([[1.0, 0.0, 0.0]]), np.array([0.25]))
+    np.testing.assert_allclose(got, [0.25, 0.75, 0.0], atol=1e-12)
+    assert _lp_simplex(np.array([1.0, 0.0, 0.0]), np.array([[1.0, 1.0, 1.0]]), np.array([0.5])) is None
+
+
+def test_epo_on_the_ratio_is_descent_even_with_eps_zero():
+    """r l exactly uniform: mu = 0 <= eps = 0, so EPO is in descent mode (mu <= eps, not balance mode),
+    relaxed or not, and the step is a common descent: J d >= 0."""
+    from torchmoo.methods import EPO
+
+    J = torch.tensor([[1.0, 0.2, 0.0], [-0.5, 1.0, 0.3], [0.1, -0.4, 1.0]], dtype=F64)
+    for relax in (False, True):
+        epo = EPO([1.0, 3.0, 2.0], eps=0.0, relax=relax)
+        d = epo(J, torch.tensor([6.0, 2.0, 3.0], dtype=F64))  # r l = (6, 6, 6)
+        assert epo.mode == "descent" and epo.non_uniformity == 0.0
+        assert float((J @ d).min()) >= -1e-12
+
+
+def test_pcgrad_orders_are_random():
+    """Algorithm 1 visits the other objectives in a random order, drawn anew at each call: over 40 calls
+    with m = 4 each row sees most of the 3! = 6 orders (fewer than 4 has probability below 1e-10), and
+    two seeds give different sequences of orders."""
+    J = torch.randn(4, 3, generator=torch.Generator().manual_seed(43), dtype=F64)
+    agg = PCGrad(seed=1)
+    seen = [set() for _ in range(4)]
+    for _ in range(40):
+        agg(J)
+        for i in range(4):
+            seen[i].add(tuple(agg.orders[i].tolist()))
+    assert min(len(s) for s in seen) >= 4, seen
+
+    def orders(seed):
+        agg = PCGrad(seed=seed)
+        out = []
+        for _ in range(5):
+            agg(J)
+            out.append(agg.orders)
+        return torch.stack(out)
+
+    assert torch.equal(orders(1), orders(1)) and not torch.equal(orders(1), orders(2))
+
+
+def test_cagrad_is_positively_homogeneous():
+    """Scaling J by s > 0 scales d by s (the ball and the worst improvement scale alike): the weights do not
+    change, for gradients of norm 1e-12 as for 1e4 (the path's root is found to a relative tolerance)."""
+    gen = torch.Generator().manual_seed(44)
+    for _ in range(8):
+        m, n = int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(2, 8, (1,), generator=gen))
+        J = torch.randn(m, n, generator=gen, dtype=F64)
+        c = 0.1 + 0.8 * float(torch.rand(1, generator=gen, dtype=F64))
+        u = cagrad_weights(J @ J.T, c)
+        for s in (1e-12, 1e-6, 1e4):
+            Js = J * s
+            torch.testing.assert_close(cagrad_weights(Js @ Js.T, c), u, rtol=1e-9, atol=0)
+
+
+def test_cagrad_finds_the_root_in_a_few_qps(monkeypatch):
+    """On a piece of the QP path w(nu) is affine and the root of ||J'w(nu)|| = r nu is that of a quadratic,
+    tried at every step: a few QPs per call (here 3 to 15), not the ~40 of a bisection to rtol = 1e-12."""
+    calls = []
+    solve = tm.ops.min_norm_simplex
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(tm.ops, "min_norm_simplex", counting)
+    gen = torch.Generator().manual_seed(50)
+    counts = []
+    for _ in range(30):
+        m, n = int(torch.randint(2, 7, (1,), generator=gen)), int(torch.randint(2, 8, (1,), generator=gen))
+        J = torch.randn(m, n, generator=gen, dtype=F64)
+        c = 0.1 + 0.8 * float(torch.rand(1, generator=gen, dtype=F64))
+        calls.clear()
+        cagrad_weights(J @ J.T, c)
+        counts.append(len(calls))
+    assert max(counts) <= 30 and sum(counts) <= 15 * len(counts), counts
+
+
+def test_cagrad_and_pcgrad_defaults():
+    """The documented defaults: CAGrad(c=0.5, rescale=1), PCGrad(reduction="sum")."""
+    J = torch.randn(3, 5, generator=torch.Generator().manual_seed(45), dtype=F64)
+    torch.testing.assert_close(CAGrad()(J), CAGrad(c=0.5, rescale=1)(J), rtol=0, atol=0)
+    torch.testing.assert_close(CAGrad()(J), CAGrad(c=0.5, rescale=0)(J) / 1.25, rtol=1e-14, atol=0)
+    torch.testing.assert_close(PCGrad(seed=3)(J), PCGrad(seed=3, reduction="sum")(J), rtol=0, atol=0)
+
+
+def test_epo_weights_do_not_depend_on_the_scale_of_the_gradients():
+    """EPO's LP is linear in C = J J^T (objective and constraints), so scaling every gradient by s leaves
+    beta, the mode and mu unchanged: gradients of norm 1e-7 (C ~ 1e-14) get the step of gradients of norm 1,
+    and in descent mode it is still a common descent (C beta >= 0), for the exact two-objective solver and
+    for HiGHS alike (whose tolerances are absolute)."""
+    from torchmoo.methods.epo import epo_weights
+
+    rng = np.random.default_rng(46)
+    for k in range(24):
+        m, n = 2 + k % 3, int(rng.integers(1, 5))
+        J = rng.normal(size=(m, n))
+        G = J @ J.T
+        r = rng.uniform(0.2, 3.0, m)
+        losses = rng.uniform(0.1, 2.0, m) if k % 4 == 3 else (1 + 1e-3 * rng.normal(size=m)) / r
+        w, mode, mu = epo_weights(G, losses, r)
+        for s in (1e-14, 1e-8, 1e6):
+            ws, modes, mus = epo_weights(G * s, losses, r)
+            assert modes == mode and mus == mu
+            np.testing.assert_allclose(ws, w, rtol=0, atol=1e-7)
+            if modes == "descent":
+                assert float((G @ ws).min()) >= -1e-9 * float(np.abs(G).max())

@@ -87,7 +87,11 @@ def epo_weights(G: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float = 1
     """
     m = losses.shape[0]
     rl, mu, a = _adjustments(losses, r)
-    C = G
+    # The LP is invariant to scaling C (its objective and every constraint are linear in C), but the
+    # solvers' feasibility tolerances are absolute: with small gradients (||g|| ~ 1e-5, C ~ 1e-10) they
+    # would drop every constraint. Solve it for C / max|C|.
+    scale = float(np.abs(G).max(initial=0.0))
+    C = G / scale if scale > 0 else G
     Ca = C @ a
     if mu > eps:
         mode = "balance"
