@@ -633,14 +633,21 @@ def test_a_folder_without_work_is_resumed_on_any_device_and_records_it(tmp_path,
     assert tm.experiments.run_experiment(TOY, out=str(out), progress=False)["complete"]
 
 
-def test_a_killed_checkpoint_write_is_not_work(tmp_path, toy):
-    # what a process killed inside storage.save_checkpoint leaves: a temporary, no checkpoint
-    out = tmp_path / "killed"
+def _interrupted_in_first_unit(out: Path) -> Path:
+    """Runs the toy experiment into ``out`` and interrupts it inside its first unit; returns the one
+    checkpoint it left."""
     _toy_hook["fn"] = _interrupt_at("first unit", 0)
     with pytest.raises(KeyboardInterrupt):
         tm.experiments.run_experiment(TOY, out=str(out), progress=False)
     _toy_hook["fn"] = None
     (ckpt,) = (out / "checkpoints").iterdir()
+    return ckpt
+
+
+def test_a_killed_checkpoint_write_is_not_work(tmp_path, toy):
+    # what a process killed inside storage.save_checkpoint leaves: a temporary, no checkpoint
+    out = tmp_path / "killed"
+    ckpt = _interrupted_in_first_unit(out)
     ckpt.rename(ckpt.parent / f".{ckpt.name}.0123456789ab.tmp")
     res = tm.experiments.run_experiment(TOY, out=str(out), progress=False, config=ToyConfig(epochs=4))
     assert res["complete"] and res["config"]["epochs"] == 4
@@ -853,11 +860,7 @@ def test_temporaries_of_killed_writes_are_removed_on_resume(tmp_path, toy):
     # a write killed mid-way leaves its temporary (for a checkpoint, as large as the model); the next run
     # in the folder deletes them, and only them
     out = tmp_path / "killed writes"
-    _toy_hook["fn"] = _interrupt_at("first unit", 0)
-    with pytest.raises(KeyboardInterrupt):
-        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
-    _toy_hook["fn"] = None
-    (ckpt,) = (out / "checkpoints").iterdir()
+    ckpt = _interrupted_in_first_unit(out)
     left = [out / ".results.json.0123456789ab.tmp", ckpt.parent / f".{ckpt.name}.a1b2c3d4e5f6.tmp"]
     kept = [out / "notes.tmp", out / ".my.0123456789ab.tmp.bak", ckpt.parent / ".x.0123456789AB.tmp"]
     for path in left + kept:

@@ -455,15 +455,21 @@ def test_continuous_front_passes_through_the_explored_points():
     plt.close(fig)
 
 
-def test_stitching_crops_dominated_samples():
+def _good_and_bad_families():
+    """Two explored families from one ZDT2 point: tangent steps along the front, and a family in the
+    dominated interior (short gradient steps from the same seed, not optimized)."""
     x = zdt2_point(0.5).requires_grad_(True)
     common = dict(k=2, num_children=2, rhs="binary", optimize_seed=False,
                   optimize=functools.partial(pareto_optimize, max_iter=0))
     good = ParetoExplorer(x, lambda: ZDT2(x), step=0.1, num_points=8, **common)
     good.explore()
-    # a family in the dominated interior: short gradient steps from the same seed, not optimized
     bad = ParetoExplorer(x, lambda: ZDT2(x), method="gradient", step=0.03, num_points=4, **common)
     bad.explore()
+    return good, bad
+
+
+def test_stitching_crops_dominated_samples():
+    good, bad = _good_and_bad_families()
     front = stitch([good, bad], resolution=4)
     V, kept = front.values, front.kept
     dominated = torch.tensor([any(bool((V[j] <= V[i]).all() and (V[j] < V[i]).any()) for j in range(len(V)))
@@ -984,13 +990,7 @@ def test_mirrored_seeds_stitch_without_leaving_the_pareto_set(resolution):
 
 
 def test_stitched_front_t_segments_and_jumps():
-    x = zdt2_point(0.5).requires_grad_(True)
-    common = dict(k=2, num_children=2, rhs="binary", optimize_seed=False,
-                  optimize=functools.partial(pareto_optimize, max_iter=0))
-    good = ParetoExplorer(x, lambda: ZDT2(x), step=0.1, num_points=8, **common)
-    good.explore()
-    bad = ParetoExplorer(x, lambda: ZDT2(x), method="gradient", step=0.03, num_points=4, **common)
-    bad.explore()
+    good, bad = _good_and_bad_families()
     resolution = 4
     front = stitch([good, bad], resolution=resolution)
     assert front.num_stitches > 0
