@@ -34,9 +34,9 @@ epochs; 1 min 41 s on a shared 2-core machine). Test set, ensemble of the ``M`` 
 ==========  ===============  ===============  ===============  ===============  ==============
 method      accuracy 1 / 2   mean accuracy    Brier 1 / 2      ECE 1 / 2        single network
 ==========  ===============  ===============  ===============  ===============  ==============
-MT-SGD      0.721 / 0.735    0.728            0.438 / 0.366    0.124 / 0.053    0.641
+MT-SGD      0.721 / 0.735    0.728            0.438 / 0.366    0.123 / 0.053    0.641
 MOO-SVGD    0.699 / 0.710    0.705            0.432 / 0.391    0.135 / 0.046    0.636
-MGDA        0.699 / 0.730    0.715            0.434 / 0.377    0.066 / 0.052    0.659
+MGDA        0.699 / 0.730    0.714            0.433 / 0.377    0.066 / 0.052    0.659
 linear      0.657 / 0.755    0.706            0.456 / 0.353    0.058 / 0.067    0.657
 ==========  ===============  ===============  ===============  ===============  ==============
 
@@ -47,7 +47,7 @@ exactly by a rerun.
 Sweep, MT-SGD after 3 epochs, ``M`` = 3 / 5 / 7 / 9 / 15: mean ensemble accuracy 0.589 / 0.596 / 0.632 /
 0.609 / 0.627, mean ECE 0.085 / 0.122 / 0.160 / 0.150 / 0.164.
 
-MT-SGD has the best mean ensemble accuracy (0.728 against 0.705-0.715), as in the paper, but its ECE is
+MT-SGD has the best mean ensemble accuracy (0.728 against 0.705-0.714), as in the paper, but its ECE is
 higher than the independent networks', and the sweep's accuracy rises from 3 to 7 particles with ECE
 growing with ``M`` (the paper: both improve from 3 to 5). Before ``U`` was returned in float64, its
 float32 rounding decided MT-SGD's weights (the trace constant is about 1e4 times the rest of ``U``) and

@@ -29,19 +29,19 @@ MT-SGD 0.0428 (MT-SGD best on every task).
 Measured here (``torchmoo run mtsgd-sarcos``, seed 0, small default: the synthetic data, 2,000 / 500 /
 500 rows, ``hidden = (64, 64)``, ``M = 5``, 60 epochs of Adam (lr 1e-3, batch 256), 1 intra-op thread;
 81 s on a shared 2-core machine), MSE on standardized targets (1.02 on the test split before training)
-at the best validation epoch (57 for the particle methods, 60 for the others):
+at the best validation epoch (57 for MT-SGD, 59 for MOO-SVGD, 60 for the others; re-run on 2026-11-30):
 
 ==========  =====================================================  ======  ======
 method      test MSE, tasks 1-7                                    test    valid.
 ==========  =====================================================  ======  ======
-MT-SGD      0.307 0.276 0.209 0.327 0.296 0.323 0.152              0.270   0.276
-MOO-SVGD    0.306 0.282 0.212 0.326 0.293 0.324 0.154              0.271   0.276
-MGDA        0.287 0.260 0.192 0.304 0.286 0.305 0.136              0.253   0.262
-linear      0.283 0.261 0.195 0.307 0.283 0.305 0.140              0.253   0.262
+MT-SGD      0.306 0.280 0.208 0.329 0.298 0.325 0.153              0.271   0.276
+MOO-SVGD    0.305 0.280 0.211 0.325 0.295 0.324 0.153              0.270   0.277
+MGDA        0.287 0.259 0.192 0.304 0.286 0.305 0.136              0.253   0.262
+linear      0.283 0.261 0.194 0.307 0.283 0.305 0.140              0.253   0.262
 ==========  =====================================================  ======  ======
 
 (``test`` and ``valid.``: the averages over the 7 tasks.) The paper's ordering is reversed here: the
-two particle methods trail the ``M`` independent networks by 0.01-0.02 on every task (0.017 on
+two particle methods trail the ``M`` independent networks by 0.009-0.025 on every task (0.018 on
 average), MT-SGD and MOO-SVGD being within 0.001 of each other on average. A likely cause: with ``M = 5``
 networks in a weight-space RBF kernel, each network's step mixes the kernel-weighted gradients of the
 other networks (taken at other weights) into its own, which slows its descent in a short schedule.

@@ -42,7 +42,7 @@ gradient (OPT)            74391   6147     0
 ========================  =====  =====  ====  ========  ==============  =====================
 
 Tangents: the MINRES directions (``k = 2``) lie in the cylinder's tangent plane to rounding (median
-angle 6e-15 degrees, largest 2e-12, over 200 directions at 40 points), as Proposition 3.2 predicts: the
+angle 5e-15 degrees, largest 2e-12, over 200 directions at 40 points), as Proposition 3.2 predicts: the
 Krylov space of dimension 2 holds the exact solution, the ``x1`` axis of the cylinder, and
 ``f(x* + s v)`` stays on the front; the gradients leave the plane at 74 degrees and ``f(x* + s g)``
 rises up to 0.35 above the front (median over the points). Algorithm 1: a tangent step lands exactly

@@ -28,10 +28,10 @@ analytic front, and the largest final ``g(theta)``:
 =================================  =====================  =========================
 unit                               LinConcave             ZDT2-variant
 =================================  =====================  =========================
-epo ratio                          3.0e-3 / 2e-16 / 1e-30  8.4e-3 / 2e-16 / 4e-23
+epo ratio                          3.0e-3 / 1e-16 / 1e-30  8.4e-3 / 2e-16 / 4e-23
 png ratio                          4.1e-3 / 5.0e-3 / 5e-3  0.64 / 0.65 / 2.7
 png weighted-distance              3e-9 / 3e-9 / 2e-9      9.4e-5 / 9e-8 / 3e-7
-png complex-cosine (product)       9e-9 / 2e-16 / 1e-30    2.4e-3 / 3e-4 / 1.6e-3
+png complex-cosine (product)       9e-9 / 1e-16 / 1e-30    2.4e-3 / 3e-4 / 1.6e-3
 png complex-cosine (printed sum)   1.0 / 0.27 / 0.04       0.97 / 0.02 / 0.26
 =================================  =====================  =========================
 
