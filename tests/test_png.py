@@ -1047,3 +1047,199 @@ def test_tm_backward_overflow_leaves_the_png_state_as_it_was():
     with pytest.raises(ValueError, match="overflows"):
         tm.backward(A @ p + 1.0, [p], png)
     assert p.grad is None and png.steps == 0 and png.e0 is None and png.stats is None and png.weights is None
+
+
+# --------------------------------------------------------------------------------------------------
+# the control's boundary, a given g(theta), criterion_clip, reset and the diagnostics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_png_direction_uses_the_given_g_theta():
+    """A given g(theta) sets the control (on iff g > e) and phi = alpha * g: the direction is the primal
+    solution of Eq. 7 for that phi, not for the g computed from J."""
+    gen = torch.Generator().manual_seed(21)
+    J = torch.randn(3, 7, generator=gen, dtype=F64)
+    gF = torch.randn(7, generator=gen, dtype=F64)
+    g_true = float(tm.methods.pareto_stationarity(J))
+    for g_given in (0.5 * g_true, 3.0 * g_true + 1.0):
+        out = png_direction(J, gF, g_given, alpha=0.7)
+        assert float(out.g) == pytest.approx(g_given, rel=1e-15)
+        assert float(out.phi) == pytest.approx(0.7 * g_given, rel=1e-15)
+        np.testing.assert_allclose(out.direction.numpy(), _primal(J, gF, 0.7 * g_given), rtol=0, atol=1e-9)
+    off = png_direction(J, gF, torch.tensor(0.2, dtype=F64), alpha=0.7, threshold=0.2)  # g <= e: off
+    assert not bool(off.control) and torch.equal(off.direction, gF)
+    assert bool(png_direction(J, gF, 0.2, alpha=0.7, threshold=0.19).control)
+
+
+def test_control_is_off_when_g_equals_e():
+    """Eq. 8: phi = -inf once g(theta) <= e, the boundary included. At a Pareto-stationary point (opposite
+    gradients, g = 0) with e = 0 the step is pure descent on F: lambda = 0 and w = u (v = grad F), where
+    the constraint <grad l_2, v> >= 0 would otherwise bind."""
+    J = torch.tensor([[1.0, 2.0, 0.0], [-1.0, -2.0, 0.0]], dtype=F64)
+    L = torch.tensor([0.5, 0.4], dtype=F64)
+    crit = WeightedDistance([0.3, 0.3])
+    _, u = crit.value_and_grad(L)
+    assert float((J @ (u @ J))[1]) < 0  # grad F violates the constraint of loss 2 at phi = 0
+    png = PNG(crit, threshold=0.0)
+    w = png.batch_weights((J @ J.T)[None], L[None])
+    assert float(png.stats.g[0]) == 0.0 and not bool(png.stats.control[0])
+    assert torch.equal(png.stats.lam, torch.zeros(1, 2, dtype=F64)) and torch.equal(w[0], u)
+    out = png_direction(J, u @ J, alpha=0.5, threshold=0.0)
+    assert float(out.g) == 0.0 and not bool(out.control) and torch.equal(out.direction, u @ J)
+
+
+def test_criterion_clip_caps_the_criterion_gradient_per_model():
+    """criterion_clip=c scales u, model by model, so that ||J'u||^2 = u'Gu <= c * mean_i ||grad l_i||^2 and
+    leaves a shorter criterion gradient as it is; the dual then sees b = G u of the scaled u."""
+    gen = torch.Generator().manual_seed(22)
+    scale = torch.tensor([1.0, 10.0, 0.1], dtype=F64)[:, None, None]
+    J = torch.randn(3, 2, 5, generator=gen, dtype=F64) * scale
+    G = J @ J.mT
+    L = torch.tensor([[0.5, 0.9], [0.31, 0.52], [0.8, 0.6]], dtype=F64)
+    crit = WeightedDistance([[0.01, 0.02], [0.3, 0.5], [0.05, 0.1]])  # model 1 sits near its reference
+    _, u = crit.value_and_grad(L)
+    s = G.diagonal(dim1=-2, dim2=-1).mean(-1)
+    c = 2.0
+    norm2 = torch.einsum("ni,nij,nj->n", u, G, u)
+    factor = torch.clamp(torch.sqrt(c * s / norm2), max=1.0)
+    assert factor.tolist()[1] == 1.0 and max(factor[0], factor[2]) < 0.1  # clipped and unclipped models
+    u_clip = u * factor[:, None]
+    off = PNG(crit, threshold=1e30, criterion_clip=c)  # control off: the weights are the scaled u
+    torch.testing.assert_close(off.batch_weights(G, L), u_clip, rtol=1e-13, atol=0)
+    clipped_norm2 = torch.einsum("ni,nij,nj->n", u_clip, G, u_clip)
+    torch.testing.assert_close(clipped_norm2[[0, 2]], c * s[[0, 2]], rtol=1e-12, atol=0)
+    on = PNG(crit, alpha=0.5, threshold=0.0, criterion_clip=c)
+    w = on.batch_weights(G, L)
+    lam = png_dual(G, (G @ u_clip.unsqueeze(-1)).squeeze(-1), on.stats.phi)
+    torch.testing.assert_close(on.stats.lam, lam, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w, u_clip + lam, rtol=1e-10, atol=1e-12)
+    # without the clip the unscaled u enters
+    torch.testing.assert_close(PNG(crit, threshold=1e30).batch_weights(G, L), u, rtol=0, atol=0)
+
+
+def test_reset_forgets_e0_and_the_step_count():
+    """After reset() the next step is the first step of a fresh PNG (e0 = s_0, alpha(0)), and another
+    number of models is accepted."""
+    gen = torch.Generator().manual_seed(23)
+
+    def gram(N, scale):
+        J = torch.randn(N, 2, 4, generator=gen, dtype=F64) * scale
+        return J @ J.mT
+
+    def make():
+        return PNG(WeightedDistance([0.3, 0.5]), alpha=lambda t: 0.5 / (1 + t), gamma=0.1, decay=0.9)
+
+    L = torch.tensor([[0.6, 0.7], [0.4, 0.9]], dtype=F64)
+    png = make()
+    for _ in range(3):
+        png.batch_weights(gram(2, 100.0), L)
+    png.reset()
+    assert png.e0 is None and png.steps == 0 and png.stats is None and png.weights is None
+    G = gram(2, 1.0)
+    fresh = make()
+    assert torch.equal(png.batch_weights(G, L), fresh.batch_weights(G, L))
+    assert torch.equal(png.e0, fresh.e0) and torch.equal(png.stats.threshold, fresh.stats.threshold)
+    assert png.steps == 1 and png.stats.alpha == 0.5
+    png.reset()
+    png.batch_weights(gram(1, 1.0), L[:1])  # N = 1 now: no "call reset()" error
+    assert png.e0.shape == (1,)
+    with pytest.raises(ValueError, match="reset"):  # more models than e0 has entries: no broadcasting
+        png.batch_weights(gram(2, 1.0), L)
+
+
+def test_stats_criterion_and_the_weights_attribute():
+    """stats.criterion is F of the losses plus the parameter-dependent part when it is given (for
+    criterion=None through tm.backward, the last loss); .weights holds one model's weights and is None
+    after a step of N models."""
+    x, y = _data(14)
+    model = _TwoHead(14)
+    params = list(model.parameters())
+
+    def reg():
+        return 0.3 * sum((p**2).sum() for p in params)
+
+    crit = WeightedDistance([0.3, 0.5])
+    L = model.losses(x, y)
+    F_losses = float(crit(torch.stack(L).detach()))
+    png = PNG(crit, threshold=0.0)
+    w = png.backward(L, params, criterion_value=reg())
+    assert png.stats.criterion == pytest.approx(F_losses + float(reg().detach()), rel=1e-13)
+    assert torch.equal(png.weights, w) and torch.equal(png.stats.weights[0], w)
+    png = PNG(None, threshold=0.0)
+    tm.backward([*model.losses(x, y), reg()], params, png)
+    assert png.stats.criterion == pytest.approx(float(reg().detach()), rel=1e-13)
+    models = [_TwoHead(140 + k) for k in range(2)]
+    L2 = [m.losses(x, y) for m in models]
+    energy = float(EnergyDistance()(torch.stack([torch.stack(l) for l in L2]).detach()))
+    png = PNG(EnergyDistance())
+    png.backward(L2, models)
+    assert png.weights is None and png.stats.criterion == pytest.approx(energy, rel=1e-13)
+
+
+def test_psd_part_sets_the_negative_eigenvalues_to_zero():
+    """The repair of a Gram matrix that is PSD only up to rounding: Q diag(max(ev, 0)) Q', exactly symmetric."""
+    from torchmoo.methods.png import _psd_part
+
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(24), dtype=F64))
+    ev = torch.tensor([-0.5, 0.0, 1.0, 3.0], dtype=F64)
+    P = _psd_part((Q * ev) @ Q.T)
+    torch.testing.assert_close(P, (Q * ev.clamp_min(0)) @ Q.T, rtol=0, atol=1e-12)
+    assert torch.equal(P, P.T)
+
+
+def test_reference_criteria_of_n_models_are_sums_of_independent_terms():
+    """Given (N, m) losses and one reference row per model (or one shared row), WeightedDistance,
+    ComplexCosine and NonUniformity are the sums of the N per-model values: row k of dF/dl is model k's
+    own gradient (each model's update depends only on its own term)."""
+    LN = torch.tensor([[0.2, 0.9], [0.5, 0.5], [0.9, 0.1]], dtype=F64)
+    R = torch.tensor([[0.2, 0.8], [0.5, 0.5], [0.7, 0.3]], dtype=F64)
+    for cls in (WeightedDistance, ComplexCosine, NonUniformity):
+        for ref in (R, R[1]):
+            F, U = cls(ref).value_and_grad(LN)
+            per = [cls(ref if ref.dim() == 1 else ref[k]).value_and_grad(LN[k]) for k in range(3)]
+            assert float(F) == pytest.approx(sum(float(f) for f, _ in per), rel=1e-13), cls.__name__
+            torch.testing.assert_close(U, torch.stack([u for _, u in per]), rtol=1e-13, atol=1e-15)
+
+
+def test_criterion_contract_errors_and_the_constant_criterion():
+    """value_and_grad rejects a criterion that is not finite at the losses; a user criterion must return a
+    scalar; LossCriterion(multi_point=True) needs N >= 2 models; one reference row per model must match
+    the number of models (no silent broadcasting of 2 rows against 1 model); a constant criterion has a
+    zero gradient, so that PNG's weights are the dual solution alone."""
+    with pytest.raises(ValueError, match="not finite"):
+        LossCriterion(lambda l: l.log().sum()).value_and_grad(torch.tensor([0.0, 0.5], dtype=F64))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        LossCriterion(lambda l: l**2)(torch.tensor([0.2, 0.5], dtype=F64))
+    with pytest.raises(ValueError, match="N >= 2"):
+        LossCriterion(lambda l: l.sum(), multi_point=True)(torch.tensor([[0.2, 0.5]], dtype=F64))
+    assert LossCriterion(lambda l: l.sum(), multi_point=True).multi_point
+    with pytest.raises(ValueError, match="one row per model"):
+        WeightedDistance([[0.2, 0.8], [0.5, 0.5]])(torch.tensor([[0.3, 0.7]], dtype=F64))
+    with pytest.raises(ValueError, match="one row per model"):
+        NonUniformity([[0.2, 0.8], [0.5, 0.5]])(torch.tensor([0.3, 0.7], dtype=F64))
+    const = LossCriterion(lambda l: torch.tensor(2.0, dtype=l.dtype))
+    F, u = const.value_and_grad(torch.tensor([0.3, 0.7], dtype=F64))
+    assert float(F) == 2.0 and torch.equal(u, torch.zeros(2, dtype=F64))
+    J = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=F64)
+    png = PNG(const, alpha=0.5, threshold=0.0)
+    w = png.batch_weights((J @ J.T)[None], torch.tensor([[0.3, 0.7]], dtype=F64))
+    assert torch.equal(w, png.stats.lam) and bool((w > 0).all())
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_multi_model_step_per_jacobian_path(batched):
+    """N models through both ways of forming the Jacobians (one (m, n) Jacobian per model from the m
+    backward passes, or per-parameter blocks from the vmapped pass): model k's .grad is its own
+    direction W[k] @ J_k, the one png_direction gives for its own dual problem and control."""
+    x, y = _data(15)
+    models = [_TwoHead(150 + k) for k in range(3)]
+    L = [m.losses(x, y) for m in models]
+    Js = [tm.autograd.jacobian(l, m.parameters(), retain_graph=True) for l, m in zip(L, models)]
+    _, U = EnergyDistance().value_and_grad(torch.stack([torch.stack(l) for l in L]).detach())
+    png = PNG(EnergyDistance(), alpha=0.5, gamma=0.1)
+    W = png.backward(L, models, batched=batched)
+    for k, (m, J) in enumerate(zip(models, Js)):
+        ref = png_direction(J, U[k] @ J, alpha=0.5, threshold=float(png.stats.threshold[k]))
+        got = tm.autograd.flatten([p.grad for p in m.parameters()])
+        torch.testing.assert_close(got, ref.direction, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(got, W[k] @ J, rtol=1e-12, atol=1e-13)
