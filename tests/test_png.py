@@ -1243,3 +1243,15 @@ def test_multi_model_step_per_jacobian_path(batched):
         got = tm.autograd.flatten([p.grad for p in m.parameters()])
         torch.testing.assert_close(got, ref.direction, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(got, W[k] @ J, rtol=1e-12, atol=1e-13)
+
+
+def test_png_direction_rejects_a_g_theta_that_is_not_a_squared_norm():
+    """A NaN g(theta) would compare False with e and turn the control off silently; a negative one is not a
+    squared norm. An infinite threshold is the documented way to turn the control off."""
+    J = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    gF = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    for bad in (float("nan"), -0.5, float("inf")):
+        with pytest.raises(ValueError, match="g_theta must be finite and >= 0"):
+            tm.methods.png_direction(J, gF, g_theta=bad)
+    off = tm.methods.png_direction(J, gF, threshold=float("inf"))
+    assert not bool(off.control) and torch.equal(off.direction, gF)

@@ -193,10 +193,10 @@ def png_direction(
     Args:
         J: ``(..., m, n)`` Jacobians (rows :math:`\nabla\ell_i`).
         grad_F: ``(..., n)`` criterion gradients :math:`\nabla F`.
-        g_theta: ``(...)`` or a float: :math:`g(\theta)`; by default computed from ``J`` exactly (the
+        g_theta: ``(...)`` or a float: :math:`g(\theta) \ge 0`; by default computed from ``J`` exactly (the
             squared norm of MGDA's min-norm vector).
         alpha: :math:`\alpha_t \ge 0`.
-        threshold: ``e``: the control is on where :math:`g(\theta) > e`.
+        threshold: ``e``: the control is on where :math:`g(\theta) > e` (``inf``: never).
         method: dual solver, see :func:`png_dual`.
 
     Returns:
@@ -206,8 +206,9 @@ def png_direction(
 
     Raises:
         TypeError: ``J`` or ``grad_F`` is not a floating-point tensor.
-        ValueError: ``J`` not ``(..., m, n)`` with ``m >= 1``; ``grad_F`` not ``(..., n)``; ``alpha`` or
-            ``threshold`` not a finite number ``>= 0``; the errors of :func:`png_dual`.
+        ValueError: ``J`` not ``(..., m, n)`` with ``m >= 1``; ``grad_F`` not ``(..., n)``; ``alpha`` not a
+            finite number ``>= 0``; ``threshold`` not a number ``>= 0``; ``g_theta`` not finite and
+            ``>= 0`` (a NaN would turn the control off silently); the errors of :func:`png_dual`.
 
     Example:
         >>> J = torch.randn(2, 10, dtype=torch.float64); gF = torch.randn(10, dtype=torch.float64)
@@ -233,6 +234,8 @@ def png_direction(
         g = (w.unsqueeze(-2) @ J).squeeze(-2).double().pow(2).sum(-1)
     else:
         g = torch.as_tensor(g_theta, dtype=torch.float64, device=J.device).expand(batch)
+        if not bool((torch.isfinite(g) & (g >= 0)).all()):
+            raise ValueError(f"g_theta must be finite and >= 0 (a squared norm), got {g.tolist()}.")
     control = g > threshold
     phi = torch.where(control, alpha * g, torch.full_like(g, -math.inf))
     b = (J @ grad_F.unsqueeze(-1)).squeeze(-1)
