@@ -538,3 +538,118 @@ def test_jacobian_loop_runs_each_pass_through_its_own_loss_only():
     CountBackward.calls = 0
     tm.backward(losses(), trunk, tm.methods.MGDA(), task_params=heads, batched=False)
     assert CountBackward.calls == 6  # the Jacobian's 3 passes and the 3 heads' own passes
+
+
+@pytest.mark.parametrize("batched", [None, False])
+def test_jacobian_blocks_sparse_gradient_with_a_loss_that_does_not_reach_it(batched):
+    """A sparse-gradient embedding that only the second loss reaches: its block is sparse, with an empty
+    first row (the first pass, all dense, wrote its row into the (m, n) tensor before the sparse gradient
+    came); the other blocks are the dense rows. The same through tm.backward (batched=False, as the batched
+    pass of a sparse gradient fails after freeing the graph), whose sparse .grad is the aggregated direction
+    of the assembled Jacobian."""
+    torch.manual_seed(14)
+    emb = torch.nn.Embedding(10, 3, sparse=True).double()
+    lin = torch.nn.Linear(3, 2).double()
+    x = torch.randn(3, dtype=F64, requires_grad=True)
+    params = [emb.weight, lin.weight, lin.bias, x]
+
+    def losses():
+        return [x.pow(2).sum() + lin(x).sum(), lin(emb(torch.tensor([1, 2, 2, 7]))).pow(2).mean() + x.sum()]
+
+    L = losses()
+    blocks = tm.autograd.jacobian_blocks(L, params, retain_graph=True, batched=batched)
+    assert blocks[0].layout == torch.sparse_coo and blocks[0].shape == (2, 10, 3)
+    assert all(b.layout == torch.strided for b in blocks[1:])
+    rows = [[torch.zeros_like(p) if g is None else g.to_dense() for g, p in
+             zip(torch.autograd.grad(l, params, retain_graph=True, allow_unused=True), params)] for l in L]
+    assert torch.equal(rows[0][0], torch.zeros(10, 3, dtype=F64)) and rows[1][0].abs().sum() > 0
+    for k, b in enumerate(blocks):
+        torch.testing.assert_close(b.to_dense(), torch.stack([rows[0][k], rows[1][k]]), rtol=1e-13, atol=1e-15)
+    # a dense gradient of the weight (read as a whole by the first loss) in the sparse block's column
+    Lw = [emb.weight.pow(2).sum(), emb(torch.tensor([3, 3])).sum()]
+    bw = tm.autograd.jacobian_blocks(Lw, [emb.weight], retain_graph=True, batched=batched)[0]
+    assert bw.layout == torch.sparse_coo
+    torch.testing.assert_close(bw.to_dense(), torch.stack([torch.autograd.grad(l, emb.weight, retain_graph=True)[0]
+                                                           .to_dense() for l in Lw]), rtol=0, atol=0)
+    J = torch.stack([flatten(r) for r in rows])
+    d = tm.methods.MGDA()(J)
+    tm.backward(losses(), params, tm.methods.MGDA(), batched=False)
+    assert emb.weight.grad.layout == torch.sparse_coo
+    torch.testing.assert_close(flatten([p.grad.to_dense() for p in params]), d, rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_loop_frees_the_graph_unless_retained():
+    """The m backward passes free the graph with the last one, as torch.autograd.grad does (a graph kept
+    alive by every step of a training loop would hold its activations), and keep it with retain_graph."""
+    model, x, y = _setup(seed=15)
+    L = _losses(model, x, y)
+    J = jacobian(L, model.parameters(), batched=False, retain_graph=True)
+    L.sum().backward()  # retained
+    torch.testing.assert_close(J, jacobian(_losses(model, x, y), model.parameters(), batched=True))
+    for losses in (_losses(model, x, y), list(_losses(model, x, y))):
+        jacobian(losses, model.parameters(), batched=False)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            sum(losses).backward()
+
+
+def test_constant_losses_give_a_zero_jacobian_when_batched():
+    """Losses that do not require grad give a zero Jacobian with batched=True too (no batched pass is
+    attempted, which would raise since batching errors propagate then)."""
+    model, _, _ = _setup(seed=16)
+    consts = [torch.tensor(1.0, dtype=F64), torch.tensor(2.0, dtype=F64)]
+    assert torch.equal(jacobian(consts, model.parameters(), batched=True), torch.zeros(2, num_params(model), dtype=F64))
+    assert tm.autograd.jacobian_blocks(consts, model.parameters(), batched=True) == [None] * len(list(model.parameters()))
+
+
+def test_unflatten_rejects_a_0_dim_vector():
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        unflatten(torch.tensor(1.0), [torch.zeros(3)])
+
+
+def test_hvp_dtype_is_promoted_over_all_parameters():
+    """A float64 parameter before a float32 one: H v is float64 (torch.cat's promotion, as flatten gives),
+    whichever parameter comes last, also when it is all zeros."""
+    gen = torch.Generator().manual_seed(17)
+    a = torch.randn(3, generator=gen, dtype=F64, requires_grad=True)
+    b = torch.randn(2, generator=gen).requires_grad_()
+    v = torch.full((5,), 0.5, dtype=F64)
+    loss = (a**3).sum() + (b.double() ** 3).sum()
+    Hv = hvp(loss, [a, b], v)
+    assert Hv.dtype == F64 == flatten([a, b]).dtype
+    torch.testing.assert_close(Hv[:3], 6 * a.detach() * v[:3], rtol=1e-15, atol=0)
+    assert hvp_operator(loss, [a, b])(torch.stack([v, v])).dtype == F64
+    lin = a.sum() + b.sum()  # linear: no second derivative
+    zero = hvp(lin, [a, b], v)
+    assert zero.dtype == F64 and torch.equal(zero, torch.zeros(5, dtype=F64))
+
+
+def test_backward_accumulates_sparse_gradients():
+    """.grad accumulates as the autograd engine does for an nn.Embedding(sparse=True): sparse + sparse stays
+    sparse (two tm.backward calls write twice the direction), and a dense direction added to a sparse .grad
+    (left by loss.backward()) gives their dense sum."""
+    torch.manual_seed(18)
+    emb = torch.nn.Embedding(6, 2, sparse=True).double()
+    c = torch.randn(2, 6, 2, dtype=F64)
+    idx = torch.tensor([0, 3, 3])
+
+    def losses():
+        e = emb(idx)
+        return [(e * c[0, :3]).sum().pow(2), (e * c[1, :3]).sum().sin()]
+
+    J = torch.stack([flatten(torch.autograd.grad(l, emb.weight, retain_graph=True)[0].to_dense()) for l in losses()])
+    d = tm.methods.MGDA()(J)
+    tm.backward(losses(), [emb.weight], tm.methods.MGDA(), batched=False)  # sparse blocks need the m passes
+    tm.backward(losses(), [emb.weight], tm.methods.MGDA(), batched=False)
+    assert emb.weight.grad.layout == torch.sparse_coo
+    torch.testing.assert_close(emb.weight.grad.to_dense().reshape(-1), 2 * d, rtol=1e-12, atol=1e-14)
+    # a sparse .grad, then the losses of the weight read as a whole (dense gradients)
+    emb.weight.grad = None
+    emb(idx).pow(2).sum().backward()
+    sparse_grad = emb.weight.grad.to_dense().clone()
+    assert emb.weight.grad.layout == torch.sparse_coo
+    dense_losses = [(emb.weight * c[0]).sum().pow(2), (emb.weight * c[1]).sum().sin()]
+    Jd = torch.stack([torch.autograd.grad(l, emb.weight, retain_graph=True)[0].reshape(-1) for l in dense_losses])
+    dd = tm.methods.MGDA()(Jd)
+    tm.backward(dense_losses, [emb.weight], tm.methods.MGDA())
+    assert emb.weight.grad.layout == torch.strided
+    torch.testing.assert_close(emb.weight.grad.reshape(-1), sparse_grad.reshape(-1) + dd, rtol=1e-12, atol=1e-14)

@@ -524,7 +524,7 @@ def test_backward_with_grad_scaler():
     model = MultiHead(2)
     x, ys = _data(2, seed=3)
     x, ys = x.float(), [y.float() for y in ys]
-    for agg in (MGDA("l2"), CAGrad(0.5)):  # neither is invariant to scaling J
+    for agg in (MGDA("l2"), CAGrad(0.5)):  # (both have scale-invariant weights: tests/test_training.py has scale-dependent ones)
         model.zero_grad()
         _, losses = _task_losses(model, x, ys)
         tm.backward(losses, model.trunk, agg, task_params=list(model.heads))

@@ -388,8 +388,16 @@ def _jacobian_loop(
     blocks: List[Optional[Tensor]] = []
     for k, p in enumerate(plist):
         column = [row[k] for row in rows]
-        blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column])
-                      if reached[k] else None)
+        sparse = next((g for g in column if g is not None and g.layout != torch.strided), None)
+        if not reached[k]:
+            blocks.append(None)
+        elif sparse is None:
+            blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column]))
+        else:
+            # torch.stack does not mix layouts: in a sparse column, a row no loss reaches is an empty sparse
+            # tensor (and a dense row is made sparse) with the sparse gradients' sparse/dense dimensions
+            blocks.append(torch.stack([torch.zeros_like(sparse) if g is None else g if g.layout != torch.strided
+                                       else g.to_sparse(sparse.sparse_dim()) for g in column]))
     return blocks, None
 
 
