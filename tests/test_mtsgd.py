@@ -216,6 +216,20 @@ def test_tensor_bandwidth_is_kept_as_a_number():
             cls(X, toy.log_prob, bandwidth=torch.tensor(-1.0))
 
 
+def test_zero_bandwidth_is_refused_before_any_step():
+    """h = 0 gives k = exp(-0 / 0) = NaN on the diagonal: the constructors and the kernel refuse it, so
+    that MOO-SVGD (which forms its kernel in Python) cannot return a NaN step."""
+    toy = tm.problems.ThreeTargetToy()
+    X = toy.initial_particles(4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for cls in (mt.MTSGD, mt.MOOSVGD):
+        with pytest.raises(ValueError, match="h must be a positive finite number, got 0.0"):
+            cls(X, toy.log_prob, bandwidth=0.0)
+    with pytest.raises(ValueError, match="h must be a positive finite number, got 0.0"):
+        mt.rbf_kernel(X.detach(), 0.0)
+    with pytest.raises(ValueError, match="h must be a positive finite number, got 0.0"):
+        mt.stein_directions(X.detach(), toy.score(X.detach()).movedim(-2, 0), 0.0)
+
+
 def test_errors():
     X, S = _problem(2, 3, 2, 0)
     with pytest.raises(ValueError, match=r"S must have shape \(K, M, d\) = \(K, 3, 2\).*got \(2, 2, 2\)"):
@@ -301,6 +315,47 @@ def test_moosvgd_matches_per_particle_loop():
         mt.MOOSVGD(Xl, toy.log_prob, batched_qp=1)
 
 
+def test_moosvgd_alpha_weighs_the_repulsion():
+    """phi(x_a) = mean_b [k_ab g_b + alpha grad_{x_b} k_ab]: alpha = 0 leaves the kernel-smoothed MGDA
+    directions alone, and the update is affine in alpha (alpha = 1 is the loop of the test above)."""
+    toy = tm.problems.ThreeTargetToy()
+    X0 = toy.initial_particles(5, generator=torch.Generator().manual_seed(3))
+    dirs = {}
+    for alpha in (0.0, 0.5, 1.0):
+        step = mt.MOOSVGD(X0.clone().requires_grad_(), toy.log_prob, bandwidth=3.0, alpha=alpha).backward()
+        dirs[alpha] = step.direction
+    S = toy.score(X0).movedim(-2, 0)
+    g = torch.einsum("ak,kad->ad", step.weights, S)
+    torch.testing.assert_close(dirs[0.0], mt.rbf_kernel(X0, 3.0) @ g / 5, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dirs[1.0], _svgd_loop(X0, g, 3.0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dirs[0.5], 0.5 * (dirs[0.0] + dirs[1.0]), rtol=1e-12, atol=1e-12)
+    assert float((dirs[1.0] - dirs[0.0]).norm()) > 1e-3  # the repulsion is not negligible here
+    with pytest.raises(ValueError, match="alpha"):
+        mt.MOOSVGD(X0.clone().requires_grad_(), toy.log_prob, alpha=-1.0)
+
+
+def test_backward_overwrites_grad_and_reports_log_probs():
+    """backward writes -phi into .grad (a stale gradient, e.g. zero_grad(set_to_none=False) or two calls
+    without zero_grad, is replaced, not accumulated), and SteinStep.log_probs is log p_i(x_a) (K, M)."""
+    toy = tm.problems.ThreeTargetToy()
+    X = toy.initial_particles(6, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    X.grad = torch.full_like(X, 7.0)
+    for cls in (mt.MTSGD, mt.MOOSVGD):
+        method = cls(X, toy.log_prob, bandwidth=2.0)
+        for _ in range(2):  # the second call finds the first call's gradient
+            step = method.backward()
+            torch.testing.assert_close(X.grad, -step.direction, rtol=0, atol=0)
+        torch.testing.assert_close(step.log_probs, toy.log_prob(X.detach()).T)
+    # ensembles: log p_i = -loss_i, one column per network
+    torch.manual_seed(1)
+    x = torch.randn(8, 3, dtype=DT)
+    nets = [torch.nn.Linear(3, 2).double() for _ in range(3)]
+    losses = lambda net: (net(x) ** 2).mean(0) + torch.tensor([0.0, 1.0], dtype=DT)  # noqa: E731
+    step = mt.MTSGD(nets, losses).backward()
+    expected = -torch.stack([losses(n).detach() for n in nets], 1)  # (K, M)
+    torch.testing.assert_close(step.log_probs, expected)
+
+
 def test_ensemble_of_modules():
     """M networks, K task losses: particles are the flattened parameters, scores -grad loss_i."""
     torch.manual_seed(0)
@@ -328,6 +383,23 @@ def test_ensemble_of_modules():
         opt.step()
     after = torch.stack([losses(n).detach() for n in nets])
     assert bool((after < 0.5 * before).all()), (before, after)
+
+
+def test_ensemble_particles_are_the_trainable_parameters_only():
+    """A frozen parameter is not part of the particle: no score, no .grad, and the kernel does not see it."""
+    torch.manual_seed(2)
+    x = torch.randn(16, 3, dtype=DT)
+    nets = [torch.nn.Linear(3, 2).double() for _ in range(3)]
+    for n in nets:
+        n.bias.requires_grad_(False)
+    losses = lambda net: (net(x) ** 2).mean(0)  # noqa: E731
+    step = mt.MTSGD(nets, losses).backward()
+    assert step.direction.shape == (3, 6)
+    X = torch.stack([n.weight.detach().reshape(-1) for n in nets])
+    assert step.bandwidth == mt.median_bandwidth(X)
+    for n, row in zip(nets, step.direction):
+        assert n.bias.grad is None
+        torch.testing.assert_close(n.weight.grad, -row.reshape(2, 3))
 
 
 def test_gaussians_experiment_smallest_size(tmp_path):

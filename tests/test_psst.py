@@ -152,7 +152,12 @@ def test_angular_regions_tile_the_sector():
         L = torch.tensor([math.cos(phi), math.sin(phi)], dtype=torch.float64) * 2.5
         assert sum(r.contains(L) for r in regions) == 1
     assert not any(r.contains(torch.tensor([1.0, 0.1])) for r in regions)  # below pi_0
-    assert len(P.angular_regions([0.5, 1.0, 2.0], 3)) == 9  # K ** (M-1) with two auxiliary tasks
+    two = P.angular_regions([0.5, 1.0, 2.0], 3)
+    assert len(two) == 9  # K ** (M-1) with two auxiliary tasks, the last pair's index varying fastest
+    pv2 = P.preference_vectors([0.5, 1.0, 2.0], 3)
+    for (i, j), r in zip(itertools.product(range(3), repeat=2), two):
+        assert r.lower.tolist() == [float(pv2.angles[0, i]), float(pv2.angles[1, j])]
+        assert r.upper.tolist() == [float(pv2.angles[0, i + 1]), float(pv2.angles[1, j + 1])]
 
 
 def test_constraint_jacobian_is_the_chain_rule_through_the_losses():
@@ -296,6 +301,13 @@ def test_rounded_gram_of_parallel_gradients_is_accepted():
     # through the aggregator, as tm.backward calls it
     agg = tm.methods.PSST(region, epsilon=0.01)
     torch.testing.assert_close(agg.gram_weights(G, L), step.weights, rtol=0, atol=1e-12)
+    # small losses: the bound's coefficients grow as 1 / |L| and a^T G a as 1 / |L|^2, so G's rounding in
+    # B G B^T is far beyond what the QP accepts as rounding; through G's PSD part the answer is unchanged
+    small = P.psst_weights(G, 1e-4 * L, region, epsilon=0.01)
+    assert small.mode == "constrained" and small.active.tolist() == [True, False]
+    torch.testing.assert_close(small.dual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-9)
+    _, A = region.jacobian(1e-4 * L)
+    torch.testing.assert_close(small.weights, A[0], rtol=1e-9, atol=0)  # the bound's gradient a @ J alone
 
 
 def test_no_active_constraint_gives_mgda():
@@ -374,6 +386,33 @@ def test_feasibility_phase_lasts_until_the_first_point_inside():
         tm.methods.PSST(outside, feasibility="sometimes")
 
 
+def test_initial_phase_is_over_after_a_first_point_inside_even_without_a_feasibility_step():
+    # the phase ends at the first loss vector inside the region, whether or not a feasibility step came first
+    theta = torch.tensor([0.5, 0.4, 0.0], dtype=torch.float64)
+    L, J = _jac(theta)
+    phi = math.atan2(float(L[1]), float(L[0]))
+    region = P.AngularRegion(phi + 0.1, phi + 0.4)
+    L_in = torch.tensor([math.cos(phi + 0.2), math.sin(phi + 0.2)], dtype=torch.float64) * L.norm()
+    agg = tm.methods.PSST(region, epsilon=0.01)
+    agg(J, L_in)
+    agg(J, L)  # outside now: Eq. 3 with the violated bound, not the feasibility-only direction
+    assert agg.last.mode == "constrained" and not agg.last.inside
+    assert agg.counts == {"constrained": 2, "feasibility": 0, "inside": 1}
+
+
+def test_an_abandoned_step_leaves_the_counts_and_the_phase_as_they_were():
+    # float32 losses of 1e-21 with gradients of 1e19: G is finite, but the bound's coefficients (~1 / |L|)
+    # make w @ J overflow; tm.backward refuses the step and must put back what the call changed
+    p = torch.tensor([1e-40, 1e-40], dtype=torch.float32, requires_grad=True)
+    region = P.AngularRegion(0.1, 0.5)  # the losses' angle, atan(1.5), is above the region
+    agg = tm.methods.PSST(region, epsilon=0.01)
+    for _ in range(2):  # a second refusal finds the state of the first call's start too
+        with pytest.raises(ValueError, match="overflows"):
+            tm.backward(1e19 * p * torch.tensor([1.0, 1.5]), [p], agg)
+        assert agg.counts == {"constrained": 0, "feasibility": 0, "inside": 0}
+        assert agg.last is None and agg.weights is None and p.grad is None
+
+
 def _tiny_conv4():
     torch.manual_seed(0)
     return tm.zoo.models.Conv4SelfSupervised(num_classes=3, in_channels=1, image_size=16, patch_size=16,
@@ -414,6 +453,21 @@ def test_trainer_step_over_all_parameters_decreases_the_active_constraint(bound)
     # the heads moved too: their share of the step is part of the constrained direction
     n_trunk = sum(p.numel() for p in model.trunk.parameters())
     assert float(d[n_trunk:].norm()) > 0.1 * float(d.norm())
+
+
+def test_trainer_reports_the_fractions_of_each_epoch():
+    # feasibility_fraction / inside_fraction count the steps of the epoch, not every step so far
+    model = _tiny_conv4()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 16, 16, generator=g), torch.arange(16) % 3
+    region = P.AngularRegion(0.0, 1e-3)  # next to the main-task axis: no step gets inside
+    agg = tm.methods.PSST(region, epsilon=0.0, feasibility="always")
+    trainer = P.FewShotTrainer(model, x, y, method=agg, epochs=2, batch_size=8, lr=1e-4, momentum=0.0,
+                               weight_decay=0.0)
+    for epoch in (1, 2):
+        out = trainer.train_epoch()
+        assert out["steps"] == 2 and out["feasibility_fraction"] == 1.0 and out["inside_fraction"] == 0.0
+        assert agg.counts == {"constrained": 0, "feasibility": 2 * epoch, "inside": 0}
 
 
 def test_trainer_heads_on_their_own_losses_is_the_documented_deviation():
@@ -563,6 +617,10 @@ def test_exploration_moves_along_the_pareto_set():
         p = exp.params[j]
         assert tm.methods.pareto_stationarity(torch.stack([p - a, p - b])) < 1e-20  # still Pareto-stationary
     torch.testing.assert_close(exp.losses - exp.base_losses, exp.predicted, atol=0.02, rtol=0)  # first order
+    # step=None: per direction, the step whose first-order change |s J v| is relative_change |L(theta*)|
+    auto = P.explore_solution(objectives, [x], relative_change=0.05, k=5)
+    torch.testing.assert_close(auto.predicted.norm(dim=1), 0.05 * auto.base_losses.norm().expand(2), rtol=1e-10, atol=0)
+    assert torch.equal(x.detach(), 0.4 * a + 0.6 * b)
 
 
 def test_fewshot_accuracy_and_confidence_interval():
