@@ -653,3 +653,30 @@ def test_backward_accumulates_sparse_gradients():
     tm.backward(dense_losses, [emb.weight], tm.methods.MGDA())
     assert emb.weight.grad.layout == torch.strided
     torch.testing.assert_close(emb.weight.grad.reshape(-1), sparse_grad.reshape(-1) + dd, rtol=1e-12, atol=1e-14)
+
+
+def test_default_loops_for_sparse_embeddings():
+    """batched=None takes the m passes for a graph with an nn.Embedding(sparse=True) (the batched pass
+    cannot form its sparse gradient, and fails after freeing the graph): tm.backward works with the
+    default and writes what batched=False writes; a dense embedding keeps the batched pass."""
+    import torchmoo.autograd as ag
+
+    def run(sparse, batched):
+        torch.manual_seed(21)
+        emb = torch.nn.Embedding(8, 3, sparse=sparse).double()
+        lin = torch.nn.Linear(3, 2).double()
+        h = lin(emb(torch.tensor([1, 4, 4, 6])))
+        losses = [h[:, 0].pow(2).mean(), h[:, 1].exp().mean()]
+        kw = {} if batched is None else {"batched": batched}
+        tm.backward(losses, [emb.weight, lin.weight, lin.bias], tm.methods.MGDA(), **kw)
+        return losses, [p.grad.to_dense() for p in (emb.weight, lin.weight, lin.bias)]
+
+    L, default = run(True, None)
+    assert ag._loop_preferred(torch.stack(run(True, False)[0]))
+    _, looped = run(True, False)
+    for a, b in zip(default, looped):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    dense_losses, dense = run(False, None)
+    assert not ag._loop_preferred(torch.stack(dense_losses))
+    for a, b in zip(dense, looped):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
