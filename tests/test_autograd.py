@@ -99,7 +99,7 @@ def test_default_loops_on_cpu_convolutions(monkeypatch):
     Lc = conv(torch.randn(4, 1, 4, 4, dtype=F64)).pow(2).mean(0)
     model, x, y = _setup(m=2, seed=4)
     Lm = _losses(model, x, y)
-    assert ag._has_convolution(Lc) and not ag._has_convolution(Lm)
+    assert ag._loop_preferred(Lc) and not ag._loop_preferred(Lm)
     calls = []
     loop = ag._jacobian_loop
     monkeypatch.setattr(ag, "_jacobian_loop", lambda *a, **k: calls.append(1) or loop(*a, **k))

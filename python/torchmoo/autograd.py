@@ -23,7 +23,7 @@ Conventions shared by the functions below:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -323,34 +323,26 @@ def _jacobian(
     return _jacobian_loop(L, plist, create_graph=create_graph, retain=retain, items=items)
 
 
-def _graph_has(L: Tensor, pred: Callable[[Any], bool]) -> bool:
-    """Whether some node of the graph of ``L`` satisfies ``pred``."""
+def _loop_preferred(L: Tensor) -> bool:
+    """Whether ``batched=None`` takes ``m`` passes, from one walk of the graph of ``L``:
+
+    * a convolution on the CPU, whose backward under ``vmap`` costs more than ``m`` plain passes (LeNet,
+      batch 256: 2.9x vs 1.8x a backward for m = 2, 12.9x vs 10.1x for m = 10), while for linear layers
+      the batched pass wins;
+    * an ``nn.Embedding(sparse=True)`` on any device, whose sparse gradient the batched pass cannot form
+      (it fails after freeing the graph, so trying it first is not an option)."""
+    cpu = L.device.type == "cpu"
     seen, stack = set(), [L.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if pred(node):
+        name = node.name()
+        if (cpu and "Convolution" in name) or (name == "EmbeddingBackward0" and getattr(node, "_saved_sparse", False)):
             return True
         stack.extend(fn for fn, _ in node.next_functions)
     return False
-
-
-def _has_convolution(L: Tensor) -> bool:
-    """Whether the graph of ``L`` has a convolution. On the CPU, the convolution backward under ``vmap``
-    costs more than ``m`` plain passes (LeNet, batch 256: 2.9x vs 1.8x a backward for m = 2, 12.9x vs
-    10.1x for m = 10), while for linear layers the batched pass wins; so ``batched=None`` loops then."""
-    return _graph_has(L, lambda node: "Convolution" in node.name())
-
-
-def _loop_preferred(L: Tensor) -> bool:
-    """Whether ``batched=None`` takes ``m`` passes: a CPU graph with a convolution (faster, see
-    :func:`_has_convolution`), or a graph with an ``nn.Embedding(sparse=True)``, whose sparse gradient the
-    batched pass cannot form (it fails after freeing the graph, so trying it first is not an option)."""
-    cpu = L.device.type == "cpu"
-    return _graph_has(L, lambda node: (cpu and "Convolution" in node.name())
-                      or (node.name() == "EmbeddingBackward0" and bool(getattr(node, "_saved_sparse", False))))
 
 
 def _jacobian_loop(

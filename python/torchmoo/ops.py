@@ -666,17 +666,16 @@ class _StepSummaries:
             self.host = list(torch.empty((2, 2), dtype=torch.int32, pin_memory=True))  # one row per buffer
             self.events = [torch.cuda.Event() for _ in range(2)]
         self.unread: list = []  # (buffer slot, matvec call) of the steps not read yet, oldest first
-        self.issued = 0
         self.stopped = False
 
-    def buffer(self) -> Tensor:
-        """The buffer for the next step (two alternate: a step's summary is read before its slot returns)."""
-        return self.buffers[self.issued % 2]
+    def buffer(self, call: int) -> Tensor:
+        """The buffer of the step of product ``call`` (two alternate: a step's summary is read before the
+        step after next reuses its buffer)."""
+        return self.buffers[call % 2]
 
     def written(self, call: int) -> None:
         """After the step of product ``call`` (which wrote :meth:`buffer`): on CUDA, its copy to the host."""
-        slot = self.issued % 2
-        self.issued += 1
+        slot = call % 2
         if self.cuda:
             # on the stream the step and the copy ran on: the current one (matvec may have changed it)
             self.host[slot].copy_(self.buffers[slot], non_blocking=True)
@@ -859,7 +858,7 @@ def minres(
                 hv = hv.contiguous()
             if summaries.cuda:  # made on a side stream, hv must not be reused before the step has read it
                 hv.record_stream(torch.cuda.current_stream(hv.device))
-            _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(),
+            _ops.minres_step.default(hv, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(calls),
                                      shift_f, tol_f)
             summaries.written(calls)
             # Free H v before the next product, so that the allocator can hand its (cache-warm) block to
@@ -870,7 +869,8 @@ def minres(
             w, wprev = wprev, w
         summaries.drain()  # raises for a non-finite product of the last steps
         # The update of x made possible by the last iteration is still pending: apply it.
-        _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(),
+        # (the flush leaves the summary buffer alone)
+        _ops.minres_step.default(None, cur[0], prev[0], w, wprev, x, state, history, summaries.buffer(calls),
                                  shift_f, tol_f)
     iterations, residuals, codes = _ops.minres_info.default(state, history)
     if exponent is not None:
