@@ -160,6 +160,53 @@ def test_eigenvector_breaks_down_after_one_iteration():
         assert int(info.iterations) == 1 and info.stop_reason == "converged"
 
 
+def test_breakdown_threshold_is_ten_eps_norm_h():
+    """b = e_1 of [[1, d], [d, 2]]: beta_2 = d after one step with ||T|| = 1 to rounding; "breakdown"
+    means beta_2 <= 10 eps ||H||, so d = 5 eps stops there and d = 20 eps goes on to the exact solve.
+    The reference follows the same rule."""
+    eps = torch.finfo(F64).eps
+    e1 = torch.tensor([1.0, 0.0], dtype=F64)
+    for d, its, why in [(5 * eps, 1, "breakdown"), (20 * eps, 2, "converged")]:
+        A = torch.tensor([[1.0, d], [d, 2.0]], dtype=F64)
+        for solve in (tm.ops.minres, minres_reference):
+            x, info = solve(matvec_of(A), e1, max_iter=5, tol=1e-20)
+            assert (int(info.iterations), info.stop_reason) == (its, why), (d / eps, solve)
+            torch.testing.assert_close(x @ A, e1, rtol=0, atol=2 * d)
+
+
+def test_least_squares_test_uses_at_least_eps():
+    """H = diag(1e-17, 1), b = (1, 2): x_1 = b leaves r_1 = (1, 0) with ||H r_1|| / ||r_1|| = 1e-17,
+    below eps ||H||, so x_1 is reported as a least-squares solution even for a tol below eps (the next
+    step would divide by about 1e-17). The reference follows the same rule."""
+    A = torch.diag(torch.tensor([1e-17, 1.0], dtype=F64))
+    b = torch.tensor([1.0, 2.0], dtype=F64)
+    for solve in (tm.ops.minres, minres_reference):
+        x, info = solve(matvec_of(A), b, max_iter=5, tol=1e-20)
+        assert (int(info.iterations), info.stop_reason, info.matvec_calls) == (1, "least_squares", 2), solve
+        torch.testing.assert_close(x, b, rtol=1e-15, atol=0)
+
+
+def test_matvec_receives_the_shape_of_b_and_may_return_strided_tensors():
+    """matvec gets (n,) for b of shape (n,) and (k, n) for (k, n); a non-contiguous result (here every
+    other entry of a wider tensor) gives bitwise the solve of its contiguous copy."""
+    A, _ = sym_matrix(np.linspace(-3.0, 5.0, 9), seed=43)
+    for b in (randn(9, seed=44), randn(3, 9, seed=45)):
+        shapes = []
+
+        def strided(v):
+            shapes.append(tuple(v.shape))
+            hv = v @ A
+            out = torch.stack([hv, torch.full_like(hv, float("nan"))], dim=-1)[..., 0]  # stride 2
+            assert not out.is_contiguous()
+            return out
+
+        x, info = tm.ops.minres(strided, b, max_iter=20, tol=1e-12)
+        x0, info0 = tm.ops.minres(matvec_of(A), b, max_iter=20, tol=1e-12)
+        assert shapes and set(shapes) == {tuple(b.shape)} and len(shapes) == info.matvec_calls
+        assert torch.equal(x, x0) and torch.equal(info.residual_norms, info0.residual_norms)
+        assert info.stop_reason == info0.stop_reason
+
+
 def test_identity_matvec_returning_its_input():
     """matvec may return v itself (H = I): x = b / (1 - shift) after one iteration."""
     b = randn(2, 50, seed=6)
@@ -186,6 +233,20 @@ def test_b_zero():
     assert bool((x[1] == 0).all()) and int(info.iterations[1]) == 0
     assert bool((info.residual_norms[1] == 0).all())
     torch.testing.assert_close(x[[0, 2]] @ A, b[[0, 2]], atol=1e-10, rtol=0)
+
+
+def test_empty_b():
+    """n = 0 or k = 0: nothing to solve, matvec is not called; rows of length 0 are zero rows."""
+    def mv(v):
+        raise AssertionError("matvec called")
+
+    x, info = tm.ops.minres(mv, torch.zeros(0, dtype=F64))
+    assert x.shape == (0,) and info.stop_reason == "b_zero" and info.matvec_calls == 0
+    x, info = tm.ops.minres(mv, torch.zeros(3, 0, dtype=F64))
+    assert x.shape == (3, 0) and info.stop_reason == ("b_zero",) * 3 and info.residual_norms.tolist() == [[0.0]] * 3
+    x, info = tm.ops.minres(mv, torch.zeros(0, 5, dtype=F64))
+    assert x.shape == (0, 5) and info.stop_reason == () and info.iterations.shape == (0,)
+    assert info.residual_norms.shape == (0, 1)
 
 
 @pytest.mark.parametrize("p", [-560, -1040, 560, 900])
@@ -227,6 +288,28 @@ def test_huge_max_iter_allocates_only_what_is_used():
     assert info.stop_reason == ("converged", "converged") and int(info.iterations.max()) > 64
     assert torch.equal(x, x_ref) and torch.equal(info.residual_norms, info_ref.residual_norms)
     assert info.residual_norms.shape == (2, int(info.iterations.max()) + 1)
+
+
+def test_residual_history_keeps_every_column_as_it_grows(monkeypatch):
+    """100 iterations cross the first allocation of the history (64 iterations) and stop at max_iter
+    just below its doubled size: every column, the one written right after each growth and the last
+    one included, is the reference's residual norm (a column lost to a late growth would read 0), with
+    the summaries read at once or lagged."""
+    A, _ = sym_matrix(np.linspace(1.0, 1000.0, 200), seed=41)  # slow convergence: no breakdown by 100
+    b = randn(2, 200, seed=42)
+    xr, ir = minres_reference(matvec_of(A), b[0], max_iter=100, tol=0.0)
+    runs = []
+    for lag in (False, True):
+        monkeypatch.setattr(tm.ops._StepSummaries, "lag_on_cpu", lag)
+        runs.append(tm.ops.minres(matvec_of(A), b, max_iter=100, tol=0.0))
+    (x, info), (x_lag, info_lag) = runs
+    assert torch.equal(x, x_lag) and torch.equal(info.residual_norms, info_lag.residual_norms)
+    assert info.stop_reason == info_lag.stop_reason == ("max_iter", "max_iter") and info.matvec_calls == 100
+    res = info.residual_norms
+    assert res.shape == (2, 101) and bool((res > 0).all()) and bool((res[:, 1:] <= res[:, :-1]).all())
+    assert ir.stop_reason == "max_iter"
+    torch.testing.assert_close(res[0], ir.residual_norms, rtol=1e-7, atol=0)
+    torch.testing.assert_close(x[0], xr, rtol=0, atol=1e-12 * float(xr.abs().max()))
 
 
 def test_max_iter_zero_and_limit():
@@ -511,6 +594,10 @@ def test_errors_for_bad_arguments():
         tm.ops.minres(mv, b, tol=float("nan"))
     with pytest.raises(TypeError, match="tol must be a real number"):
         tm.ops.minres(mv, b, tol="1e-6")
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        tm.ops.minres(mv, b, tol=True)
+    with pytest.raises(TypeError, match="shift must be a real number"):
+        tm.ops.minres(mv, b, shift=False)
     with pytest.raises(ValueError, match="shift must be finite"):
         tm.ops.minres(mv, b, shift=float("inf"))
 
@@ -524,6 +611,9 @@ def test_errors_for_bad_matvec():
         tm.ops.minres(lambda v: (v @ A)[:, :3], b)
     with pytest.raises(ValueError, match=r"returned shape \(4,\) for v of shape \(2, 4\)"):
         tm.ops.minres(lambda v: (v @ A)[0], b)
+    seen = []  # a wrong shape from the third call on: the message names that call
+    with pytest.raises(ValueError, match=r"matvec \(call 3\) returned shape \(2, 3\)"):
+        tm.ops.minres(lambda v: seen.append(1) or (v @ A if len(seen) < 3 else (v @ A)[:, :3]), b, tol=0.0)
     with pytest.raises(TypeError, match="returned torch.float32 for v of dtype torch.float64"):
         tm.ops.minres(lambda v: (v @ A).float(), b)
     with pytest.raises(ValueError, match="returned a tensor on meta for v on cpu"):
