@@ -21,7 +21,7 @@ from torchmoo.methods import (
     pareto_optimize,
     stitch,
 )
-from torchmoo.methods.pareto_exploration import sample_beta
+from torchmoo.methods.pareto_exploration import OptimizeResult, sample_beta
 
 F64 = torch.float64
 ZDT2 = tm.problems.ZDT2Variant()
@@ -1035,3 +1035,194 @@ def test_a_segment_through_a_cropped_sample_is_cut_at_a_stitch():
         with torch.no_grad():
             f = bumped(front.solution(t))
         assert float((f - front.objectives_at(t)).abs().max()) < 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# the documented rules, checked one by one
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pruning_queue_order_and_predictions_with_a_scripted_optimize():
+    """Two paraboloids around (0, 0) and (1, 0) and an ``optimize`` that sends the children to chosen
+    points: the seed's children dominate it (kept), two children with equal objectives but distinct
+    parameters are both kept, a near-copy of a kept point and a dominated child are rejected, and the
+    queue is first-in first-out (the second child of the seed is expanded after the first)."""
+    x = torch.tensor([0.5, 0.5], dtype=F64, requires_grad=True)
+
+    def objectives():
+        return torch.stack([x[0] ** 2 + x[1] ** 2, (x[0] - 1) ** 2 + x[1] ** 2])
+
+    targets = [[0.5, 0.3], [0.5, -0.3],  # children of the seed (0.34, 0.34) twice, both dominate the seed
+               [0.5 + 1e-9, 0.3], [0.5, 0.6],  # children of point 1: a near-copy of it, then a dominated one
+               [0.4, 0.0], [0.9, 0.0]]  # children of point 2: (0.16, 0.36), not dominated
+    calls = []
+
+    def scripted(objectives_, params, counter=None):
+        start = pareto_optimize(objectives_, params, max_iter=0, counter=counter)  # at parent + s v
+        with torch.no_grad():
+            x.copy_(torch.tensor(targets[len(calls)], dtype=F64))
+        calls.append(len(calls))
+        end = pareto_optimize(objectives_, params, max_iter=0, counter=counter)
+        return OptimizeResult(end.losses, start.initial_losses, float("nan"), 0, False)
+
+    step = 0.1
+    ex = ParetoExplorer(x, objectives, k=2, step=step, num_children=2, num_points=3, rhs="binary",
+                        optimize=scripted, optimize_seed=False)
+    finished = []
+    pts = ex.explore(callback=lambda e: finished.append(e.finished))
+    assert finished == [False] * 5 + [True]  # the seed, then 5 children: the 3rd new point is the last
+    assert [p.parent for p in pts] == [None, 0, 0, 2]
+    assert [p.params.tolist() for p in pts[1:]] == [targets[0], targets[1], targets[4]]
+    assert [r.params.tolist() for r in ex.rejected] == [targets[2], targets[3]]
+    assert [r.parent for r in ex.rejected] == [1, 1]
+    # predicted = s J v, the first-order part of expanded - parent; both objectives have Hessian 2 I and
+    # |v| = 1, so the rest is exactly s^2
+    for p in pts[1:] + ex.rejected:
+        change = p.expanded_losses - pts[p.parent].losses
+        assert torch.allclose(change - p.predicted, torch.full((2,), step ** 2, dtype=F64), atol=1e-12)
+
+
+def test_pareto_optimize_iteration_limit_failed_line_search_and_step_restart():
+    # max_iter steps at most, one Jacobian per step plus the final one
+    x = (zdt2_point(0.4) + torch.tensor([0.0, 0.3, -0.2], dtype=F64)).requires_grad_(True)
+    counter = EvaluationCounter()
+    res = pareto_optimize(lambda: ZDT2(x), [x], max_iter=3, tol=0.0, counter=counter)
+    assert res.iterations == 3 and counter.grad == 4 and not res.converged
+    # no step passes the test: the parameters stay where they were
+    y0 = x.detach().clone()
+    res = pareto_optimize(lambda: ZDT2(x), [x], max_iter=5, step=1e3, max_backtracks=1, tol=0.0)
+    assert res.iterations == 0 and torch.equal(x.detach(), y0)
+    # every iteration's line search starts again at `step`: the first trial after each Jacobian is x - step d
+    # (two identical objectives: MGDA's d is the gradient 2 z; step 1.5 overshoots and is cut back each time)
+    z = torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True)
+    trace = []
+
+    def objectives():
+        trace.append((torch.is_grad_enabled(), z.detach().clone()))
+        return torch.stack([(z ** 2).sum(), (z ** 2).sum()])
+
+    res = pareto_optimize(objectives, [z], max_iter=3, step=1.5, tol=0.0)
+    assert res.iterations == 3
+    firsts = [(trace[i][1], trace[i + 1][1]) for i in range(len(trace) - 1) if trace[i][0]]
+    assert len(firsts) == 3
+    for at, trial in firsts:
+        assert torch.allclose(trial, at - 1.5 * 2 * at, atol=1e-15)
+
+
+def test_minres_residuals_are_relative_and_match_one_krylov_step():
+    """With k = 1, MINRES minimizes ||b - c H b|| over c: the relative residual is
+    sqrt(1 - (b'Hb)^2 / (||b||^2 ||Hb||^2)), whatever the scale of beta."""
+    q = Quadratics()
+    x = (q.x(0.3) + 0.2).requires_grad_(True)  # off the Pareto set: the rows of J are not parallel
+    beta = torch.tensor([[1.0, 0.0], [0.3, 0.7], [-1.0, 2.0]], dtype=F64)
+    alpha = pareto_expand(lambda: q(x), [x], beta=beta, k=1).alpha
+    H = alpha[0] * q.A1 + alpha[1] * q.A2
+    J = torch.autograd.functional.jacobian(q, x.detach())
+    B = beta @ J
+    HB = B @ H
+    ref = (1 - ((B * HB).sum(1) ** 2) / (B.pow(2).sum(1) * HB.pow(2).sum(1))).clamp_min(0).sqrt()
+    for scale in (1.0, 1e3):
+        exp = pareto_expand(lambda: q(x), [x], beta=scale * beta, k=1, tol=0.0)
+        assert exp.residuals.dtype == F64
+        assert torch.allclose(exp.residuals, ref, rtol=1e-8, atol=1e-12), (scale, exp.residuals, ref)
+
+
+def test_gradient_expansion_follows_its_formula():
+    """method="gradient": v = -J' a, a = alpha +- eps (beta - mean(beta)) clamped to the simplex, the sign of
+    the perturbation chosen so that the beta-weighted objectives improve most per unit step."""
+    q = Quadratics(seed=2)
+    # off the Pareto set (alpha' J != 0: the size of the perturbation shows, not only its direction)
+    x = (q.x(0.4) + 0.1).requires_grad_(True)
+    beta = torch.tensor([[1.0, 0.0], [0.2, 0.9], [-1.0, 2.0], [0.0, 1.0]], dtype=F64)
+    eps = 0.15
+    exp = pareto_expand(lambda: q(x), [x], beta=beta, method="gradient", perturbation=eps)
+    J = torch.autograd.functional.jacobian(q, x.detach())
+    centered = beta - beta.mean(1, keepdim=True)
+    cands, scores = [], []
+    for s in (1.0, -1.0):
+        a = (exp.alpha + s * eps * centered).clamp_min(0)
+        v = -(a / a.sum(1, keepdim=True)) @ J
+        cands.append(v / v.norm(dim=1, keepdim=True))
+        scores.append(-((cands[-1] @ J.T) * beta).sum(1))
+    assert bool((scores[0] != scores[1]).all())
+    ref = torch.where((scores[0] >= scores[1])[:, None], cands[0], cands[1])
+    assert torch.allclose(exp.directions, ref, atol=1e-12)
+    assert torch.isnan(exp.residuals).all() and exp.info is None
+
+
+def test_simplex_sampler_is_uniform_on_the_simplex():
+    # Dirichlet(1, 1): the first weight is uniform on [0, 1] (normalized uniforms would give P(<= 1/4) = 1/6)
+    s = sample_beta(2, 4000, "simplex", generator=torch.Generator().manual_seed(0))
+    for q in (0.1, 0.25, 0.5, 0.75):
+        assert abs(float((s[:, 0] <= q).double().mean()) - q) < 0.03
+
+
+def test_every_accepted_line_search_step_satisfies_the_armijo_conditions():
+    """Fixed weights (d = J'w, sigma = 0.5): each accepted step
+    x - t d satisfies w'f(x - t d) <= w'f(x) - sigma t |d|^2, and f_i(x - t d) <= f_i(x) - sigma t <g_i, d>
+    for the objectives that d decreases (t recovered from the trace of the closure)."""
+    q = Quadratics(seed=1)
+    # near the Pareto point of weights (0.8, 0.2): d = J'w raises f1, only the weighted test bounds the step
+    x = (q.x(0.8) + 0.3).requires_grad_(True)
+    w = torch.tensor([0.25, 0.75], dtype=F64)
+    trace = []
+
+    def objectives():
+        f = q(x)
+        trace.append((torch.is_grad_enabled(), x.detach().clone(), f.detach().clone()))
+        return f
+
+    sigma = 0.5
+    res = pareto_optimize(objectives, [x], aggregator=tm.methods.LinearScalarization(w.tolist()), armijo=sigma,
+                          max_iter=8, tol=0.0)
+    assert res.iterations == 8
+    starts = [i for i, (g, _, _) in enumerate(trace) if g]
+    for i, nxt in zip(starts, starts[1:]):
+        x0, f0 = trace[i][1], trace[i][2]
+        x1, f1 = trace[nxt - 1][1], trace[nxt - 1][2]  # the accepted trial, evaluated just before the next J
+        J = torch.autograd.functional.jacobian(q, x0)
+        d = w @ J
+        t = float((x0 - x1) @ d / (d @ d))
+        assert torch.allclose(x1, x0 - t * d, atol=1e-12) and 0 < t <= 1.0
+        assert float(w @ (f1 - f0)) <= -sigma * t * float(d @ d) + 1e-12
+        slope = J @ d
+        assert bool((f1 - f0 <= -sigma * t * slope + 1e-12)[slope > 0].all())
+
+
+def test_a_float16_solution_beyond_the_float16_range_is_normalized_before_its_cast():
+    """A float16 least-squares model with small inputs (H ~ 1e-4) and large residuals (losses computed in
+    float32): the unnormalized MINRES solutions exceed float16's range (65504), the unit directions do not,
+    and agree with float64's."""
+    g = torch.Generator().manual_seed(0)
+    x = (1e-2 * torch.randn(32, 6, generator=g, dtype=F64)).half()
+    y = (3e3 * torch.randn(32, 2, generator=g, dtype=F64)).half()
+    half = torch.nn.Linear(6, 2, bias=False, dtype=torch.float16)
+    with torch.no_grad():
+        half.weight.copy_(torch.randn(2, 6, generator=g, dtype=F64))
+    full = torch.nn.Linear(6, 2, bias=False, dtype=F64)
+    full.load_state_dict({k: v.double() for k, v in half.state_dict().items()})
+    beta = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -1.0]], dtype=F64)
+    ref = pareto_expand(lambda: ((full(x.double()) - y.double()) ** 2).mean(0), full, beta=beta, k=20)
+    got = pareto_expand(lambda: ((half(x).float() - y.float()) ** 2).mean(0), half, beta=beta, k=20)
+    assert got.directions.dtype == torch.float16 and bool(torch.isfinite(got.directions).all())
+    assert (got.directions.double() - ref.directions).norm(dim=1).max() < 4 * torch.finfo(torch.float16).eps
+
+
+def test_a_state_dict_is_a_snapshot_and_loading_it_sets_the_seed():
+    """A state saved mid-run does not follow the run as it goes on; loading it puts the seed's parameters
+    into the model at once, and exploring from it gives the uninterrupted run."""
+    _, full_run = _explorer(num_children=2, num_points=5, rhs="normal", seed=3)
+    saved = {}
+
+    def save(e):
+        if len(e.points) + len(e.rejected) == 3:
+            saved["state"] = e.state_dict()
+
+    ref = full_run.explore(callback=save)  # the run goes on after the state was saved
+    x2, second = _explorer(f1=0.3, num_children=2, num_points=5, rhs="normal", seed=99)
+    second.load_state_dict(saved["state"])
+    assert torch.equal(x2.detach(), ref[0].params)
+    out = second.explore()
+    assert [p.parent for p in out] == [p.parent for p in ref]
+    assert all(torch.equal(a.params, b.params) for a, b in zip(out, ref))
+    assert second.counter == full_run.counter
