@@ -764,6 +764,11 @@ def minres(
           ``||H - shift I||`` estimated by the Lanczos matrix: ``x`` is a least-squares solution of a
           singular, inconsistent system. This test concerns the previous iterate, which is returned
           (the next step would divide by a number of the size of that test).
+          On such a system the ratio ``||(H - shift I) r|| / (||H - shift I|| ||r||)`` only falls to about
+          ``sqrt(eps)`` (``||r||`` is stationary there): with ``tol`` below that, this test may not
+          pass, and iterating on (beyond about ``n`` iterations) lets rounding grow ``x`` without bound,
+          as in scipy; keep ``max_iter`` well below ``n``, ``tol`` above ``sqrt(eps)``, or damp with
+          ``shift``.
         * ``"breakdown"`` (-1): the Lanczos vector ``beta_{j+1}`` vanished (``<= 10 eps ||H - shift I||``):
           the Krylov space is invariant and ``x`` is the exact solution in it, yet ``||r|| > tol ||b||``
           (``tol`` below the attainable accuracy); with ``b`` an eigenvector this happens after one
