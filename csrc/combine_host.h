@@ -33,8 +33,12 @@ inline CombineProblem prepare(const at::Tensor& J, const at::Tensor& w) {
   TORCH_CHECK_TYPE(is_supported_float(J.scalar_type()),
                    "combine: J must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
                    J.scalar_type(), ".");
-  TORCH_CHECK_TYPE(w.scalar_type() == J.scalar_type(), "combine: w must have the dtype of J (", J.scalar_type(),
-                   "), got ", w.scalar_type(), ".");
+  // Half J is computed in float32, so float32 weights are taken as they are (weights beyond float16's range
+  // can still give a finite combination).
+  const bool half = J.scalar_type() == at::kHalf || J.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_TYPE(w.scalar_type() == J.scalar_type() || (half && w.scalar_type() == at::kFloat),
+                   "combine: w must have the dtype of J (", J.scalar_type(), half ? " or float32" : "", "), got ",
+                   w.scalar_type(), ".");
   TORCH_CHECK_VALUE(w.device() == J.device(), "combine: w is on ", w.device(), " but J is on ", J.device(),
                     "; pass both on the same device.");
   TORCH_CHECK_VALUE(J.dim() >= 2, "combine: J must have shape (..., m, n) (at least 2 dims), got shape ", J.sizes(),

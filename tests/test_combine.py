@@ -119,6 +119,32 @@ def test_half_types(dtype):
     assert torch.equal(tm.ops.combine(J, w), tm.ops.combine(J.float(), w.float()).to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_j_takes_float32_weights(dtype):
+    """A half J takes float32 weights as they are (its sums are float32): weights beyond float16's range
+    (1e5 > 65504) on small entries give a finite d, bitwise the float32 combination rounded once; on the
+    meta device too. Other dtype pairs stay errors."""
+    J = 1e-3 * randn(3, 500, dtype=dtype, seed=30)
+    w = torch.tensor([1e5, -4e4, 7e4])
+    d = tm.ops.combine(J, w)
+    assert d.dtype == dtype and bool(torch.isfinite(d).all())
+    assert torch.equal(d, tm.ops.combine(J.float(), w).to(dtype))
+    assert tm.ops.combine_weight_dtype(dtype) == torch.float32
+    assert tm.ops.combine(J.to("meta"), w.to("meta")).dtype == dtype
+    # the gradient w.r.t. the float32 weights is float32
+    wg = w.clone().requires_grad_()
+    (gw,) = torch.autograd.grad(tm.ops.combine(J, wg).float().sum(), wg)
+    assert gw.dtype == torch.float32
+    torch.testing.assert_close(gw, J.float().sum(1), rtol=1e-3, atol=1e-3)
+    for Jx, wx in [(J, w.double()), (J.float(), w.double()), (J.double(), w), (J.float(), w.half())]:
+        with pytest.raises(TypeError, match="dtype of J"):
+            tm.ops.combine(Jx, wx)
+        with pytest.raises(TypeError, match="dtype of J"):
+            tm.ops.combine(Jx.to("meta"), wx.to("meta"))
+    for t in (torch.float32, torch.float64):
+        assert tm.ops.combine_weight_dtype(t) == t
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------

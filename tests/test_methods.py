@@ -1016,23 +1016,31 @@ class _FixedGramWeights(tm.methods.Aggregator):
         return torch.tensor(self.w, dtype=G.dtype, device=G.device)
 
 
-def test_backward_raises_for_weights_beyond_a_half_dtype():
-    """The combination of a float16 block skips its finiteness check only when nothing can overflow: the
-    bound sum_i |w_i| sqrt(G_ii) (here 1e5 * 2.2e-3 = 220) is not enough, as the weights are cast to
-    float16 first, where 1e5 is inf (inf times the row's entries, zeros included, is inf / NaN). Without a
-    GradScaler that is an error before any .grad is written, as aggregator(J) raises; float32 weights of
-    1e5 fit and are written."""
+def test_backward_with_weights_beyond_a_half_dtype():
+    """The combination of a float16 block takes float32 weights (float16's sums are float32): a weight of
+    1e5 (inf in float16) on a row of entries 1e-3 gives d of about 200, which fits float16 and is written.
+    The bound that skips the finiteness check (sum_i |w_i| sqrt(G_ii), here 1e5 * 2.2e-3 = 220) holds for
+    float16 then; it fails for a weight beyond float32's range, which would be inf in the combination
+    (inf times a zero entry is NaN), and for a bound beyond float16's range, where tm.backward checks the
+    combination and raises before any .grad is written."""
     from torchmoo.methods.aggregator import _combination_bounded
 
     A = torch.tensor([[1e-3, 2e-3, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     G = A @ A.T
     w = torch.tensor([1e5, 1.0])
-    assert not _combination_bounded(G, w, [torch.float16]) and _combination_bounded(G, w, [torch.float32])
+    assert _combination_bounded(G, w, [torch.float16]) and _combination_bounded(G, w, [torch.float32])
+    assert not _combination_bounded(G, torch.tensor([1e39, 0.0], dtype=torch.float64), [torch.float16])
+    assert not _combination_bounded(G, torch.tensor([0.0, 1e5]), [torch.float16])  # 2e5 > 65504 / 2
     assert _combination_bounded(G, w, [])  # no block: nothing is combined
     p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
     L = A.half() @ p
+    tm.backward([L[0], L[1]], [p], _FixedGramWeights([1e5, 1.0]))
+    assert p.grad.dtype == torch.float16
+    torch.testing.assert_close(p.grad, (w @ A.half().float()).half(), rtol=0, atol=0)
+    p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    L = A.half() @ p
     with pytest.raises(ValueError, match="overflows torch.float16"):
-        tm.backward([L[0], L[1]], [p], _FixedGramWeights([1e5, 1.0]))
+        tm.backward([L[0], L[1]], [p], _FixedGramWeights([1.0, 1e5]))
     assert p.grad is None
     q = torch.zeros(4, requires_grad=True)
     L = A @ q

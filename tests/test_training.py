@@ -188,6 +188,20 @@ def test_overflow_check_of_mixed_dtype_blocks_uses_the_narrowest_dtype():
     torch.testing.assert_close(q.grad, w @ A, rtol=0, atol=0)
 
 
+def test_float16_parameters_with_weights_beyond_float16s_range():
+    """Weights of 1e5 and 7e4 (beyond float16's 65504) on float16 gradients of 1e-3: d = (100, 140) fits
+    float16, so .grad is written: the blocks are combined with float32 weights, where weights rounded to
+    float16 (inf) made tm.backward raise an overflow that d does not have."""
+    def losses(p):
+        return [1e-3 * p[0] + 1.0, 2e-3 * p[1] + 1.0]
+
+    expected = torch.tensor([1e5 * float(torch.tensor(1e-3, dtype=torch.float16)),
+                             7e4 * float(torch.tensor(2e-3, dtype=torch.float16)), 0.0]).half()
+    p = torch.zeros(3, dtype=torch.float16, requires_grad=True)
+    tm.backward(losses(p), [p], _FixedGramWeights([1e5, 7e4]))
+    assert torch.equal(p.grad, expected)
+
+
 def test_overflow_bound_of_many_small_rows():
     """24 rows of norm 0.1, all along the same entry, with weights of 3e4 (each fits float16): d = 7.2e4
     overflows float16. The bound sum_i |w_i| ||g_i|| = 7.2e4 must see it (sum_i |w_i| ||g_i||^2 = 7.2e3

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "QPInfo", "min_norm_simplex", "nonneg_qp", "gram", "combine", "stein_task_matrix", "stein_update",
+    "QPInfo", "min_norm_simplex", "nonneg_qp", "gram", "combine", "combine_weight_dtype", "stein_task_matrix", "stein_update",
     "MinresInfo", "minres",
 ]
 
@@ -334,7 +334,8 @@ def combine(J: Tensor, w: Tensor, *, check_finite: bool = True) -> Tensor:
             and returned in the input dtype), any strides (a last dim with stride other than 1 is
             copied once), on CPU or CUDA.
         w: ``(..., m)`` with the batch dims of ``J`` (no broadcasting: expand a shared ``w`` first),
-            same dtype and device.
+            same device, ``J``'s dtype or :func:`combine_weight_dtype` of it (float32 for half ``J``, whose
+            sums are float32 anyway: weights beyond float16's range can still give a finite ``d``).
         check_finite: raise for NaN / infinity in the result (default); ``False`` skips the check,
             which on CUDA synchronizes the stream.
 
@@ -351,7 +352,7 @@ def combine(J: Tensor, w: Tensor, *, check_finite: bool = True) -> Tensor:
     Differentiable in ``J`` and ``w`` (``dJ = w g^T``, ``dw = J g`` for an output gradient ``g``).
 
     Raises:
-        TypeError: non-tensor input, non-floating ``J``, ``w`` of another dtype.
+        TypeError: non-tensor input, non-floating ``J``, ``w`` of another dtype (but float32 for half ``J``).
         ValueError: ``J`` with fewer than 2 dims; ``w`` of the wrong shape or on another device; NaN or
             infinity in ``J`` or ``w``, or a sum that overflows the dtype (detected on the result, so it
             costs no extra pass; the message names the batch index).
@@ -366,6 +367,12 @@ def combine(J: Tensor, w: Tensor, *, check_finite: bool = True) -> Tensor:
     if w.device != J.device:
         raise ValueError(f"combine: w is on {w.device} but J is on {J.device}; pass both on the same device.")
     return _ops.combine.default(J, w, bool(check_finite))
+
+
+def combine_weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which :func:`combine` takes the weights for a ``J`` of ``dtype`` at full precision: float32
+    for float16 / bfloat16 (the dtype of its sums), ``dtype`` itself otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _combine_setup_context(ctx, inputs, output) -> None:
@@ -385,8 +392,9 @@ def _combine_fake(J: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
         raise TypeError(
             f"combine: J must be a floating-point tensor (float16, bfloat16, float32 or float64), got {J.dtype}."
         )
-    if w.dtype != J.dtype:
-        raise TypeError(f"combine: w must have the dtype of J ({J.dtype}), got {w.dtype}.")
+    if w.dtype != J.dtype and w.dtype != combine_weight_dtype(J.dtype):
+        alt = " or torch.float32" if J.dtype in (torch.float16, torch.bfloat16) else ""
+        raise TypeError(f"combine: w must have the dtype of J ({J.dtype}{alt}), got {w.dtype}.")
     if J.dim() < 2:
         raise ValueError(f"combine: J must have shape (..., m, n) (at least 2 dims), got shape {tuple(J.shape)}.")
     if tuple(w.shape) != tuple(J.shape[:-1]):

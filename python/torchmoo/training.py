@@ -95,7 +95,10 @@ def backward(
         batched: passed to :func:`torchmoo.autograd.jacobian`.
 
     Returns:
-        The ``(m,)`` weights of the combination (detached), also in ``aggregator.weights``.
+        The ``(m,)`` weights of the combination (detached), also in ``aggregator.weights``, in the dtype
+        of ``J`` (for float16 parameters a weight beyond 65504 reads ``inf`` there; the combination takes
+        the weights in float32, the dtype of its sums, so such a weight still gives a finite ``.grad``
+        when ``w @ J`` fits float16).
 
     Raises:
         ValueError: no loss requires grad; ``losses`` is empty or a loss is not a scalar; a parameter
@@ -265,7 +268,8 @@ def _aggregate_blocks(
         # synchronize the stream). Under AMP an overflow of the combination reaches .grad as inf, where
         # GradScaler sees it; without a scaler it raises, as aggregator(J) does, before any .grad is
         # written: checked once for all the blocks, and only when the bound from G and w does not exclude it
-        combined = [None if b is None else ops.combine(b, w_G.to(b.dtype), check_finite=False) for b in flat]
+        combined = [None if b is None else ops.combine(b, w_G.to(ops.combine_weight_dtype(b.dtype)), check_finite=False)
+                    for b in flat]
         if not amp and not _combination_bounded(G, w_host, [b.dtype for b in flat if b is not None]) \
                 and not _all_finite(combined):
             aggregator._restore_state(state)

@@ -133,15 +133,17 @@ def _combination_bounded(G: Tensor, w: Tensor, dtypes: Sequence[torch.dtype]) ->
     \sum_i |w_i| \sqrt{G_{ii}}`, against half the dtype's largest value (room for the rounding of the
     sums). When it holds, the combinations need no finiteness check (on CUDA a synchronization); float32
     and float64 directions practically always pass, float16 ones often not (65504). The weights are cast
-    to each dtype before the combination, so they must fit too: a weight beyond float16's range is inf
-    there, and inf times a zero (or tiny) entry of ``J`` is NaN (or inf) whatever the bound. Without any
-    dtype (no block: nothing is combined) it holds."""
+    to :func:`torchmoo.ops.combine_weight_dtype` of each dtype (float32 for half blocks) before the
+    combination, so they must fit there too: a weight beyond that range is inf, and inf times a zero (or
+    tiny) entry of ``J`` is NaN (or inf) whatever the bound. Without any dtype (no block: nothing is
+    combined) it holds."""
     if not dtypes:
         return True
     limit = 0.5 * min(torch.finfo(d).max for d in dtypes)
+    w_limit = 0.5 * min(torch.finfo(ops.combine_weight_dtype(d)).max for d in dtypes)
     w_abs = w.detach().double().abs()
     bound = float((w_abs * G.detach().double().diagonal().clamp_min(0).sqrt()).sum())
-    return bound < limit and float(w_abs.max()) < limit  # False for a NaN bound or weight
+    return bound < limit and float(w_abs.max()) < w_limit  # False for a NaN bound or weight
 
 
 def _all_finite(pieces: Sequence[Optional[Tensor]]) -> bool:

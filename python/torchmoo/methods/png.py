@@ -721,10 +721,14 @@ class PNG(Aggregator):
             all_pieces = []
             for k_model, (plist, blocks, J) in enumerate(zip(groups, all_blocks, jacobians)):
                 if J is not None:
-                    d = ops.combine(J, W_on[J.device][k_model].to(J.dtype), check_finite=False)
+                    # (float32 weights for a half J: a weight beyond float16's range can give a finite d)
+                    d = ops.combine(J, W_on[J.device][k_model].to(ops.combine_weight_dtype(J.dtype)),
+                                    check_finite=False)
                     all_pieces.append((unflatten(d, plist), d))  # views of d
                 else:
-                    pieces = [None if b is None else (W_on[b.device][k_model].to(b.dtype) @ b) for b in blocks]
+                    pieces = [None if b is None else ops.combine(
+                        b, W_on[b.device][k_model].to(ops.combine_weight_dtype(b.dtype)), check_finite=False)
+                        for b in blocks]
                     all_pieces.append((pieces, None))
             # (only the models whose bound from G and w does not exclude an overflow: float32 / float64
             # directions practically never need the check, and on CUDA it is a synchronization)

@@ -604,7 +604,7 @@ def psst_direction(
 
     J = check_jacobian(J)
     step = psst_weights(gram_matrix(J), losses, region, epsilon=epsilon, feasibility=feasibility)
-    return PSSTDirection(ops.combine(J.detach(), step.weights.to(J.dtype)), step)
+    return PSSTDirection(ops.combine(J.detach(), step.weights.to(ops.combine_weight_dtype(J.dtype))), step)
 
 
 #: The ``feasibility`` settings of :class:`PSST`.
