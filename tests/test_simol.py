@@ -475,3 +475,90 @@ def test_readable_errors_for_bad_task_indices_hyperparameters_and_configs(tmp_pa
         with pytest.raises(ValueError, match="eval_chunk and timing_steps"):
             tm.experiments.run_experiment("simol-fewshot-digits", out=str(tmp_path / "f"), progress=False,
                                           config=FS.Config(meta_steps=1, **bad))
+
+
+# ---- first-order MAML, SIMOL as an aggregator, state and input checks ---------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_first_order_maml_is_the_query_gradient_at_the_adapted_weights(steps):
+    # FOMAML: g_tau = grad L_query evaluated at w_tau (the inner steps' Jacobian replaced by the identity)
+    model = _tiny_model()
+    maml = MAML(model, F.mse_loss, inner_lr=0.05, inner_steps=steps, first_order=True)
+    xs, ys, xq, yq = _tasks(B=2)
+    J, losses = maml.task_jacobian(xs, ys, xq, yq)
+    names = [k for k, _ in model.named_parameters()]
+    for t in range(2):  # plain autograd, independent of the vmap path
+        cur = [p.detach().clone() for p in model.parameters()]
+        for _ in range(steps):
+            cur = [c.requires_grad_(True) for c in cur]
+            ls = F.mse_loss(torch.func.functional_call(model, dict(zip(names, cur)), (xs[t],)), ys[t])
+            cur = [(a - 0.05 * b).detach() for a, b in zip(cur, torch.autograd.grad(ls, cur))]
+        cur = [c.requires_grad_(True) for c in cur]
+        lq = F.mse_loss(torch.func.functional_call(model, dict(zip(names, cur)), (xq[t],)), yq[t])
+        g = torch.autograd.grad(lq, cur)
+        torch.testing.assert_close(J[t], torch.cat([v.reshape(-1) for v in g]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(losses[t], lq.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_simol_as_aggregator_gives_the_weighted_mean_and_treats_J_as_constant():
+    torch.manual_seed(6)
+    net = TaskTableWeights(3).double()
+    with torch.no_grad():
+        net.theta.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    simol = SIMOL(net, 1.0, 1.0)
+    r = simol.set_weights(torch.arange(3))
+    J = torch.randn(3, 4, dtype=torch.float64)
+    expected = (torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64) @ J) / 3  # (1/B) sum r_tau g_tau
+    torch.testing.assert_close(simol(J), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(simol.direction(J, r), expected, rtol=1e-12, atol=1e-14)
+    # the ascent on theta must not back-propagate into the meta-gradients
+    Jg = J.clone().requires_grad_(True)
+    simol.reweight_backward(r, Jg)
+    assert Jg.grad is None and net.theta.grad is not None
+    # a network that returns (B, 1) instead of (B,) is refused with a readable message
+    with pytest.raises(ValueError, match="reweighting network must return"):
+        SIMOL(nn.Linear(2, 1)).set_weights(torch.randn(3, 2))
+
+
+def test_reweighting_network_output_is_the_square_of_its_last_layer():
+    feats = torch.randn(5, 3)
+    torch.testing.assert_close(ReweightingNetwork(3, hidden=(4,), init_output=0.25)(feats), torch.full((5,), 0.25))
+    net = ReweightingNetwork(3, hidden=(4,)).double()
+    with torch.no_grad():
+        net.net[-1].bias.fill_(-0.7)  # a negative last layer: r = 0.49, not |.| nor the raw value
+    torch.testing.assert_close(net(feats.double()), torch.full((5,), 0.49, dtype=torch.float64))
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lambda1 must be a positive finite"):
+            SIMOL(net, lambda1=bad)
+        with pytest.raises(ValueError, match="inner_lr must be a positive finite"):
+            MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=bad)
+    with pytest.raises(ValueError, match="lambda2 must be a non-negative finite"):
+        soft_improvement_objective(torch.ones(2), torch.ones(2, 3), 1.0, float("inf"))
+
+
+def test_state_dict_of_another_kind_of_meta_learner_is_refused():
+    def learner(simol):
+        model = _tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        if not simol:
+            return MetaLearner(MAML(model, F.mse_loss), opt)
+        net = TaskTableWeights(2).double()
+        return MetaLearner(MAML(model, F.mse_loss), opt, SIMOL(net), torch.optim.SGD(net.parameters(), lr=0.1))
+
+    # a SIMOL state holds more than a MAML learner has: loading it would silently drop the reweighting network
+    with pytest.raises(ValueError, match="state must hold exactly"):
+        learner(False).load_state_dict(learner(True).state_dict())
+    with pytest.raises(ValueError, match="state must hold exactly"):
+        learner(True).load_state_dict(learner(False).state_dict())
+    with pytest.raises(ValueError, match="state must hold exactly"):
+        learner(False).load_state_dict([1, 2])
+
+
+def test_task_jacobian_refuses_mismatched_task_counts_and_non_batched_inputs():
+    maml = MAML(_tiny_model(), F.mse_loss)
+    xs, ys, xq, yq = _tasks(B=3)
+    with pytest.raises(ValueError, match="same number of tasks"):
+        maml.task_jacobian(xs, ys, xq[:2], yq[:2])
+    with pytest.raises(ValueError, match="y_support must be a"):
+        maml.task_jacobian(xs, ys[0, :, 0], xq, yq)
