@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "QPInfo", "min_norm_simplex", "nonneg_qp", "gram", "combine", "combine_weight_dtype", "stein_task_matrix", "stein_update",
-    "MinresInfo", "minres",
+    "QPInfo", "min_norm_simplex", "nonneg_qp", "gram", "combine", "combine_weight_dtype", "stein_task_matrix",
+    "stein_update", "MinresInfo", "minres",
 ]
 
 _ops = torch.ops.torchmoo
