@@ -878,3 +878,99 @@ def test_set_reads_one_pair_of_a_list_of_pairs():
     assert configure("simol-toy", assignments=["starts=-7,2"]).starts == [[-7.0, 2.0]]
     assert configure("pareto-multidigits", assignments=["ws_weights=[]"]).ws_weights == []
     assert configure("pareto-multidigits", assignments=["seed_weights=0.2,0.8"]).seed_weights == [0.2, 0.8]
+
+
+def test_set_reads_yes_no_words_none_in_any_case_and_an_equals_sign_in_the_value():
+    # --set correction=no must not silently turn the correction on; a sweep folder's path may hold "="
+    for word, expected in [("yes", True), ("on", True), ("TRUE", True), ("no", False), ("off", False),
+                           ("False", False), ("0", False)]:
+        assert configure("pareto-multidigits", assignments=[f"correction={word}"]).correction is expected, word
+    cfg = configure("mtsgd-multidigits", assignments=["mnist_root=/d/lr=0.1", "train_images=None", "threads=NULL"])
+    assert cfg.mnist_root == "/d/lr=0.1" and cfg.train_images is None and cfg.threads is None
+
+
+def test_full_without_a_config_runs_the_full_setting(tmp_path, toy):
+    res = tm.experiments.run_experiment(TOY, full=True, out=str(tmp_path / "full"), progress=False)
+    assert res["config"]["epochs"] == 5 and len(res["units"]["first unit"]["trace"]) == 5
+
+
+def test_ctrl_c_of_a_full_run_names_its_default_folder(tmp_path, toy, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _toy_hook["fn"] = _interrupt_at("second/unit", 0)
+    assert cli_main(["run", TOY, "--full", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"kept in {Path('runs') / (TOY + '-seed0-full')}/results.json" in err, err
+
+
+def test_another_seed_in_the_same_folder_is_refused(tmp_path, toy):
+    # the folder's units were drawn with seed 0: seed 1 must not be handed them as its own
+    out = tmp_path / "seeded"
+    tm.experiments.run_experiment(TOY, out=str(out), progress=False, seed=0)
+    before = (out / "results.json").read_text()
+    with pytest.raises(ValueError, match="holds results of another run"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False, seed=1)
+    assert (out / "results.json").read_text() == before
+
+
+def test_a_results_file_of_another_tool_with_an_experiment_key_is_kept(tmp_path, toy):
+    # {"experiment": ...} alone is no torchmoo results file: with no units it would look like an empty run
+    out = tmp_path / "theirs"
+    out.mkdir()
+    text = '{"experiment": "baseline", "accuracy": 0.9}'
+    (out / "results.json").write_text(text)
+    with pytest.raises(ValueError, match=r"results.json is not a torchmoo results file"):
+        tm.experiments.run_experiment(TOY, out=str(out), progress=False)
+    assert (out / "results.json").read_text() == text
+
+
+def test_a_write_that_fails_midway_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    # a full disk while the bytes are flushed: the old checkpoint stays whole and the temporary (as large as
+    # the model) is deleted at once
+    path = tmp_path / "c.pt"
+    storage.save_checkpoint(path, {"epoch": 1})
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        storage.save_checkpoint(path, {"epoch": 2, "w": torch.ones(1000)})
+    monkeypatch.undo()
+    assert storage.load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_a_unit_whose_result_cannot_be_written_keeps_its_checkpoint(tmp_path, monkeypatch):
+    # the checkpoint goes only once results.json holds the unit, else a failed write loses the unit's work
+    ctx = RunContext(tmp_path, 0, torch.device("cpu"), False, {"units": {}, "timings": {}, "evaluations": {}})
+    ctx.save_state("u", {"epoch": 3})
+
+    def full_disk(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "write_json", full_disk)
+    with pytest.raises(OSError):
+        ctx.record("u", {"v": 1}, 1.0)
+    assert ctx.load_state("u") == {"epoch": 3}
+
+
+_unpickled_code_ran: List[bool] = []
+
+
+def _mark_code_ran() -> None:
+    _unpickled_code_ran.append(True)
+
+
+class _CodeOnLoad:
+    def __reduce__(self):
+        return (_mark_code_ran, ())
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    path = tmp_path / "checkpoints" / "u.pt"
+    path.parent.mkdir()
+    torch.save({"epoch": 1, "x": _CodeOnLoad()}, path)
+    _unpickled_code_ran.clear()
+    with pytest.raises(ValueError, match="u.pt is not a readable torchmoo checkpoint"):
+        storage.load_checkpoint(path)
+    assert _unpickled_code_ran == []
