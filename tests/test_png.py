@@ -801,7 +801,9 @@ def test_backward_raises_for_an_overflowing_direction_and_writes_nothing(batched
     A = 4 * torch.tensor([[1.0, 0.5, -0.25, 2.0], [0.5, -1.0, 1.0, 0.25]], dtype=torch.float16)
     p = torch.zeros(4, dtype=torch.float16, requires_grad=True)
     png = PNG(WeightedDistance([1e-4, 1e-4]))
-    assert png.compute_weights(A, A @ p.detach() + 1.0).tolist() == [2e4, 2e4]
+    w = png.compute_weights(A, A @ p.detach() + 1.0)  # float32 for a float16 J
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, torch.tensor([2e4, 2e4]), rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match="overflows"):
         PNG(WeightedDistance([1e-4, 1e-4]))(A, A @ p.detach() + 1.0)
     png = PNG(WeightedDistance([1e-4, 1e-4]))
@@ -1022,6 +1024,11 @@ def test_backward_with_weights_beyond_a_half_dtype():
         assert p.grad.dtype == torch.float16 and png.steps == 1
         assert float(w.abs().max()) > (65504 if ref == 1e-6 else 1e4)
         torch.testing.assert_close(p.grad.double(), w.double() @ A.double(), rtol=2e-3, atol=0)
+        # called on the Jacobian (Aggregator.__call__): the same finite direction
+        direct = PNG(WeightedDistance([ref, ref]), threshold=0.0)
+        d = direct(A, A @ p.detach() + 1.0)
+        assert d.dtype == torch.float16
+        torch.testing.assert_close(d.double(), w.double() @ A.double(), rtol=2e-3, atol=0)
 
 
 @pytest.mark.parametrize("batched", [False, True])

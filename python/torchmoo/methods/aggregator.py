@@ -195,14 +195,15 @@ class Aggregator:
         raise NotImplementedError(f"{type(self).__name__} computes its weights from J, not from J J^T.")
 
     def compute_weights(self, J: Tensor, losses: Optional[Tensor] = None) -> Tensor:
-        """The ``(m,)`` weights for Jacobian ``J`` (m, n), in ``J``'s dtype and device.
+        """The ``(m,)`` weights for Jacobian ``J`` (m, n), on ``J``'s device, in ``J``'s dtype (float32 for a
+        float16 / bfloat16 ``J``: :func:`torchmoo.ops.combine_weight_dtype`, the dtype its combination sums in).
 
         ``losses``: ``(m,)`` as :func:`check_losses` gives them (in ``J``'s dtype, float32 for a
         float16 / bfloat16 ``J``), or ``None``. The default computes ``G = J J^T`` with
         :func:`torchmoo.ops.gram` and calls :meth:`gram_weights`.
         """
         J = check_jacobian(J)
-        return self.gram_weights(gram_matrix(J), losses).to(dtype=J.dtype, device=J.device)
+        return self.gram_weights(gram_matrix(J), losses).to(dtype=ops.combine_weight_dtype(J.dtype), device=J.device)
 
     def _save_state(self) -> Any:
         """What one weight computation changes (``weights`` and any running state of a subclass), to be put
@@ -247,9 +248,11 @@ class Aggregator:
         losses = check_losses(losses, J.shape[0], J)
         if self.needs_losses and losses is None:
             raise ValueError(f"{self!r} needs the loss values: call it as aggregator(J, losses).")
-        w = self.compute_weights(J, losses).to(J.dtype)
-        self.weights = w.detach()
-        return ops.combine(J, w)  # w @ J in one pass over J
+        w = self.compute_weights(J, losses)
+        self.weights = w.to(J.dtype).detach()
+        # w @ J in one pass over J; a half J with float32 weights, so that a weight beyond float16's range
+        # still gives a finite d when the combination fits
+        return ops.combine(J, w.to(ops.combine_weight_dtype(J.dtype)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
