@@ -783,3 +783,158 @@ def test_resize_square_checks_its_input():
         D.resize_square(torch.rand(2, 1, 8, 4), 8)  # would come back 16 x 8
     with pytest.raises(ValueError, match="positive int"):
         D.resize_square(x, 0)
+
+
+# -------------------------------------------------- what a wrong loader would get silently wrong
+def test_multimnist_pairs_different_images_and_checks_the_labels(mnist_dir, tmp_path):
+    ds = D.MultiMNIST(mnist_dir, seed=0)
+    # the lower-right item is drawn at random, not the upper-left image again
+    assert int((ds.sources[:, 0] == ds.sources[:, 1]).sum()) <= 2
+    big = tmp_path / "label10"
+    write_mnist(big, "train", torch.zeros(2, 28, 28, dtype=torch.uint8), torch.tensor([1, 10], dtype=torch.uint8))
+    with pytest.raises(D.IDXError, match="0..9, found 10"):
+        D.MultiMNIST(big)
+
+
+def test_multimnist_subset_is_a_function_of_the_seed(tmp_path):
+    folder = tmp_path / "mnist"
+    write_mnist(folder, "train", *fake_mnist(40, 7))
+    a, b = D.MultiMNISTSubset(folder, size=16, seed=2), D.MultiMNISTSubset(folder, size=16, seed=2)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images)
+    assert not torch.equal(D.MultiMNISTSubset(folder, size=16, seed=3).indices, a.indices)
+
+
+def test_render_digits_clamps_out_of_range_intensities():
+    pytest.importorskip("sklearn")
+    d = torch.full((1, 8, 8), 8.0)
+    d[0, 0, 0], d[0, 7, 7] = -3.0, 20.0  # uint8 would wrap -3 * 255 / 16 and 20 * 255 / 16 around
+    frames = D.render_digits(d)
+    assert frames[0, 2, 2] == 0 and frames[0, 25, 25] == 255 and frames[0, 10, 10] == 128
+
+
+def test_multidigits_extra_images_are_fresh_pairs_normalised_as_the_training_split(digits):
+    train, _ = digits
+    more = D.MultiDigits("train", seed=0, num_images=3000)
+    assert (more.mean, more.std) == (train.mean, train.std)
+    # each pass over the sources pairs them with a fresh permutation: (nearly) no pair repeats
+    assert len(set(map(tuple, more.sources.tolist()))) >= 2990
+
+
+# The 42 columns of census-income.data in the order census-income.names lists them, written out here
+# independently of the loader's own list.
+UCI_ORDER = [
+    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education",
+    "wage_per_hour", "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code",
+    "major_occupation_code", "race", "hispanic_origin", "sex", "member_of_a_labor_union",
+    "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
+    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence", "state_of_previous_residence",
+    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight",
+    "migration_code_change_in_msa", "migration_code_change_in_reg", "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt", "num_persons_worked_for_employer",
+    "family_members_under_18", "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self",
+    "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veteran_s_admin",
+    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+]
+
+
+def test_census_header_less_columns_are_read_in_the_uci_order(tmp_path):
+    numeric = {"age", "wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks", "instance_weight",
+               "num_persons_worked_for_employer", "weeks_worked_in_year"}
+    rows = []
+    for k in range(6):
+        row = []
+        for col in UCI_ORDER:
+            if col == "education":
+                row.append("Children")
+            elif col == "marital_stat":
+                row.append("Divorced")
+            elif col in numeric:
+                row.append(str(float(10 * k + len(col))))
+            else:
+                row.append(f"{col}#{k % 2}")  # every cell says which column it belongs to
+        rows.append(row)
+    ds = D.CensusIncome(write_csv(tmp_path / "census-income.data", rows))
+    for column, cats in ds.encoding.categorical:
+        assert all(v.startswith(column + "#") for v in cats), (column, cats)
+    assert [c for c, _ in ds.encoding.categorical] == [c for c in UCI_ORDER if c not in numeric | {"education", "marital_stat"}]
+
+
+def test_census_labels_features_and_options_of_a_headed_file(tmp_path):
+    # the 17 education levels of census-income.names and whether each is at least college
+    levels = {
+        "Children": 0, "Less than 1st grade": 0, "1st 2nd 3rd or 4th grade": 0, "5th or 6th grade": 0,
+        "7th and 8th grade": 0, "9th grade": 0, "10th grade": 0, "11th grade": 0, "12th grade no diploma": 0,
+        "High school graduate": 0, "Some college but no degree": 1, "Associates degree-occup /vocational": 1,
+        "Associates degree-academic program": 1, "Bachelors degree(BA AB BS)": 1,
+        "Masters degree(MA MS MEng MEd MSW MBA)": 1, "Prof school degree (MD DDS DVM LLB JD)": 1,
+        "Doctorate degree(PhD EdD)": 1,
+    }
+    ages = [39, 40, 41, 17, 80, 40, 0, 55, 39, 62, 33, 40, 25, 47, 90, 12, 38]
+    regions = ["West", "South", "Abroad", "Northeast", "Midwest", "Not in universe", "South", "West", "Abroad",
+               "Midwest", "West", "South", "Northeast", "Abroad", "West", "Midwest", "South"]
+    header = ["Age", "Education", "Marital stat", "Region of previous residence", "Capital gains", "Hours slept"]
+    rows = [[str(a), e, "Never married" if k % 3 else "Divorced", r, str(10.0 * k), str(7.0 + k % 2)]
+            for k, (a, e, r) in enumerate(zip(ages, levels, regions))]
+    p = write_csv(tmp_path / "c.csv", rows, header, sep=",")
+    ds = D.CensusIncome(p)
+    assert ds.targets[:, 0].tolist() == [int(a >= 40) for a in ages]
+    assert ds.targets[:, 1].tolist() == list(levels.values())
+    assert ds.targets[:, 2].tolist() == [int(k % 3 != 0) for k in range(17)]
+    # a numeric column the UCI layout does not name is a measurement; categories come sorted, so
+    # the features do not depend on the order of a set (which changes from one process to the next)
+    assert [c for c, _, _ in ds.encoding.continuous] == ["capital_gains", "hours_slept"]
+    assert ds.encoding.categorical == (("region_of_previous_residence", tuple(sorted(set(regions)))),)
+    raw = D.CensusIncome(p, standardize=False)
+    assert raw.encoding.continuous == (("capital_gains", 0.0, 1.0), ("hours_slept", 0.0, 1.0))
+    torch.testing.assert_close(raw.features[:, 0], torch.arange(17.0) * 10)
+
+
+def test_sarcos_named_columns_test_split_uses_the_training_file(tmp_path):
+    header = [f"q{i}" for i in range(21)] + ["extra"] + [f"tau{i}" for i in range(7)]
+    rng = np.random.default_rng(5)
+    train, test = rng.normal(1.0, 2.0, size=(12, 29)), rng.normal(-4.0, 0.5, size=(4, 29))
+    train[:, 0] = 3.5  # a constant input: shifted to 0, not divided by a zero std
+    write_csv(tmp_path / "train.csv", [[repr(float(v)) for v in r] for r in train], header, sep=",")
+    write_csv(tmp_path / "test.csv", [[repr(float(v)) for v in r] for r in test], header, sep=",")
+    cols = dict(input_columns=header[:21], target_columns=header[22:])
+    a, b = D.Sarcos(tmp_path, **cols), D.Sarcos(tmp_path, split="test", **cols)
+    for ours, theirs in zip(b.stats, a.stats):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(b.targets, torch.from_numpy((test[:, 22:] - train[:, 22:].mean(0)) / train[:, 22:].std(0)).float())
+    assert torch.isfinite(a.inputs).all() and a.inputs[:, 0].abs().max() == 0
+    torch.testing.assert_close(b.inputs[:, 0], torch.from_numpy(test[:, 0] - 3.5).float())
+
+
+def test_sarcos_byte_order_mark_and_one_based_header(tmp_path):
+    data = np.random.default_rng(6).normal(size=(5, 28))
+    body = "\n".join(",".join(repr(float(v)) for v in r) for r in data) + "\n"
+    # spreadsheet programs write "CSV UTF-8" with a byte order mark: the first row is still data
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    ds = D.Sarcos(tmp_path / "bom.csv", standardize=False)
+    assert len(ds) == 5
+    torch.testing.assert_close(ds.inputs, torch.from_numpy(data[:, :21]).float())
+    # columns numbered 1..28 are a header, not a row of data
+    (tmp_path / "one.csv").write_text(",".join(str(i + 1) for i in range(28)) + "\n" + body)
+    ds = D.Sarcos(tmp_path / "one.csv", standardize=False)
+    torch.testing.assert_close(ds.targets, torch.from_numpy(data[:, 21:]).float())
+
+
+def test_load_image_folder_labels_follow_the_sorted_class_names(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    names = ["zeta", "alpha", "omega", "beta", "mu", "delta", "kappa", "gamma"]
+    for k, name in enumerate(names):  # created out of order: the labels must not follow the directory order
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((2, 2), 10 * k, dtype=np.uint8), mode="L").save(tmp_path / name / "a.png")
+    x, y, classes = D.load_image_folder(tmp_path, 2)
+    assert classes == sorted(names) and y.tolist() == list(range(8))
+    torch.testing.assert_close(x[:, 0, 0, 0] * 255, torch.tensor([10.0 * names.index(c) for c in classes]))
+
+
+def test_episode_classes_with_exactly_enough_examples_and_tasks_without_queries():
+    labels = torch.arange(5).repeat_interleave(4)  # 4 examples per class, exactly k_shot + n_query
+    sampler = D.EpisodeSampler(labels, n_way=5, k_shot=1, n_query=3, num_episodes=2)
+    assert sorted(next(iter(sampler))) == list(range(20))
+    tasks = D.SinusoidTasks(10, num_support=4, num_query=0, phase=(1.0, 2.0), seed=0)
+    t = tasks[3]
+    assert t.x_support.shape == (4, 1) and t.x_query.shape == (0, 1) and t.y_query.shape == (0, 1)
+    assert tasks.phase.min() >= 1.0 and tasks.phase.max() <= 2.0
