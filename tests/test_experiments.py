@@ -974,3 +974,226 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     with pytest.raises(ValueError, match="u.pt is not a readable torchmoo checkpoint"):
         storage.load_checkpoint(path)
     assert _unpickled_code_ran == []
+
+
+# --------------------------------------------------------------------------------------------------
+# png-diverse-multidigits, png-ablation-multidigits, png-synthetic, png-zdt2: what their numbers are
+# --------------------------------------------------------------------------------------------------
+
+
+def _tiny_png_diverse(**kw):
+    base = dict(num_models=2, seeds=1, epochs=1, train_images=32, test_images=16, batch_size=16)
+    base.update(kw)
+    return base
+
+
+def _recording(monkeypatch, name: str) -> List[tuple]:
+    """Replaces ``tm.methods.<name>`` by its class called through a recorder of ``(args, kwargs)``."""
+    calls, cls = [], getattr(tm.methods, name)
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        return cls(*args, **kwargs)
+
+    monkeypatch.setattr(tm.methods, name, record)
+    return calls
+
+
+def test_png_diverse_preferences_are_epos_circle_points():
+    # model k of linear scalarization and EPO: the k-th of N equally spread directions, from (0, 1) to (1, 0)
+    from torchmoo.experiments import png_diverse
+
+    p = png_diverse.preferences(5)
+    assert p.shape == (5, 2) and p.dtype == torch.float64
+    torch.testing.assert_close(p.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    angles = torch.atan2(p[:, 1], p[:, 0])  # from about pi/2 (all the weight on task 2) down to about 0
+    expected = torch.linspace(0.9999 * math.pi / 2, 0.0001 * math.pi / 2, 5, dtype=torch.float64)
+    torch.testing.assert_close(angles, expected)
+
+
+def test_png_diverse_hands_each_model_its_preference_and_png_its_settings(tmp_path, monkeypatch):
+    from torchmoo.experiments import png_diverse
+
+    linear, epo, png = (_recording(monkeypatch, n) for n in ("LinearScalarization", "EPO", "PNG"))
+    cfg = png_diverse.AblationConfig(settings=[[0.25, 0.01]], criterion_clip=0.5, decay=0.8,
+                                     **_tiny_png_diverse(num_models=3))
+    res = tm.experiments.run_experiment("png-ablation-multidigits", out=str(tmp_path), progress=False, config=cfg)
+    pref = png_diverse.preferences(3)
+    assert len(linear) == 3 and len(epo) == 3
+    for k in range(3):  # model k: linear weights r_k / sum(r_k), EPO toward r_k
+        torch.testing.assert_close(torch.as_tensor(linear[k][0][0], dtype=torch.float64), pref[k] / pref[k].sum())
+        torch.testing.assert_close(torch.as_tensor(epo[k][0][0], dtype=torch.float64), pref[k])
+    trained = [(a, kw) for a, kw in png if a[0] is not None]  # the others are the settings' early checks
+    assert len(trained) == 1
+    (criterion,), kw = trained[0]
+    assert isinstance(criterion, tm.methods.EnergyDistance)
+    assert (kw["alpha"], kw["gamma"], kw["decay"], kw["criterion_clip"]) == (0.25, 0.01, 0.8, 0.5)
+    unit = res["units"]["multidigits seed=0 png alpha=0.25 gamma=0.01"]
+    assert (unit["alpha"], unit["gamma"]) == (0.25, 0.01)
+
+
+def test_png_diverse_mgda_takes_over_after_the_switch_epoch(tmp_path, monkeypatch):
+    # mgda_switch = 0.6 of 5 epochs: linear scalarization in epochs 1-3, MGDA in epochs 4 and 5
+    from torchmoo.experiments import png_diverse
+
+    used, backward = [], tm.backward
+
+    def record(losses, params, agg, *args, **kwargs):
+        used.append(type(agg).__name__)
+        return backward(losses, params, agg, *args, **kwargs)
+
+    monkeypatch.setattr(tm, "backward", record)
+    cfg = png_diverse.Config(methods=["mgda"], **_tiny_png_diverse(epochs=5, train_images=16))
+    res = tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path), progress=False, config=cfg)
+    per_epoch = 2  # 1 batch x 2 models
+    assert used == ["LinearScalarization"] * (3 * per_epoch) + ["MGDA"] * (2 * per_epoch)
+    collected = res["units"]["multidigits seed=0 mgda"]["collected"]
+    assert [(c["epoch"], c["model"]) for c in collected] == [(4, 0), (4, 1), (5, 0), (5, 1)]
+
+
+def test_png_diverse_evaluates_every_seed_on_its_test_split(tmp_path, monkeypatch):
+    from torchmoo.experiments import png_diverse
+
+    cfg = png_diverse.Config(methods=["linear"], **_tiny_png_diverse(seeds=2))
+    cpu = torch.device("cpu")
+    for seed in (3, 4):
+        (xtr, ytr), (xte, yte) = png_diverse.load_data("multidigits", cfg, seed, cpu)
+        test = tm.zoo.data.MultiDigits("test", seed=seed, num_images=cfg.test_images)
+        assert torch.equal(xte, test.tensors()[0]) and torch.equal(yte, test.tensors()[1])
+        assert xtr.shape[0] == 32 and not torch.equal(xtr[:16], xte)
+    evaluated, evaluate = [], png_diverse._evaluate
+
+    def record(model, x, y, *args, **kwargs):
+        evaluated.append(x)
+        return evaluate(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(png_diverse, "_evaluate", record)
+    res = tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path), progress=False, config=cfg,
+                                        seed=3)
+    assert set(res["units"]) == {"multidigits seed=3 linear", "multidigits seed=4 linear"}
+    expected = [png_diverse.load_data("multidigits", cfg, seed, cpu)[1][0] for seed in (3, 3, 4, 4)]
+    assert len(evaluated) == 4 and all(torch.equal(a, b) for a, b in zip(evaluated, expected))
+    # the table's mean +- std over the seeds: sample standard deviation of the per-seed metrics, x 100
+    details = res["summary"]["details"]["multidigits"]
+    values = [s["linear"]["hv_loss"] for s in details["per_seed"]]
+    assert values[0] != values[1]
+    mean, std = (values[0] + values[1]) / 2, abs(values[0] - values[1]) / math.sqrt(2)
+    assert details["mean_std"]["linear"]["hv_loss"] == pytest.approx([mean, std])
+    assert res["summary"]["table"][0]["HV loss x1e-2"] == f"{100 * mean:.3f} +- {100 * std:.3f}"
+
+
+def test_png_diverse_evaluation_is_the_mean_over_every_pair():
+    from torchmoo.experiments import png_diverse
+
+    torch.manual_seed(0)
+    model = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=28)
+    x, y = torch.randn(13, 1, 28, 28), torch.randint(0, 10, (13, 2))
+    loss, acc = png_diverse._evaluate(model, x, y, chunk=5)  # chunks of 5, 5 and 3 pairs
+    with torch.no_grad():
+        model.eval()
+        outs = model(x)
+    assert loss == pytest.approx([float(torch.nn.functional.cross_entropy(o, y[:, i])) for i, o in enumerate(outs)], rel=1e-5)
+    assert acc == pytest.approx([float((o.argmax(1) == y[:, i]).double().mean()) for i, o in enumerate(outs)])
+
+
+def test_png_diverse_metrics_by_hand():
+    # losses: minimized, reference 0.6; accuracies: maximized, reference 0.1; IGD+ against the union's front
+    from torchmoo.experiments import png_diverse
+
+    def unit(losses, accs):
+        return {"collected": [{"loss": l, "accuracy": a} for l, a in zip(losses, accs)]}
+
+    results = {"a": unit([[0.2, 0.4], [0.4, 0.2]], [[0.5, 0.3], [0.2, 0.2]]),
+               "b": unit([[0.3, 0.3]], [[0.6, 0.2]])}
+    got = png_diverse.unit_metrics(results, 0.6, 0.1)
+    expected = {"a": {"hv_loss": 0.2 * 0.2 + 0.2 * 0.4, "igd_loss": 0.1 / 3, "hv_acc": 0.4 * 0.2, "igd_acc": 0.1 / 2},
+                "b": {"hv_loss": 0.3 * 0.3, "igd_loss": 0.2 / 3, "hv_acc": 0.5 * 0.1, "igd_acc": 0.1 / 2}}
+    assert set(got) == {"a", "b"}
+    for u in expected:
+        assert got[u] == pytest.approx(expected[u], abs=1e-12), u
+    assert png_diverse._references("multidigits", png_diverse.Config()) == (math.log(10.0), 0.1)
+    assert png_diverse._references("multimnist", png_diverse.Config()) == (0.6, 0.6)
+    assert png_diverse._references("multidigits", png_diverse.Config(loss_ref=0.5)) == (0.5, 0.1)
+    assert png_diverse._references("multimnist", png_diverse.Config(acc_ref=0.3)) == (0.6, 0.3)
+
+
+def test_png_synthetic_units_get_their_settings_seed_and_analytic_targets(monkeypatch):
+    # one step per unit: the PNG settings of each unit, the seeded start, and targets that are the
+    # preferred points of the analytic front (checked on an independent grid of the front)
+    from torchmoo.experiments import png_synthetic
+
+    png = _recording(monkeypatch, "PNG")
+    cfg = png_synthetic.Config(r1=[0.3, 0.8], steps=1, alpha=0.4, gamma=0.2, ratio_alpha=0.3, ratio_gamma=0.02,
+                               decay=0.7)
+    problem, front, (lo, hi) = png_synthetic._problem("lin-concave", 10)
+    grid = front(torch.linspace(lo, hi, 1001, dtype=torch.float64))
+    start = png_synthetic._initial_point("lin-concave", cfg, 2)
+    assert not torch.equal(start, png_synthetic._initial_point("lin-concave", cfg, 0))
+    criteria = {"png weighted-distance": tm.methods.WeightedDistance, "png complex-cosine": tm.methods.ComplexCosine,
+                "png complex-cosine (printed sum)": lambda r: tm.methods.ComplexCosine(r, form="sum")}
+    for unit in png_synthetic.UNITS:
+        png.clear()
+        res = png_synthetic.run_unit(unit, "lin-concave", cfg, 2)
+        assert res["start"] == start.tolist()
+        torch.testing.assert_close(torch.tensor(res["trajectory"][0], dtype=torch.float64),
+                                   problem(start.repeat(2, 1)).detach())
+        if unit == "epo ratio":
+            assert png == []
+        else:
+            ratio = unit == "png ratio"
+            (_, kw), = png
+            assert (kw["alpha"], kw["gamma"], kw["decay"]) == ((0.3, 0.02) if ratio else (0.4, 0.2)) + (0.7,)
+        for p in res["points"]:
+            r1, t, l = p["r1"], torch.tensor(p["target"], dtype=torch.float64), torch.tensor(p["losses"], dtype=torch.float64)
+            assert p["error"] == pytest.approx(float((l - t).abs().max()), abs=1e-12)
+            assert float((grid - t).norm(dim=1).min()) < 3e-3  # on the front
+            if unit in ("epo ratio", "png ratio"):  # the point where r1 l1 = r2 l2
+                assert r1 * float(t[0]) == pytest.approx((1 - r1) * float(t[1]), rel=1e-6)
+            else:  # no grid point of the front has a smaller criterion
+                crit = criteria[unit](torch.tensor([r1, 1 - r1], dtype=torch.float64))
+                assert float(crit(t)) <= min(float(crit(q)) for q in grid) + 1e-12
+        assert [p["r1"] for p in res["points"]] == [0.3, 0.8]
+
+
+def test_png_zdt2_mgda_warmup_only_in_the_complex_cosine_units():
+    from torchmoo.experiments import png_synthetic
+
+    cfg = png_synthetic.ZDT2Config(r1=[0.5], steps=2, mgda_warmup=2)
+    assert png_synthetic.run_unit("png weighted-distance", "zdt2-variant", cfg, 0)["threshold_final"] is not None
+    assert png_synthetic.run_unit("png complex-cosine", "zdt2-variant", cfg, 0)["threshold_final"] is None
+
+
+def test_png_diverse_resumed_png_unit_counts_the_control_of_every_step(tmp_path, monkeypatch):
+    # the share of steps with the control on covers the steps before the interruption too
+    from torchmoo.experiments import png_diverse
+
+    built, cls = [], tm.methods.PNG
+
+    def keep(*args, **kwargs):
+        built.append(cls(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(tm.methods, "PNG", keep)
+    cfg = png_diverse.Config(methods=["png"], **_tiny_png_diverse(epochs=2))
+    unit = "multidigits seed=0 png"
+    ref = tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path / "a"), progress=False,
+                                        config=cfg)["units"][unit]
+    assert ref["control_on_fraction"] > 0
+    ref_png = built[-1].state_dict()
+    assert ref_png["steps"] == 4 and ref_png["e0"] is not None
+    original = RunContext.save_state
+
+    def save_then_stop(self, name, state):
+        original(self, name, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunContext, "save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path / "b"), progress=False, config=cfg)
+    monkeypatch.setattr(RunContext, "save_state", original)
+    resumed = tm.experiments.run_experiment("png-diverse-multidigits", out=str(tmp_path / "b"), progress=False,
+                                            config=cfg)["units"][unit]
+    assert resumed["collected"] == ref["collected"]
+    # PNG's own state (the threshold's running e0, the step count) continues from the checkpoint
+    assert built[-1].steps == 4 and torch.equal(built[-1].state_dict()["e0"], ref_png["e0"])
+    assert resumed["control_on_fraction"] == ref["control_on_fraction"] and resumed["steps"] == ref["steps"] == 4
