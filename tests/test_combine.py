@@ -244,6 +244,15 @@ class TestCuda:
         assert bool(((dc.cpu().double() - d.double()).abs() <= 2 * m * torch.finfo(dtype).eps * size).all())
         assert torch.equal(dc, tm.ops.combine(J.cuda(), w.cuda())), "not deterministic"
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_j_takes_float32_weights(self, dtype):
+        J = 1e-3 * randn(3, 5000, dtype=dtype, seed=31)
+        w = torch.tensor([1e5, -4e4, 7e4])  # beyond float16's range, d fits
+        dc = tm.ops.combine(J.cuda(), w.cuda())
+        assert dc.dtype == dtype and bool(torch.isfinite(dc).all())
+        ref = tm.ops.combine(J.float(), w)
+        assert bool(((dc.cpu().float() - ref).abs() <= 4 * torch.finfo(dtype).eps * ref.abs() + 1e-6).all())
+
     def test_errors_and_gradient(self):
         J = randn(3, 500, seed=17).cuda()
         w = randn(3, seed=18).cuda()
