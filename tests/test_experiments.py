@@ -1197,3 +1197,151 @@ def test_png_diverse_resumed_png_unit_counts_the_control_of_every_step(tmp_path,
     # PNG's own state (the threshold's running e0, the step count) continues from the checkpoint
     assert built[-1].steps == 4 and torch.equal(built[-1].state_dict()["e0"], ref_png["e0"])
     assert resumed["control_on_fraction"] == ref["control_on_fraction"] and resumed["steps"] == ref["steps"] == 4
+
+
+# --------------------------------------------------------------------------------------------------
+# pareto-zdt2, pareto-multidigits: what their numbers are
+# --------------------------------------------------------------------------------------------------
+
+
+def _hv2d(points, ref) -> float:
+    """Area dominated by ``points`` (minimization) below ``ref``, by a sweep over f1 (brute force)."""
+    pts = sorted((float(a), float(b)) for a, b in points if a < ref[0] and b < ref[1])
+    area, best = 0.0, ref[1]
+    for i, (a, b) in enumerate(pts):
+        best = min(best, b)
+        area += ((pts[i + 1][0] if i + 1 < len(pts) else ref[0]) - a) * (ref[1] - best)
+    return area
+
+
+def test_pareto_zdt2_seeds_steps_and_counts_are_the_configured_ones(tmp_path):
+    from torchmoo.experiments import pareto_zdt2
+
+    cfg = pareto_zdt2.Config(tangent_points=1, tangent_directions=1, explore_seeds=2, num_points=2, step=0.05,
+                             seed_f1=[0.5, 0.6])
+    res = tm.experiments.run_experiment("pareto-zdt2", out=str(tmp_path), progress=False, config=cfg)
+    problem = tm.problems.ZDT2Variant()
+    starts, optimal = {}, {"tangent": 0, "gradient": 0}
+    for method in ("tangent", "gradient"):
+        for i in range(cfg.explore_seeds):
+            r = res["units"][f"{method} seed {i}"]
+            F, X = torch.tensor(r["points"], dtype=torch.float64), torch.tensor(r["params"], dtype=torch.float64)
+            assert cfg.seed_f1[0] - 1e-12 <= F[0, 0] <= cfg.seed_f1[1] + 1e-12  # the seed's f1 in seed_f1
+            starts[method, i] = X[0]
+            # the seed itself is not counted among the Pareto-optimal points found
+            assert r["pareto_optimal"] == int(problem.is_pareto_optimal(X[1:], atol=1e-6).sum())
+            optimal[method] += r["pareto_optimal"]
+            assert res["evaluations"][f"{method} seed {i}"] == sum(r["expand"].values()) + sum(r["optimize"].values())
+    # both methods of a run start from one point, each run from its own
+    assert torch.equal(starts["tangent", 0], starts["gradient", 0])
+    assert torch.equal(starts["tangent", 1], starts["gradient", 1])
+    assert not torch.allclose(starts["tangent", 0], starts["tangent", 1])
+    # a tangent step of length s along the cylinder lands on the set, where ParetoOptimize leaves it
+    X = torch.tensor(res["units"]["tangent seed 0"]["params"], dtype=torch.float64)
+    assert float((X[1] - X[0]).norm()) == pytest.approx(cfg.step, abs=1e-6)
+    table = res["summary"]["table"]
+    assert [row["Pareto optimal"] for row in table] == [optimal["tangent"], optimal["gradient"]]
+
+
+def test_pareto_multidigits_hypervolumes_and_budgets_are_on_the_test_split(pareto_reference):
+    res, cfg = pareto_reference, _pareto_tiny()
+    ref = (math.log(10.0), math.log(10.0))  # chance loss per task
+    seed, exp = res["units"]["seed linear w=0.7"], res["units"]["expand linear w=0.7"]
+    assert _hv2d(exp["test_losses"], ref) > 0  # else the checks below would not see the reference
+    # the explored points are evaluated on the test split: the first is the seed, with the seed unit's test loss
+    assert exp["test_losses"][0] == pytest.approx(seed["test"]["loss"], abs=1e-6)
+    assert exp["hv_seed"] == pytest.approx(_hv2d(exp["test_losses"][:1], ref), rel=1e-9)
+    assert exp["hv_expanded"] == pytest.approx(_hv2d(exp["test_losses"], ref), rel=1e-9)
+    s = res["summary"]
+    assert s["hypervolume of the seeds (test, ref = chance loss)"] == pytest.approx(_hv2d([seed["test"]["loss"]], ref))
+    assert s["hypervolume after expansion (seeds + explored points)"] == pytest.approx(_hv2d(exp["test_losses"], ref))
+    row, n = s["table"][0], cfg.train_images
+    assert row["train (epochs)"] == cfg.seed_epochs
+    assert row["expand (epochs)"] == pytest.approx(exp["image_evaluations"] / n)
+    ws = res["units"]["weighted-sum w=(1, 0) lr=0.01"]
+    # the snapshots spread over the whole budget, the last at its end
+    assert len(ws["snapshots"]) == cfg.ws_snapshots and ws["snapshots"][-1]["step"] == ws["steps"]
+    expansion, sgd = s["necessity"]
+    assert expansion["HV"] == pytest.approx(_hv2d(exp["test_losses"], ref))
+    # SGD's front: its starting point (the seed) and its snapshots
+    assert sgd["HV"] == pytest.approx(_hv2d([exp["test_losses"][0]] + [p["test_loss"] for p in ws["snapshots"]], ref))
+    assert sgd["budget (epochs)"] == pytest.approx(ws["image_evaluations"] / n)
+    assert expansion["budget (epochs)"] == pytest.approx(exp["image_evaluations"] / n)
+
+
+def test_pareto_weighted_sum_gets_the_budget_of_ws_from(tmp_path, monkeypatch):
+    from torchmoo.experiments import pareto_multidigits as pm
+
+    costs = {"linear w=0.3": 1000, "linear w=0.7": 3000}
+    budgets = []
+
+    def weighted_sum(unit, w, lr, budget, *args):
+        budgets.append(budget)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pm, "_train_seed", lambda name, *args: {"seed": name})
+    monkeypatch.setattr(pm, "_expand", lambda name, *args: {"image_evaluations": costs[name]})
+    monkeypatch.setattr(pm, "_weighted_sum", weighted_sum)
+    cfg = pm.Config(train_images=64, test_images=16, seed_weights=[0.3, 0.7], ws_from=1)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("pareto-multidigits", out=str(tmp_path), progress=False, config=cfg)
+    assert budgets == [3000]
+
+
+def test_pareto_weighted_sum_starts_from_ws_from(tmp_path):
+    from torchmoo.experiments import pareto_multidigits as pm
+
+    cfg = pm.Config(train_images=16, test_images=16, seed_weights=[0.3, 0.7], ws_from=1, batch_size=16,
+                    ws_snapshots=1)
+    train, test = pm._load(cfg, 0)
+    ctx = RunContext(tmp_path, 0, torch.device("cpu"), False, {"units": {}, "timings": {}, "evaluations": {}})
+    losses = []
+    for i, name in enumerate(pm._seed_names(cfg)):  # two different networks
+        torch.manual_seed(i)
+        model = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=train[0].shape[-1])
+        storage.save_checkpoint(ctx.model_path(f"seed {name}"), {"model": model.state_dict()})
+        losses.append(pm._evaluate(model, *test)["loss"])
+    assert losses[0] != pytest.approx(losses[1], abs=1e-3)
+    unit = pm._ws_unit([1.0, 0.0], 1e-9)
+    r = pm._weighted_sum(unit, [1.0, 0.0], 1e-9, 1, cfg, ctx, model, train, test)  # one step that moves nothing
+    assert r["steps"] == 1 and r["snapshots"][0]["test_loss"] == pytest.approx(losses[cfg.ws_from], abs=1e-5)
+
+
+def test_pareto_seeds_start_from_one_initialization(tmp_path, monkeypatch):
+    from torchmoo.experiments import pareto_multidigits as pm
+
+    starts = []
+    backward = tm.backward
+
+    def spy(losses, params, aggregator):
+        starts.append(torch.cat([p.detach().flatten() for p in params]))
+        return backward(losses, params, aggregator)
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tm, "backward", spy)
+    monkeypatch.setattr(pm, "_expand", stop)
+    cfg = pm.Config(train_images=64, test_images=16, seed_weights=[0.3, 0.7], mgda_seed=True, seed_epochs=1,
+                    batch_size=64)
+    with pytest.raises(KeyboardInterrupt):
+        tm.experiments.run_experiment("pareto-multidigits", out=str(tmp_path), progress=False, config=cfg)
+    assert len(starts) == 3 and all(torch.equal(s, starts[0]) for s in starts)  # one step per seed
+
+
+def test_pareto_seed_stationarity_is_measured_at_the_seed():
+    import functools
+
+    from torchmoo.experiments import pareto_multidigits as pm
+
+    problem = tm.problems.ZDT2Variant()
+    x0 = torch.tensor([-2.5, 1.0, 1.2], dtype=torch.float64)  # off the Pareto set: not stationary
+    x = x0.clone().requires_grad_(True)
+    optimize = functools.partial(tm.methods.pareto_optimize, max_iter=500, tol=1e-14)
+    ex = tm.methods.ParetoExplorer(x, lambda: problem(x), k=2, step=0.1, num_children=1, num_points=2,
+                                   rhs="binary", optimize=optimize, optimize_seed=False, seed=0)
+    ex.explore()  # leaves x at the last point, which ParetoOptimize made stationary
+    J = torch.autograd.functional.jacobian(problem, x0)
+    expected = tm.methods.pareto_stationarity(J)
+    assert expected > 1e-3
+    assert pm._stationarity_at(ex, lambda: problem(x)) == pytest.approx(expected, rel=1e-9)
