@@ -393,11 +393,12 @@ def _jacobian_loop(
         return [b if r else None for b, r in zip(unflatten(flat, plist), reached)], flat
     blocks: List[Optional[Tensor]] = []
     for k, p in enumerate(plist):
-        column = [row[k] for row in rows]
-        sparse = next((g for g in column if g is not None and g.layout != torch.strided), None)
         if not reached[k]:
             blocks.append(None)
-        elif sparse is None:
+            continue
+        column = [row[k] for row in rows]
+        sparse = next((g for g in column if g is not None and g.layout != torch.strided), None)
+        if sparse is None:
             blocks.append(torch.stack([g if g is not None else torch.zeros_like(p) for g in column]))
         else:
             # torch.stack does not mix layouts: in a sparse column, a row no loss reaches is an empty sparse

@@ -392,8 +392,9 @@ def _combine_fake(J: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
         raise TypeError(
             f"combine: J must be a floating-point tensor (float16, bfloat16, float32 or float64), got {J.dtype}."
         )
-    if w.dtype != J.dtype and w.dtype != combine_weight_dtype(J.dtype):
-        alt = " or torch.float32" if J.dtype in (torch.float16, torch.bfloat16) else ""
+    wide = combine_weight_dtype(J.dtype)
+    if w.dtype not in (J.dtype, wide):
+        alt = "" if wide == J.dtype else f" or {wide}"
         raise TypeError(f"combine: w must have the dtype of J ({J.dtype}{alt}), got {w.dtype}.")
     if J.dim() < 2:
         raise ValueError(f"combine: J must have shape (..., m, n) (at least 2 dims), got shape {tuple(J.shape)}.")

@@ -67,7 +67,7 @@ def check_losses(losses: Optional[Tensor], m: int, ref: Tensor) -> Optional[Tens
     """
     if losses is None:
         return None
-    dtype = torch.float32 if ref.dtype in (torch.float16, torch.bfloat16) else ref.dtype
+    dtype = ops.combine_weight_dtype(ref.dtype)  # the weights' dtype: float32 for a half J
     if not isinstance(losses, Tensor):
         try:
             items = list(losses)
