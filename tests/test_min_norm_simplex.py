@@ -624,3 +624,18 @@ class TestCuda:
         assert torch.all(simplex_kkt_residual(G, None, w) <= 1e-10)
         ref = tm.ops.min_norm_simplex(G)
         assert torch.allclose(qp_objective(G, None, w), qp_objective(G, None, ref), rtol=1e-9, atol=1e-12)
+
+
+def test_ill_conditioned_small_problems_meet_the_bar():
+    # Condition number 1e10, m = 3: the full-support solve of the m <= 8 path loses about cond * eps in
+    # its weights, so only its KKT check keeps such lanes to the contract's residual (the rest go to the
+    # active-set method).
+    gen = torch.Generator().manual_seed(0)
+    B, m = 600, 3
+    Q, _ = torch.linalg.qr(torch.randn(B, m, m, generator=gen, dtype=F64))
+    ev = torch.tensor([1.0, 1e-5, 1e-10], dtype=F64)
+    G = (Q * ev) @ Q.mT
+    G = (G + G.mT) / 2
+    c = 1e-3 * torch.randn(B, m, generator=gen, dtype=F64)
+    w, info = solve(G, c)
+    check_solution(G, c, w, info)

@@ -574,3 +574,106 @@ def test_reference_solves_bounded_problems_with_large_multipliers(delta):
     c = -(G @ lam_star)
     torch.testing.assert_close(nonneg_qp_reference(G, c), lam_star, rtol=1e-6, atol=0.0)
     torch.testing.assert_close(tm.ops.nonneg_qp(G, c), lam_star, rtol=1e-6, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping rules, budgets and the Frank-Wolfe bound
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m,rank,seed", [(9, 1, 32), (10, 2, 33), (4, 1, 36), (5, 2, 37)])
+def test_budgeted_objective_never_increases(m, rank, seed):
+    # The active-set method is a descent method: every subspace step and every zero-curvature ray step
+    # lowers the objective, so the point returned under a budget of k iterations is no worse than under
+    # k - 1. Singular G (rank < m) with c = -G x + p (bounded) makes the solver take ray steps.
+    gen = torch.Generator().manual_seed(seed)
+    G = gram(torch.randn(m, rank, generator=gen, dtype=F64))
+    c = -G @ torch.rand(m, generator=gen, dtype=F64) + 0.1 * torch.rand(m, generator=gen, dtype=F64)
+    _, info = solve(G, c)
+    n = int(info.iterations)
+    f = [float(qp_objective(G, c, tm.ops.nonneg_qp(G, c, max_iter=k))) for k in range(n + 1)]
+    s = scale_of(G, c)
+    for k in range(1, n + 1):
+        assert f[k] <= f[k - 1] + 1e-12 * s, f"objective rose from {f[k - 1]} to {f[k]} at max_iter={k}"
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_tol_sets_the_active_set_stopping_rule(dtype):
+    # G = I, c = (-1, -1e-9, ..., -1e-9), m = 10 (beyond the m <= 8 full-support path): index 0 enters
+    # first; the others have reduced gradient -1e-9 at lambda = e_0, so a tolerance of 1e-8 (the float32
+    # default) stops there, and 1e-13 (the float64 default) goes on to the exact answer.
+    m = 10
+    G = torch.eye(m, dtype=dtype)
+    c = torch.full((m,), -1e-9, dtype=dtype)
+    c[0] = -1.0
+    e0 = torch.zeros(m, dtype=dtype)
+    e0[0] = 1.0
+    loose, info_loose = solve(G, c, tol=1e-8)
+    tight, info_tight = solve(G, c, tol=1e-13)
+    torch.testing.assert_close(loose, e0, rtol=0, atol=0)
+    torch.testing.assert_close(tight, -c, rtol=1e-6, atol=0)
+    assert int(info_loose.iterations) == 1 and int(info_tight.iterations) == m
+    assert bool(info_loose.converged) and bool(info_tight.converged)
+    default, _ = solve(G, c)
+    torch.testing.assert_close(default, loose if dtype == torch.float32 else tight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("m", [2, 5])
+def test_float32_nearly_singular_G_is_not_unbounded(m):
+    # A positive definite float32 G with an eigenvalue of 1e-7 * max|G| (below float32's pivot tolerance
+    # of the simplex problem) and c = -G 1: the problem is bounded, so no "unbounded" error; the answer
+    # is that of the float32 values (computed here in float64), which the rounding of G moves far from 1.
+    gen = torch.Generator().manual_seed(m)
+    Q, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=F64))
+    ev = torch.ones(m, dtype=F64)
+    ev[-1] = 1e-7
+    G = ((Q * ev) @ Q.T).float()
+    G = (G + G.T) / 2
+    c = -(G.double() @ torch.ones(m, dtype=F64)).float()
+    lam, info = solve(G, c)
+    assert bool(torch.isfinite(lam).all()) and bool((lam >= 0).all())
+    assert float(nonneg_kkt_residual(G.double(), c.double(), lam.double())) <= 1e-5
+    assert bool(info.converged)
+
+
+def _fw_reference(G, c, R):
+    """min 0.5 l'Gl + c'l over {l >= 0, sum(l) <= R} by quadprog (G positive definite)."""
+    quadprog = pytest.importorskip("quadprog")
+    m = G.shape[-1]
+    C = np.concatenate([np.eye(m), -np.ones((m, 1))], axis=1)
+    b = np.concatenate([np.zeros(m), [-R]])
+    return torch.from_numpy(quadprog.solve_qp(G.numpy(), -c.numpy(), C, b, 0)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3, 6])
+@pytest.mark.parametrize("radius", [None, 0.3])
+def test_frank_wolfe_converges_to_its_tolerance(seed, radius):
+    # Away-step Frank-Wolfe converges linearly on a strongly convex problem, and its stopping test bounds
+    # the suboptimality: f(lambda) - f* <= tol * s on {lambda >= 0, sum <= R} (the certified R contains
+    # the unconstrained minimizer; R = 0.3 binds).
+    gen = torch.Generator().manual_seed(seed)
+    m = 3 + seed % 4
+    G = gram(torch.randn(m, m + 2, generator=gen, dtype=F64))
+    c = torch.randn(m, generator=gen, dtype=F64)
+    tol = 1e-9
+    lam, info = solve(G, c, method="frank_wolfe", tol=tol, max_iter=20000, radius=radius)
+    assert bool(info.converged)
+    assert bool((lam >= 0).all())
+    ref = nonneg_qp_reference(G, c) if radius is None else _fw_reference(G, c, radius)
+    if radius is not None:
+        assert float(lam.sum()) <= radius * (1 + 1e-12)
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, ref))
+    assert f_ref - 1e-12 <= f <= f_ref + tol * scale_of(G, c) + 1e-12, (f, f_ref)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frank_wolfe_without_a_certified_bound_raises(seed):
+    # Rows a and -0.7 a: G is singular on the simplex, w'Gw = 0 at w ~ (0.7, 1, 0) up to round-off, so no
+    # bound on sum(lambda) can be certified (and with c < 0 there the problem is unbounded).
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, generator=gen, dtype=F64)
+    J = torch.stack([a, -0.7 * a, torch.randn(4, generator=gen, dtype=F64)])
+    G = gram(J)
+    c = torch.tensor([-1.0, -0.5, 0.3], dtype=F64)
+    with pytest.raises(ValueError, match="bound"):
+        solve(G, c, method="frank_wolfe")

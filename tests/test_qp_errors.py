@@ -353,3 +353,81 @@ def test_device_mismatch_raises_value_error(op):
         op(G.cuda(), c)
     with pytest.raises(ValueError, match="device"):
         op(G, c.cuda())
+
+
+# --------------------------------------------------------------------------------------------------
+# tolerances of the input checks
+# --------------------------------------------------------------------------------------------------
+
+
+@OPS
+@pytest.mark.parametrize("m", [3, 10])
+def test_asymmetry_is_judged_against_G_not_c(op, m):
+    # The contract's test is |G - G'| > tol * max|G|: a large c must not hide an asymmetry of G (1e-6 is
+    # 100x the float64 tolerance), whichever path loads G. The solution has full support for both
+    # operators, so for m <= 8 the lane-parallel full-support solve would accept it.
+    gen = torch.Generator().manual_seed(m)
+    G = torch.eye(m, dtype=F64) + 0.1 * torch.ones(m, m, dtype=F64)
+    G[0, 1] += 1e-6 * float(G.abs().max())
+    c = 0.05 * torch.rand(m, generator=gen, dtype=F64) - 1e6
+    with pytest.raises(ValueError, match="symmetric"):
+        op(G, c)
+
+
+@OPS
+@pytest.mark.parametrize("m", [4, 10])
+def test_accepted_asymmetry_gives_the_answer_of_the_symmetric_part(op, m):
+    # Below the tolerance G and G' are both accepted and both mean (G + G') / 2 (averaged exactly), so all
+    # three give the same answer; taking one triangle would answer G and G' differently. m = 4 with
+    # c = (-1, -1, 3, 3) leaves two weights at zero, which the active-set method (not the full-support
+    # solve) finds.
+    gen = torch.Generator().manual_seed(m)
+    G = torch.eye(m, dtype=F64) + 0.1 * torch.ones(m, m, dtype=F64)
+    G = G + 1e-9 * torch.randn(m, m, generator=gen, dtype=F64)  # |G - G'| about 3e-9 * max|G|
+    c = torch.tensor([-1.0, -1.0] + [3.0] * (m - 2), dtype=F64)
+    x, xt, xs = op(G, c), op(G.mT, c), op((G + G.mT) / 2, c)
+    assert int((x == 0).sum()) >= 2
+    torch.testing.assert_close(x, xs, rtol=0, atol=1e-15)
+    torch.testing.assert_close(xt, xs, rtol=0, atol=1e-15)
+
+
+@OPS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_round_off_asymmetry_is_accepted(op, dtype):
+    # The half types' asymmetry tolerance is 1e-2 * max|G| (a Gram matrix summed in half precision is
+    # asymmetric at about its epsilon); 3e-3 is round-off for them, not an error.
+    G, c = good(dtype=F64)
+    G = G.clone()
+    G[0, 2] += 3e-3 * float(G.abs().max())
+    out = op(G.to(dtype), c.to(dtype))
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    assert residual(op, (G + G.T) / 2, c, out.double()) <= 1e-2
+
+
+@OPS
+@pytest.mark.parametrize("m", [3, 10])
+@pytest.mark.parametrize("dtype,k", [(F64, 1e-7), (torch.float32, 1e-5)])
+def test_eigenvalue_inside_the_psd_tolerance_is_accepted(op, m, dtype, k):
+    # An eigenvalue of -k m max|G| / 2 is inside the documented PSD tolerance (k m max|G|) although it is
+    # outside k max|G|: accepted, and the entry counts as a zero curvature (as for -1e-17 above).
+    G = torch.eye(m, dtype=F64)
+    G[-1, -1] = -0.5 * k * m
+    c = torch.cat([-torch.ones(m - 1, dtype=F64), torch.ones(1, dtype=F64)]) if op is nonneg else None
+    x = op(G.to(dtype), None if c is None else c.to(dtype))
+    expected = torch.zeros(m, dtype=dtype)
+    if op is simplex:
+        expected[-1] = 1.0
+    else:
+        expected[:-1] = 1.0
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 10])
+def test_round_off_negative_diagonal_along_an_unbounded_direction(m):
+    # G_mm = -1e-17 is a zero curvature (inside the PSD tolerance) and c_m < 0: the objective decreases
+    # without limit along e_m, which is the error to report, not "not positive semi-definite".
+    G = torch.eye(m, dtype=F64)
+    G[-1, -1] = -1e-17
+    c = -torch.ones(m, dtype=F64)
+    with pytest.raises(ValueError, match="unbounded"):
+        nonneg(G, c)
