@@ -1345,3 +1345,140 @@ def test_pareto_seed_stationarity_is_measured_at_the_seed():
     expected = tm.methods.pareto_stationarity(J)
     assert expected > 1e-3
     assert pm._stationarity_at(ex, lambda: problem(x)) == pytest.approx(expected, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------- psst-fewshot-digits
+def test_psst_fewshot_regions_and_selections_follow_the_base_losses_and_validation(tmp_path, monkeypatch):
+    """With the training replaced by given results: the best-overall solution is the fixed weighting with the
+    smallest sum of base losses (A.1), the regions are built from its loss vector (A.2), the fixed and PSST
+    models reported are those of the best validation 1-shot accuracy, and the table's numbers are the units'."""
+    from torchmoo.experiments import psst_fewshot as PF
+    from torchmoo.methods import psst as P
+
+    given = {  # unit: (base losses, validation 1-shot, test 1-shot)
+        "cc": ([0.1, 5.0], 0.30, 0.31),
+        "fixed w=0.5": ([0.3, 1.2], 0.60, 0.81),  # the smallest L_cls, not the smallest sum; the best test
+        "fixed w=1": ([0.45, 0.8], 0.50, 0.51),  # the smallest sum: pi_0
+        "fixed w=2": ([1.0, 2.0], 0.70, 0.71),  # the best validation accuracy
+        "psst region 1/3": ([0.3, 1.5], 0.40, 0.76),
+        "psst region 2/3": ([0.2, 1.6], 0.65, 0.66),
+        "psst region 3/3": ([0.1, 1.7], 0.45, 0.46),
+    }
+    seen = {}
+
+    def fake_train(unit, cfg, ctx, data, seed, *, aux, method, region=None):
+        seen[unit] = (aux, method, region)
+        losses, val, test = given[unit]
+        out = {"losses": losses, "val_1shot": val, "test_1shot": test, "test_1shot_ci95": 0.01}
+        if region is not None:
+            out.update(in_region=True, feasibility_fraction=0.0)
+        return out
+
+    monkeypatch.setattr(PF, "train_unit", fake_train)
+    monkeypatch.setattr(PF, "_plot", lambda *args: None)
+    cfg = PF.Config(shots=[1], explore=False, regions=3, epsilon_fraction=0.2, val_episodes=10, test_episodes=10)
+    s = tm.experiments.run_experiment("psst-fewshot-digits", out=str(tmp_path), progress=False, config=cfg)["summary"]
+    assert s["best_overall"] == "fixed w=1"
+    assert s["selected_fixed"] == "fixed w=2" and s["selected_psst"] == "psst region 2/3"
+    assert s["fixed 1-shot"] == "71.00 +- 1.00" and s["psst 1-shot"] == "66.00 +- 1.00"
+    assert s["cc 1-shot"] == "31.00 +- 1.00"
+    assert seen["cc"][0] == () and seen["cc"][1] == [1.0]
+    assert seen["fixed w=2"][0] == ("rotation",) and seen["fixed w=2"][1] == [1.0, 2.0]
+    expected = P.angular_regions(torch.tensor([0.45, 0.8], dtype=torch.float64), 3)
+    for i, region in enumerate(expected, 1):
+        _, method, got = seen[f"psst region {i}/3"]
+        torch.testing.assert_close(got.lower, region.lower)
+        torch.testing.assert_close(got.upper, region.upper)
+        assert method.region is got and method.epsilon == pytest.approx(0.2 * float(region.widths().min()))
+    assert s["pi_0 (deg)"][0] == pytest.approx(math.degrees(math.atan2(0.8, 0.45)))
+    rows = {t["model"]: t for t in s["table"]}
+    assert list(rows) == ["cc alone", "fixed w=0.5", "fixed w=1", "fixed w=2", "psst region 1/3",
+                          "psst region 2/3", "psst region 3/3"]
+    for unit, name in (("cc", "cc alone"), ("fixed w=2", "fixed w=2"), ("psst region 3/3", "psst region 3/3")):
+        losses, val, test = given[unit]
+        t = rows[name]
+        assert (t["val 1-shot"], t["1-shot"], t["L_cls"], t["L_rotation"]) == (val, test, losses[0], losses[1])
+        assert t["angle (deg)"] == pytest.approx(math.degrees(math.atan2(losses[1], losses[0])))
+    assert "pi_0" in rows["fixed w=1"]["note"] and rows["fixed w=2"]["note"] == ""
+
+
+def test_psst_fewshot_digits_split():
+    """Base digits 0-4 (all their images), novel 5-9 split per class into a validation and a test half,
+    standardized with the base images' statistics."""
+    from torchmoo.experiments import psst_fewshot as PF
+    from torchmoo.zoo.data.digits import load_sklearn_digits
+    from torchmoo.zoo.data.image_folder import resize_square
+
+    cfg = PF.Config()
+    data = PF.load_data(cfg, 0, torch.device("cpu"))
+    digits, labels = load_sklearn_digits()
+    x = resize_square((digits / 16.0).unsqueeze(1), cfg.image_size)
+    base = x[labels < 5]
+    mean, std = base.mean(), base.std()
+    torch.testing.assert_close(data.base_x, (base - mean) / std)
+    assert torch.equal(data.base_y, labels[labels < 5])
+    assert data.base_names == ["0", "1", "2", "3", "4"] and data.novel_names == ["5", "6", "7", "8", "9"]
+    novel = (labels >= 5).sum().item()
+    assert data.val_x.shape[0] + data.test_x.shape[0] == novel
+    for c in range(5):
+        n_val, n_test = int((data.val_y == c).sum()), int((data.test_y == c).sum())
+        assert n_val + n_test == int((labels == c + 5).sum()) and n_test - n_val in (0, 1)
+    # every novel image lands in exactly one half: match the standardized images back to the raw ones
+    raw = ((x[labels >= 5] - mean) / std).flatten(1)
+    both = torch.cat([data.val_x, data.test_x]).flatten(1)
+    d = torch.cdist(both.double(), raw.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    assert bool((d.min(1).values < 1e-4).all())  # standardized with the base statistics
+    # no image in both halves (the digits hold a few duplicate images: count matches, not indices)
+    assert int((d < 1e-4).sum()) == int((torch.cdist(raw.double(), raw.double(),
+                                                     compute_mode="donot_use_mm_for_euclid_dist") < 1e-4).sum())
+
+
+@pytest.mark.parametrize("early_stopping, kept", [(False, 3), (True, 2)])
+def test_psst_fewshot_unit_keeps_the_documented_epoch_and_scores_the_right_split(tmp_path, monkeypatch, early_stopping,
+                                                                                  kept):
+    """Without early stopping the last epoch is kept, with it the epoch of best validation 1-shot accuracy
+    (B.3); validation accuracy is measured on the validation half, test accuracy on the test half."""
+    from types import SimpleNamespace
+
+    from torchmoo.experiments import psst_fewshot as PF
+    from torchmoo.methods import psst as P
+
+    class Trainer:  # each epoch writes its number into the classifier's scale
+        def __init__(self, model, *args, **kwargs):
+            self.model, self.epoch = model, 0
+
+        def train_epoch(self):
+            self.epoch += 1
+            with torch.no_grad():
+                self.model.heads[0].scale.fill_(float(self.epoch))
+            return {"seconds": 0.0, "cpu_seconds": 0.0, "steps": 1}
+
+        def state_dict(self):
+            return {"epoch": self.epoch}
+
+    val_by_epoch = {1: 0.5, 2: 0.7, 3: 0.6}
+    calls = []
+
+    def accuracy(model, x, y, cfg, shots, episodes, seed):
+        split = "val" if x is data.val_x else "test" if x is data.test_x else "other"
+        epoch = int(model.heads[0].scale.item())
+        calls.append((split, epoch, seed, episodes))
+        return {k: SimpleNamespace(mean=val_by_epoch[epoch] + (k if split == "test" else 0), ci95=0.01) for k in shots}
+
+    monkeypatch.setattr(P, "FewShotTrainer", Trainer)
+    monkeypatch.setattr(PF, "_accuracy", accuracy)
+    g = torch.Generator().manual_seed(0)
+    data = PF.FewShotData(torch.randn(10, 1, 16, 16, generator=g), torch.arange(10) % 5, None,
+                          torch.randn(10, 1, 16, 16, generator=g), torch.arange(10) % 5,
+                          torch.randn(10, 1, 16, 16, generator=g), torch.arange(10) % 5, 1, list("abcde"), list("fghij"))
+    cfg = PF.Config(channels=4, epochs=3, early_stopping=early_stopping, shots=[1, 5], val_episodes=11,
+                    test_episodes=13)
+    ctx = tm.experiments.RunContext(tmp_path, 4, torch.device("cpu"), False,
+                                    {"units": {}, "timings": {}, "evaluations": {}})
+    r = PF.train_unit("u", cfg, ctx, data, 4, aux=("rotation",), method=[1.0, 1.0])
+    assert r["best_epoch"] == kept and [h["val_1shot"] for h in r["history"]] == [0.5, 0.7, 0.6]
+    assert r["val_1shot"] == val_by_epoch[kept]
+    assert (r["test_1shot"], r["test_5shot"]) == (val_by_epoch[kept] + 1, val_by_epoch[kept] + 5)
+    assert calls[:3] == [("val", e, 5, 11) for e in (1, 2, 3)]  # during training: validation, seed + 1
+    assert sorted(calls[3:]) == [("test", kept, 6, 13), ("val", kept, 5, 11)]  # the kept model, seed + 2 for test
+    assert len(r["losses"]) == 2

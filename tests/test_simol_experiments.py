@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -286,3 +288,137 @@ def test_fewshot_unit_interrupted_mid_training_resumes_exactly(tmp_path, monkeyp
     unit = "maml-simol 1-shot seed 0"
     for key in ("test_accuracies", "train_loss", "mean_weight", "last_weights"):
         assert resumed["units"][unit][key] == whole["units"][unit][key], key
+
+
+# ---- what the tables report ------------------------------------------------------------------------------------
+
+
+def test_toy_minibatch_mgda_with_one_task_is_adam_on_it_and_the_table_groups_runs_by_start(tmp_path):
+    # task 1 is drawn with probability ~1: mini-batch MGDA is Adam on f_1 alone, the same for every seed
+    starts = [[4.0, -8.0], [-8.5, -5.0]]
+    cfg = TOY.Config(methods=["minibatch-mgda"], starts=starts, seeds=3, steps=60, check_every=20,
+                     task_probabilities=[1.0, 1e-12], front_points=2001)
+    res = tm.experiments.run_experiment("simol-toy", out=str(tmp_path), progress=False, config=cfg)
+    x = torch.tensor(starts, dtype=torch.float64).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=cfg.lr)
+    traj = [x.detach().tolist()]
+    for step in range(cfg.steps):
+        opt.zero_grad()
+        x.grad = TOY.toy_jacobian(x.detach())[1][:, 0].clone()
+        opt.step()
+        if (step + 1) % cfg.check_every == 0:
+            traj.append(x.detach().tolist())
+    unit = res["units"]["minibatch-mgda"]
+    final = torch.tensor(unit["final_x"], dtype=torch.float64)  # run k: start k // seeds, seed k % seeds
+    torch.testing.assert_close(final, x.detach().repeat_interleave(3, 0))
+    torch.testing.assert_close(torch.tensor(unit["trajectory_seed0"], dtype=torch.float64),
+                               torch.tensor(traj, dtype=torch.float64))
+    front = TOY._Front(cfg.front_points)
+    for m in cfg.methods:
+        u = res["units"][m]
+        d = front.objective_distance(TOY.toy_jacobian(torch.tensor(u["final_x"], dtype=torch.float64))[0])
+        rows = [r for r in res["summary"]["table"] if r["method"] == m]
+        assert [r["start"] for r in rows] == ["(4, -8)", "(-8.5, -5)"]
+        for k, r in enumerate(rows):
+            dk = d[3 * k:3 * k + 3]
+            assert r["median distance"] == pytest.approx(float(dk.median())) and r["max distance"] == pytest.approx(
+                float(dk.max()))
+            xk = torch.tensor(u["final_x"])[3 * k:3 * k + 3, 0]
+            assert r["mean final x1"] == pytest.approx(float(xk.mean()))
+            hit = torch.tensor(u["reached_at"][3 * k:3 * k + 3])
+            assert r["reached"] == f"{int((hit >= 0).sum())}/3"
+    # the predicted limit of mini-batch MGDA: the Pareto point of the weights (p, 1 - p)
+    row = next(r for r in res["summary"]["table"] if r["method"] == "minibatch-mgda")
+    assert row["predicted x1"] == pytest.approx(7.0)
+
+
+def test_toy_draws_are_shared_by_the_starts_and_differ_between_seeds(tmp_path):
+    # the probabilities are normalized: (2, 4) draws task 1 with probability 1/3
+    cfg = TOY.Config(methods=["minibatch-mgda"], starts=[[4.0, -8.0], [4.0, -8.0]], seeds=4, steps=40,
+                     check_every=40, front_points=2001, task_probabilities=[2.0, 4.0])
+    res = tm.experiments.run_experiment("simol-toy", out=str(tmp_path), progress=False, config=cfg)
+    unit = res["units"]["minibatch-mgda"]
+    x = torch.tensor(unit["final_x"])
+    assert torch.equal(x[:4], x[4:])  # the same seed, the same task draws, at every start
+    assert len({tuple(r) for r in x[:4].tolist()}) > 1  # four seeds, four streams
+    d = torch.tensor(unit["objective_distance"][:4], dtype=torch.float64)
+    row = res["summary"]["table"][0]
+    assert row["max distance"] == pytest.approx(float(d.max())) and row["median distance"] == pytest.approx(
+        float(d.median()))
+    assert row["predicted x1"] == pytest.approx(7.0 * (2.0 / 6.0 - 4.0 / 6.0))
+
+
+def test_fewshot_summary_pools_the_seeds():
+    """accuracy and its CI over the episodes of all seeds; worst-10% per seed, then averaged."""
+    cfg = FS.Config(n_way=4)
+    a = [0.2 * (i % 5) for i in range(20)]
+    b = [0.5 + 0.025 * i for i in range(20)]
+    runs = [{"test_accuracies": a, "seconds_per_step": 1.0}, {"test_accuracies": b, "seconds_per_step": 3.0}]
+    orig = FS._plot
+    FS._plot = lambda *args: None
+    try:
+        s = FS._summary(cfg, {("maml", 1): runs}, {}, None)
+    finally:
+        FS._plot = orig
+    (row,) = s["table"]
+    pooled = 100.0 * torch.tensor(a + b, dtype=torch.float64)
+    assert row["accuracy %"] == pytest.approx(float(pooled.mean()))
+    assert row["ci95"] == pytest.approx(1.96 * float(pooled.std()) / math.sqrt(40))
+    worst_a, worst_b = sorted(a)[:2], sorted(b)[:2]  # 10% of 20 episodes
+    assert row["worst-10% %"] == pytest.approx(100.0 * (sum(worst_a) / 2 + sum(worst_b) / 2) / 2)
+    w = 100.0 * torch.tensor(worst_a + worst_b, dtype=torch.float64)
+    assert row["worst-10% ci95"] == pytest.approx(1.96 * float(w.std()) / 2.0)
+    assert row["seconds/step"] == pytest.approx(2.0) and s["chance %"] == 25.0
+    assert row["paper accuracy %"] == FS.PAPER["maml"][1][0] and row["paper worst-10% %"] == FS.PAPER["maml"][1][1]
+
+
+def test_fewshot_data_is_standardized_with_the_meta_training_images():
+    cfg = FS.Config(class_split="classes")
+    data = FS.load_data(cfg, 0, torch.device("cpu"))
+    from torchmoo.zoo.data.digits import load_sklearn_digits
+    from torchmoo.zoo.data.image_folder import resize_square
+
+    digits, labels = load_sklearn_digits()
+    x = resize_square((digits / 16.0).unsqueeze(1), cfg.image_size)
+    tr, te = x[labels < 5], x[labels >= 5]
+    mean, std = tr.mean(), tr.std()
+    torch.testing.assert_close(data.train_x, (tr - mean) / std)
+    torch.testing.assert_close(data.test_x, (te - mean) / std)
+    assert torch.equal(data.test_y, labels[labels >= 5] - 5)
+
+
+def test_toy_simol_ascent_uses_the_gradient_where_the_config_says(tmp_path, monkeypatch):
+    # Algorithm 1 ("next": the gradient at x^{s+1}) and Eq. 13 ("current": at x^s) give different weights
+    monkeypatch.setattr(TOY, "_plot", lambda *args: None)
+    base = dict(methods=["simol"], starts=[[4.0, -8.0]], seeds=2, steps=30, check_every=30, front_points=101,
+                simol_lambda1=1.0)
+    w = {}
+    for at in ("next", "current"):
+        cfg = TOY.Config(simol_theta_at=at, **base)
+        res = tm.experiments.run_experiment("simol-toy", out=str(tmp_path / at), progress=False, config=cfg)
+        w[at] = torch.tensor(res["units"]["simol"]["final_weights"])
+    assert w["next"].shape == (2, 2) and not torch.allclose(w["next"], w["current"], rtol=1e-6, atol=0)
+
+
+def _fake_episode_data(n_train: int = 50, n_test: int = 40) -> FS.EpisodeData:
+    return FS.EpisodeData(torch.randn(n_train, 1, 16, 16), torch.arange(n_train) % 5, torch.randn(n_test, 1, 16, 16),
+                          torch.arange(n_test) % 5, [str(c) for c in range(5)], [str(c) for c in range(5)])
+
+
+def test_fewshot_samplers_and_initializations():
+    cfg = FS.Config(channels=4, reweight_channels=4, meta_steps=3, meta_batch=2, n_query=2, test_query=3,
+                    test_episodes=10)
+    data = _fake_episode_data()
+    train, test = FS._samplers(cfg, data, 1, 0)
+    assert (train.n_way, train.k_shot, train.n_query) == (5, 1, 2)  # meta-training episodes: n_query
+    assert (test.n_way, test.k_shot, test.n_query) == (5, 1, 3)  # meta-test episodes: test_query
+    # every method of a seed starts from the same backbone, whatever was drawn before
+    torch.manual_seed(123)
+    a = FS._learner("maml", cfg, data, 0, torch.device("cpu")).maml.model
+    torch.rand(5)
+    b = FS._learner("protonet-simol", cfg, data, 0, torch.device("cpu")).maml.model
+    backbone = [p for n, p in a.named_parameters() if n.startswith("0.")]
+    assert len(backbone) == len(list(b.parameters())) > 0
+    assert all(torch.equal(p, q) for p, q in zip(backbone, b.parameters()))
+    c = FS._learner("maml", cfg, data, 1, torch.device("cpu")).maml.model
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))

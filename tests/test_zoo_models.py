@@ -241,3 +241,173 @@ def test_bad_arguments():
         M.MultiHeadMLP(4, (0,), (1,))
     with pytest.raises(ValueError, match=r"\(B, 6\)"):
         M.CosineClassifier(6, 2)(torch.randn(3, 5))
+
+
+# ------------------------------------------------------------------------ layers written out, checks
+def test_count_parameters_counts_frozen_ones_only_when_asked():
+    net = M.MultiLeNetSubset()
+    for p in net.trunk.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(net) == 2 * 210  # the two heads
+    assert count_parameters(net, trainable_only=False) == 1_500
+    bn = nn.BatchNorm2d(4)  # running statistics are buffers, not parameters
+    assert count_parameters(bn) == count_parameters(bn, trainable_only=False) == 8
+
+
+def test_argument_checks_at_the_edges():
+    net = M.MultiLeNet()
+    with pytest.raises(ValueError, match="out of range"):
+        net.task_parameters(-1)  # not Python's "last head"
+    with pytest.raises(TypeError, match="int"):
+        net.task_parameters(True)
+    # 7 x 7 is the smallest input of the subset LeNet: conv 5 stride 2 -> 2 x 2, pool -> 1 x 1
+    assert M.MultiLeNetSubset(image_size=7)(torch.randn(2, 1, 7, 7))[0].shape == (2, 10)
+    with pytest.raises(ValueError, match="too small"):
+        M.MultiLeNetSubset(image_size=6)
+    with pytest.raises(ValueError, match="at least 1"):
+        M.MultiLeNet(num_tasks=0)
+    with pytest.raises(ValueError, match="at least one head"):
+        M.MultiTaskModel(nn.Identity(), [])
+    with pytest.raises(ValueError, match="at least one size"):
+        M.MultiHeadMLP(4, (), (1,))
+    with pytest.raises(TypeError, match="int"):
+        M.CensusMLP(num_tasks=2.0)
+    with pytest.raises(TypeError, match="must be an int"):
+        M.MultiLeNetSubset(image_size=14.0)
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        M.WideResNet(depth=4)  # 6 * 0 + 4: no block at all
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        M.WideResNet(depth=10, widen_factor=1, dropout=1.0)
+    with pytest.raises(ValueError, match="strides"):
+        M.WideResNet(depth=10, widen_factor=1, strides=(1, 2, 3))
+    for scale in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            M.CosineClassifier(4, 2, scale=scale)
+    with pytest.raises(ValueError, match="at least 16"):
+        M.Conv4SelfSupervised(5, image_size=15, patch_size=24)
+
+
+def test_sarcos_outputs_keep_the_batch_dim():
+    out = M.SarcosMLP(hidden=(8,))(torch.randn(1, 21))
+    assert [o.shape for o in out] == [(1,)] * 7
+
+
+def test_cosine_classifier_prototypes_and_fixed_scale():
+    clf = M.CosineClassifier(3, 2, scale=5.0, learn_scale=False)
+    assert "scale" in dict(clf.named_buffers()) and clf.state_dict()["scale"] == 5.0
+    clf.set_prototypes(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64))
+    assert clf.weight.dtype == torch.float32 and clf.weight.shape == (3, 3)
+    # the class weights are normalized per class (row): the prototypes' lengths do not matter
+    torch.testing.assert_close(clf(torch.eye(3)), 5.0 * torch.eye(3))
+    with pytest.raises(ValueError, match=r"\(num_classes, 3\)"):
+        clf.set_prototypes(torch.randn(4, 2))
+
+
+def test_conv4_is_conv_bn_relu_pool():
+    F = nn.functional
+    net = M.Conv4(in_channels=2, channels=(3, 4), flatten=False).train()
+    x = torch.randn(5, 2, 9, 9)
+    z = x
+    for conv, bn in zip([m for m in net.blocks if isinstance(m, nn.Conv2d)],
+                        [m for m in net.blocks if isinstance(m, nn.BatchNorm2d)]):
+        assert conv.padding == (1, 1) and conv.kernel_size == (3, 3)
+        z = F.conv2d(z, conv.weight, conv.bias, padding=1)
+        z = F.batch_norm(z, None, None, bn.weight, bn.bias, training=True)
+        z = F.max_pool2d(F.relu(z), 2)
+    torch.testing.assert_close(net(x), z)
+    assert z.shape == (5, 4, 2, 2) and net.output_side(9) == 2
+
+
+def test_conv4_self_supervised_heads_see_the_right_inputs():
+    F = nn.functional
+    net = M.Conv4SelfSupervised(num_classes=5, image_size=32, patch_size=16, channels=(4, 4, 4, 4),
+                                rotation_channels=(6, 8), location_hidden=10, scale=3.0).eval()
+    assert net.heads[0].scale.item() == 3.0
+    images, patches = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 3, 16, 16)  # 2 x 2 and 1 x 1 maps
+    cls, rot, loc = net(images, patches)
+    fmap = net.trunk(images)
+    torch.testing.assert_close(cls, net.heads[0](fmap.flatten(1)))
+    # the rotation head averages its last map over space
+    r = net.heads[1].net
+    h = F.relu(r[1](r[0](fmap)))
+    h = F.relu(r[4](r[3](h)))
+    torch.testing.assert_close(rot, r[-1](h.mean(dim=(2, 3))))
+    # patch j of image b is the j-th of its grid; its features pair with the centre's (patch 4)
+    per_patch = torch.stack([net.trunk(patches[:, j]).flatten(1) for j in range(9)], 1)
+    torch.testing.assert_close(loc, net.heads[2](per_patch))
+    for k, p in enumerate(M.RelativePatchLocationHead.NEIGHBOURS):
+        torch.testing.assert_close(loc[:, k], net.heads[2].pair_logits(per_patch[:, 4], per_patch[:, p]))
+    assert M.RelativePatchLocationHead.targets(2).tolist() == [list(range(8))] * 2
+
+
+def test_resnet18_blocks_and_strides():
+    F = nn.functional
+    block = M.resnet.BasicBlock(3, 5, stride=2, bn_momentum=0.3).eval()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics for eval mode
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            assert m.momentum == 0.3
+    x = torch.randn(2, 3, 8, 8)
+    out = F.relu(block.bn1(F.conv2d(x, block.conv1.weight, stride=2, padding=1)))
+    out = block.bn2(F.conv2d(out, block.conv2.weight, padding=1))
+    skip = block.shortcut[1](F.conv2d(x, block.shortcut[0].weight, stride=2))
+    torch.testing.assert_close(block(x), F.relu(out + skip))
+    # total downsampling: 32 with the ImageNet stem (conv /2, pool /2, three stages /2), 8 with the CIFAR one
+    for stem, side, final in (("imagenet", 64, 2), ("cifar", 32, 4)):
+        net = M.ResNet18(stem=stem).eval()
+        with torch.no_grad():
+            fmap = net.stages(net.stem(torch.randn(1, 3, side, side)))
+            assert fmap.shape == (1, 512, final, final)
+            torch.testing.assert_close(net.pool(fmap), fmap.mean(dim=(2, 3)))
+    assert all(m.momentum == 0.05 for m in M.ResNet18(bn_momentum=0.05).modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_wide_block_is_pre_activation_with_dropout_between_the_convs():
+    F = nn.functional
+    block = M.wrn.WideBlock(3, 5, stride=2, dropout=0.5).eval()
+    for bn in (block.bn1, block.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    a = F.relu(block.bn1(x))
+    out = F.relu(block.bn2(F.conv2d(a, block.conv1.weight, stride=2, padding=1)))
+    expected = F.conv2d(out, block.conv2.weight, padding=1) + F.conv2d(a, block.shortcut.weight, stride=2)
+    torch.testing.assert_close(block(x), expected)  # eval: no dropout
+    same = M.wrn.WideBlock(5, 5, stride=1).eval()
+    y = torch.randn(2, 5, 4, 4)
+    a = F.relu(same.bn1(y))
+    expected = F.conv2d(F.relu(same.bn2(F.conv2d(a, same.conv1.weight, padding=1))), same.conv2.weight, padding=1)
+    torch.testing.assert_close(same(y), expected + y)  # identity shortcut: the raw input
+    # training mode: batch statistics, and dropout on conv2's input (the same random mask when reseeded)
+    block.train()
+    torch.manual_seed(1)
+    got = block(x)
+    torch.manual_seed(1)
+    a = F.relu(F.batch_norm(x, None, None, block.bn1.weight, block.bn1.bias, training=True))
+    out = F.relu(F.batch_norm(F.conv2d(a, block.conv1.weight, stride=2, padding=1), None, None, block.bn2.weight,
+                              block.bn2.bias, training=True))
+    out = F.dropout(out, 0.5, training=True)
+    torch.testing.assert_close(got, F.conv2d(out, block.conv2.weight, padding=1) + block.shortcut(a))
+    drop = M.WideResNet(depth=10, widen_factor=1, dropout=0.3).train()
+    z = torch.randn(2, 3, 8, 8)
+    assert not torch.equal(drop(z), drop(z))  # dropout is on in training
+    drop.eval()
+    assert torch.equal(drop(z), drop(z))
+
+
+def test_wide_resnet_features_are_pooled_activations():
+    net = M.WideResNet(depth=10, widen_factor=1, strides=(2, 2, 2), num_classes=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fmap = net.feature_map(x)
+        assert fmap.shape == (2, 64, 2, 2) and bool((fmap >= 0).all())  # BN -> ReLU before the pooling
+        torch.testing.assert_close(net(x), net.fc(fmap.mean(dim=(2, 3))))
+    assert net.conv.padding == (1, 1) and net.conv.stride == (1, 1)
+    assert M.wrn28_10(strides=(2, 2, 2)).groups[0][0].conv1.stride == (2, 2)
+
+
+def test_patch_pair_is_centre_then_neighbour():
+    head = M.RelativePatchLocationHead(feature_dim=3, hidden=5).eval()
+    c, o = torch.randn(4, 3), torch.randn(4, 3)
+    torch.testing.assert_close(head.pair_logits(c, o), head.net(torch.cat([c, o], dim=1)))
