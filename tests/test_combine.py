@@ -183,6 +183,51 @@ def test_non_finite(bad):
         tm.ops.combine(torch.full((2, 100), 3e38), torch.ones(2))
 
 
+@pytest.mark.parametrize("n", [5, 100, 1000])
+def test_overflow_in_any_column_is_found(n):
+    # Overflow in one column only: a column of a full SIMD group or one of the columns past the last group.
+    for col in sorted({0, n // 2, n - 1}):
+        J = torch.ones(2, n)
+        J[:, col] = 3e38
+        with pytest.raises(ValueError, match="overflows"):
+            tm.ops.combine(J, torch.ones(2))
+        d = tm.ops.combine(J, torch.ones(2), check_finite=False)
+        assert torch.isinf(d[col]) and int(torch.isinf(d).sum()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_result_overflow(dtype):
+    # A float32 sum that is finite (3/1024 above the half type's largest value, below float32's) but
+    # overflows when it is rounded to the half type.
+    big = torch.finfo(dtype).max
+    J = torch.full((2, 40), big, dtype=dtype)
+    w = torch.tensor([1.0, 3.0 / 1024])
+    assert bool(torch.isfinite(tm.ops.combine(J.float(), w)).all())
+    with pytest.raises(ValueError, match="overflows"):
+        tm.ops.combine(J, w)
+    assert torch.isinf(tm.ops.combine(J, w, check_finite=False)).all()
+    assert torch.equal(tm.ops.combine(J, torch.tensor([1.0, -0.5], dtype=dtype)), (0.5 * J[0].float()).to(dtype))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_transposed_short_rows(n):
+    # J (7, n) with column stride 7: even two columns must not be read as if they were adjacent.
+    J = randn(2, n, 7, dtype=F64, seed=14).mT
+    w = randn(2, 7, dtype=F64, seed=15)
+    d = check(J, w)
+    assert torch.equal(d, tm.ops.combine(J.contiguous(), w))
+
+
+def test_non_finite_in_long_rows_names_the_batch_index():
+    # Rows long enough for several column chunks per problem.
+    J, w = randn(3, 4, 40_000, seed=16), randn(3, 4, seed=17)
+    for b, col in [(0, 39_999), (2, 30_000), (1, 20_000)]:
+        Jb = J.clone()
+        Jb[b, 1, col] = math.nan
+        with pytest.raises(ValueError, match=rf"J must be finite.*batch index \[{b}\]"):
+            tm.ops.combine(Jb, w)
+
+
 # --------------------------------------------------------------------------------------------------
 # Autograd, tracing, users
 # --------------------------------------------------------------------------------------------------

@@ -146,6 +146,16 @@ def test_transposed_tall_input():
     assert torch.equal(G, tm.ops.gram(A.mT.contiguous()))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_transposed_short_rows(n):
+    # J (7, n) with column stride 7: even two columns must not be read as if they were adjacent.
+    A = randn(2, n, 7, dtype=F64, seed=18)
+    J = A.mT
+    assert n == 1 or J.stride(-1) != 1
+    assert torch.equal(tm.ops.gram(J), tm.ops.gram(J.contiguous()))
+    check(J)
+
+
 @pytest.mark.parametrize("shape", [(4, 6, 3000), (2, 3, 9, 100), (1, 1, 2, 70_001), (3, 4, 40_000)])
 def test_batched_equals_single(shape):
     J = randn(*shape, seed=5)
@@ -207,6 +217,19 @@ def test_large_and_small_values(dtype, scale):
     check(randn(5, 3000, dtype=dtype, seed=9, scale=scale))
 
 
+def test_integer_entries_give_the_correctly_rounded_result():
+    # Entries in [-63, 63]: a block's float32 partial sums (at most 128 products per lane, 1024 per block)
+    # stay below 2^24 and are exact, so with float64 sums across blocks and chunks G is the exact integer
+    # J J^T rounded once to float32. Sums across blocks or chunks in float32 would round once the totals
+    # pass 2^24 (a chunk of a single row: 32768 columns, about 4e7; a whole row: about 3.5e8).
+    n = 2**18 + 3  # 8 to 32 chunks of 8 to 32 blocks, and a partial vector at the end
+    for shape in [(16, 1, n), (4, 4, n)]:
+        J = torch.randint(-63, 64, shape, generator=torch.Generator().manual_seed(16))
+        exact = J @ J.mT
+        assert torch.equal(tm.ops.gram(J.to(F32)), exact.to(F64).to(F32))
+        assert torch.equal(tm.ops.gram(J.to(F64)), exact.to(F64))
+
+
 def test_cancellation():
     # Rows nearly antiparallel: G is accurate relative to the row norms (the bar of rel_error).
     x = randn(1, 50_000, seed=10)
@@ -251,6 +274,21 @@ def test_non_finite_input(bad, m):
         tm.ops.gram(J)
     with pytest.raises(ValueError, match="finite"):
         tm.ops.gram(J[1, 2])
+
+
+def test_non_finite_input_in_long_rows_names_the_first_batch_index():
+    # Rows long enough for several column chunks per problem (their partial Gram matrices are summed
+    # afterwards): a NaN in one chunk is still found, and with several bad problems the first is named.
+    J = randn(6, 3, 70_001, seed=17)
+    J[2, 1, 50_000] = math.nan
+    with pytest.raises(ValueError, match=r"J must be finite.*batch index \[2\]"):
+        tm.ops.gram(J)
+    for b in (3, 4, 5):
+        J[b, 0, 69_999] = math.inf
+    with pytest.raises(ValueError, match=r"J must be finite.*batch index \[2\]"):
+        tm.ops.gram(J)
+    with pytest.raises(ValueError, match="overflows"):
+        tm.ops.gram(torch.full((2, 70_001), 1e18))  # finite, but each chunk's sum exceeds float32
 
 
 def test_overflow():

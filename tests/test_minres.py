@@ -174,6 +174,22 @@ def test_breakdown_threshold_is_ten_eps_norm_h():
             torch.testing.assert_close(x @ A, e1, rtol=0, atol=2 * d)
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_stopping_tests_do_not_depend_on_the_scale_of_h(scale):
+    """The breakdown test is relative to ||H||: the matrix of test_breakdown_threshold_is_ten_eps_norm_h
+    times 1e-6 or 1e6 stops (or goes on) exactly as it does at scale 1; so does the least-squares test."""
+    eps = torch.finfo(F64).eps
+    e1 = torch.tensor([1.0, 0.0], dtype=F64)
+    for d, its, why in [(5 * eps, 1, "breakdown"), (20 * eps, 2, "converged")]:
+        A = scale * torch.tensor([[1.0, d], [d, 2.0]], dtype=F64)
+        x, info = tm.ops.minres(matvec_of(A), e1, max_iter=5, tol=1e-20)
+        assert (int(info.iterations), info.stop_reason) == (its, why), (scale, d / eps)
+        torch.testing.assert_close(x @ A, e1, rtol=0, atol=2 * d)
+    A = scale * torch.diag(torch.tensor([1e-17, 1.0], dtype=F64))
+    x, info = tm.ops.minres(matvec_of(A), torch.tensor([1.0, 2.0], dtype=F64), max_iter=5, tol=1e-20)
+    assert (int(info.iterations), info.stop_reason) == (1, "least_squares")
+
+
 def test_least_squares_test_uses_at_least_eps():
     """H = diag(1e-17, 1), b = (1, 2): x_1 = b leaves r_1 = (1, 0) with ||H r_1|| / ||r_1|| = 1e-17,
     below eps ||H||, so x_1 is reported as a least-squares solution even for a tol below eps (the next
@@ -410,6 +426,32 @@ def test_matches_reference(case):
     # (it does not change the residual); elsewhere x itself agrees to rounding.
     atol = 1e-5 if case == "singular inconsistent" else 1e-13
     torch.testing.assert_close(x, xr, rtol=0, atol=atol * max(1.0, float(xr.abs().max())))
+
+
+@pytest.mark.parametrize("n", [4097, 10_000])
+def test_vectors_longer_than_a_chunk(n):
+    """The dot products of a step are summed over chunks of 4096 entries: vectors of a few chunks (the last
+    one partial) reach the true residual that "converged" promises, and agree with the reference."""
+    H = torch.linspace(1.0, 3.0, n, dtype=F64)
+    b = randn(2, n, seed=30)
+    x, info = tm.ops.minres(lambda v: H * v, b, max_iter=60, tol=1e-10)
+    xr, ir = minres_reference(lambda v: H * v, b, max_iter=60, tol=1e-10)
+    assert info.stop_reason == ("converged", "converged") and info.iterations.tolist() == ir.iterations.tolist()
+    assert bool((torch.linalg.vector_norm(b - H * x, dim=1) <= 2e-10 * torch.linalg.vector_norm(b, dim=1)).all())
+    torch.testing.assert_close(x, xr, rtol=0, atol=1e-12)
+    torch.testing.assert_close(info.residual_norms, ir.residual_norms, rtol=1e-10, atol=0)
+
+
+def test_float32_eigenvector_breaks_down_after_one_iteration():
+    """b = 1.1 (1, ..., 1) is an eigenvector of H = 2 I: in float32 too, beta_2 is at most a few float32
+    ulps of the Lanczos vector (exactly 0 without FMA contraction, which tol = 0 reports as "converged")
+    and x_1 = b / 2. The dot products are accumulated in float64: a float32 sum of the 8192 equal
+    products would be off by about 1e-5 relative, and beta_2 would not vanish."""
+    b = torch.full((8192,), 1.1)
+    x, info = tm.ops.minres(lambda v: 2.0 * v, b, max_iter=5, tol=0.0)
+    assert (int(info.iterations), info.matvec_calls) == (1, 1)
+    assert info.stop_reason == "breakdown" or (info.stop_reason == "converged" and float(info.residual_norms[1]) == 0.0)
+    torch.testing.assert_close(x, b / 2, rtol=2e-7, atol=0)
 
 
 def test_deterministic_across_thread_counts():
