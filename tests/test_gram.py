@@ -89,6 +89,17 @@ def test_known_values():
     assert torch.equal(tm.ops.gram(J), torch.diag(torch.tensor([2.0, 6.0, 25.0])))
 
 
+def test_reference_is_exact_float64_for_float32_input():
+    # The tests measure the kernel against gram_reference: a reference that summed in the input dtype
+    # would share the kernel's float32 rounding and hide it. 4097^2 = 2^24 + 2^13 + 1 is odd, above
+    # 2^24, so not a float32 number; the reference must give it exactly (in float64).
+    J = torch.tensor([[4097.0, 0.0], [4095.0, 1.0]], dtype=F32)
+    R = gram_reference(J)
+    assert R.dtype == F64
+    assert torch.equal(R, torch.tensor([[16785409.0, 16777215.0], [16777215.0, 16769026.0]], dtype=F64))
+    assert torch.equal(tm.ops.gram(J), R.to(F32))
+
+
 def test_float32_accumulation_beats_plain_float32():
     # Long rows of nearly equal entries: every product rounds the same way when it is added to a large
     # float32 running sum, so plain float32 accumulation drifts (measured 2.9e-5 here). The bar of 1e-6
@@ -326,6 +337,12 @@ def test_meta_and_compile():
     f = torch.compile(lambda J: tm.ops.gram(J), backend="eager", fullgraph=True)
     J = randn(4, 100, seed=15)
     assert torch.equal(f(J), tm.ops.gram(J))
+    # meta results have the shape and dtype of real ones, half types and batch dims included
+    for dtype in (torch.float16, torch.bfloat16, F32, F64):
+        for shape in [(3, 5), (2, 1, 4, 9), (0, 6)]:
+            J = randn(*shape, dtype=dtype, seed=16)
+            G, Gm = tm.ops.gram(J), tm.ops.gram(J.to("meta"))
+            assert (Gm.shape, Gm.dtype) == (G.shape, G.dtype) == ((*shape[:-1], shape[-2]), dtype)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -565,6 +565,33 @@ def test_meta_tensors_and_compile():
     torch.library.opcheck(torch.ops.torchmoo.min_norm_simplex.default, (G[:0], None, "frank_wolfe", 10, 1e-6))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_meta_outputs_match_real_ones(dtype):
+    # w in G's dtype, the QPInfo fields int64 / float64 / bool whatever G's dtype, batch dims kept
+    G, c = random_batch(6, 3, seed=33)
+    G, c = G.reshape(3, 2, 3, 3).to(dtype), c.reshape(3, 2, 3).to(dtype)
+    for cc in (None, c):
+        real = solve(G, cc)
+        meta = solve(G.to("meta"), None if cc is None else cc.to("meta"))
+        flat = lambda out: [out[0], *out[1]]  # noqa: E731
+        assert [(t.shape, t.dtype) for t in flat(meta)] == [(t.shape, t.dtype) for t in flat(real)]
+        assert [t.dtype for t in real[1]] == [torch.int64, F64, torch.bool] and real[0].dtype == dtype
+
+
+def test_kkt_residual_of_infeasible_and_suboptimal_points():
+    # The residual the tests hold the operator to, at points with analytic values. G = 0, c = 0: every
+    # point of the simplex is optimal, so only the negativity and the sum terms can be nonzero.
+    Z = torch.zeros(2, 2, dtype=F64)
+    for w, expected in [((1.0, 0.0), 0.0), ((1.5, -0.5), 0.5), ((0.5, 0.4), 0.1), ((0.7, 0.7), 0.4)]:
+        assert float(simplex_kkt_residual(Z, None, torch.tensor(w, dtype=F64))) == pytest.approx(expected, abs=1e-15)
+    # G = I, c = (0, 1): g = w + c. At w = (0.5, 0.5), g = (0.5, 1.5) and sum w_i (g_i - min g) = 0.5,
+    # relative to s = max(max|G|, max|c|), so scaling the problem does not change it.
+    G, c, w = torch.eye(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), torch.tensor([0.5, 0.5], dtype=F64)
+    for scale in (1.0, 1e6, 1e-6):
+        assert float(simplex_kkt_residual(scale * G, scale * c, w)) == pytest.approx(0.5, abs=1e-14)
+    assert float(simplex_kkt_residual(G, c, torch.tensor([1.0, 0.0], dtype=F64))) == 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 # --------------------------------------------------------------------------------------------------

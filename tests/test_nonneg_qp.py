@@ -185,6 +185,30 @@ def test_singular_unbounded_and_bounded(dtype):
     assert abs(float(lam[0]) - 1.0) <= 1e-12
 
 
+@pytest.mark.parametrize("m", [5, 14])
+def test_barely_unbounded_is_detected_by_operator_and_reference(m):
+    # Rows 0 and 1 of B antiparallel: d = e_0 + e_1 >= 0 spans a null direction of G = B B^T, and
+    # c'd = +-1e-6 (about 1e-7 of the scale s) decides boundedness. m = 14 takes the reference's
+    # linear-programming test (m > 12), m = 5 its enumeration; both must agree with the operator.
+    g = torch.Generator().manual_seed(7)
+    B = torch.randn(m, m - 1, generator=g, dtype=F64)
+    B[1] = -B[0]
+    G = B @ B.T
+    c = torch.rand(m, generator=g, dtype=F64) + 0.5
+    c[0] = -0.5
+    c[1] = 0.5 - 1e-6
+    with pytest.raises(ValueError, match="unbounded"):
+        nonneg_qp_reference(G, c)
+    with pytest.raises(ValueError, match="unbounded"):
+        tm.ops.nonneg_qp(G, c)
+    c[1] = 0.5 + 1e-6
+    lam_ref = nonneg_qp_reference(G, c)
+    lam, info = solve(G, c)
+    r = check_solution(G, c, lam, info)
+    f, f_ref = float(qp_objective(G, c, lam)), float(qp_objective(G, c, lam_ref))
+    assert abs(f - f_ref) <= objective_tolerance(G, c, lam, lam_ref, float(r)), (f, f_ref)
+
+
 def test_unbounded_batch_raises():
     G = torch.eye(3, dtype=F64).repeat(5, 1, 1)
     G[3, 1, 1] = 0.0
@@ -508,6 +532,21 @@ def test_meta_tensors_and_compile():
     assert torch.equal(lam, lam_ref) and torch.equal(info.iterations, info_ref.iterations)
     torch.library.opcheck(torch.ops.torchmoo.nonneg_qp.default, (G, c))
     torch.library.opcheck(torch.ops.torchmoo.nonneg_qp.default, (G, c, "frank_wolfe", 20, 1e-6, 10.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_meta_outputs_match_real_ones(dtype):
+    # lambda in G's dtype, the QPInfo fields int64 / float64 / bool whatever G's dtype, batch dims kept
+    g = torch.Generator().manual_seed(34)
+    A = torch.randn(2, 3, 3, 3, generator=g, dtype=F64)
+    G = (A @ A.mT + torch.eye(3, dtype=F64)).to(dtype)  # positive definite: Frank-Wolfe's bound exists
+    c = torch.randn(2, 3, 3, generator=g, dtype=F64).to(dtype)
+    for method in ("active_set", "frank_wolfe"):
+        real = solve(G, c, method=method)
+        meta = solve(G.to("meta"), c.to("meta"), method=method)
+        flat = lambda out: [out[0], *out[1]]  # noqa: E731
+        assert [(t.shape, t.dtype) for t in flat(meta)] == [(t.shape, t.dtype) for t in flat(real)]
+        assert [t.dtype for t in real[1]] == [torch.int64, F64, torch.bool] and real[0].dtype == dtype
 
 
 # --------------------------------------------------------------------------------------------------

@@ -332,6 +332,36 @@ def test_meta_tensors_raise_the_same_errors(op):
         op(meta(3, 3), meta(4))
     with pytest.raises(ValueError, match="G must have shape"):
         op(meta(3, 4), meta(3))
+    with pytest.raises(ValueError, match="m >= 1"):
+        op(meta(0, 0), meta(0))
+    with pytest.raises(ValueError, match="m >= 1"):
+        op(meta(2, 0, 0), meta(2, 0))
+
+
+@OPS
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_bad_options_raise_before_dispatch(op, device):
+    # The options are checked in Python, so meta tensors and torch.compile's tracing (which never reach a
+    # kernel) refuse them too, with the errors of real input.
+    G, c = (t.to(device) for t in good())
+    for kw, error, pattern in [
+        (dict(method="newton"), ValueError, "method must be 'active_set' or 'frank_wolfe', got 'newton'"),
+        (dict(method=None), TypeError, "method must be a str"),
+        (dict(max_iter=-1), ValueError, "max_iter must be >= 0"),
+        (dict(max_iter=True), TypeError, "max_iter must be an int"),
+        (dict(tol=0.0), ValueError, "tol must be a finite number > 0"),
+        (dict(tol=float("inf")), ValueError, "tol must be a finite number > 0"),
+        (dict(tol=-1.0), ValueError, "tol must be a finite number > 0"),
+    ]:
+        with pytest.raises(error, match=pattern):
+            op(G, c, **kw)
+    if op is nonneg:
+        for radius in (0.0, float("inf"), -1.0):
+            with pytest.raises(ValueError, match="radius must be a finite number > 0"):
+                op(G, c, method="frank_wolfe", radius=radius)
+    # max_iter = 0 is a valid cap (the starting point, not converged), not an error
+    x, info = op(G, c, max_iter=0, return_info=True)
+    assert x.shape == (3,) and info.iterations.shape == ()
 
 
 @OPS

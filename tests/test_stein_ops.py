@@ -297,6 +297,58 @@ def test_meta_shapes():
         tm.ops.stein_update(X.half(), S.half(), torch.empty(3, device="meta").half(), 1.0)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_meta_and_compile_agree_with_the_kernels(dtype):
+    """Shapes and dtypes of meta / compiled results are those of the kernels (U is float64 for float32
+    input too), and meta tensors get the kernels' errors for K = 0, a w of another dtype and a bad h."""
+    X, S = problem(3, 5, 4, dtype=dtype)
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=dtype)
+    U, phi = tm.ops.stein_task_matrix(X, S, 1.5), tm.ops.stein_update(X, S, w, 1.5)
+    assert U.dtype == F64 and phi.dtype == dtype
+    Xm, Sm, wm = X.to("meta"), S.to("meta"), w.to("meta")
+    Um, phim = tm.ops.stein_task_matrix(Xm, Sm, 1.5), tm.ops.stein_update(Xm, Sm, wm, 1.5)
+    assert (Um.shape, Um.dtype) == (U.shape, U.dtype)
+    assert (phim.shape, phim.dtype) == (phi.shape, phi.dtype)
+    f = torch.compile(lambda X, S, w: (tm.ops.stein_task_matrix(X, S, 1.5), tm.ops.stein_update(X, S, w, 1.5)),
+                      backend="eager", fullgraph=True)
+    Uc, phic = f(X, S, w)
+    assert torch.equal(Uc, U) and torch.equal(phic, phi)
+    for x, y in [(X, S), (Xm, Sm)]:
+        with pytest.raises(ValueError, match="K >= 1"):
+            tm.ops.stein_task_matrix(x, y[:0], 1.0)
+    other = F32 if dtype == F64 else F64
+    for x, y, v in [(X, S, w), (Xm, Sm, wm)]:
+        with pytest.raises(TypeError, match="dtype of X"):
+            tm.ops.stein_update(x, y, v.to(other), 1.0)
+        for h in (0.0, -0.0, -1.0):
+            with pytest.raises(ValueError, match="positive finite"):
+                tm.ops.stein_task_matrix(x, y, h)
+            with pytest.raises(ValueError, match="positive finite"):
+                tm.ops.stein_update(x, y, v, h)
+
+
+def test_tensor_and_numpy_bandwidths():
+    """A one-element tensor or a numpy scalar is a bandwidth like the number it holds; a tensor of another
+    size is a ValueError that names h, not the RuntimeError of ``Tensor.item``."""
+    X, S = problem(2, 4, 3)
+    w = torch.tensor([0.7, 0.3], dtype=F64)
+    assert torch.equal(tm.ops.stein_task_matrix(X, S, torch.tensor([1.25])), tm.ops.stein_task_matrix(X, S, 1.25))
+    assert torch.equal(tm.ops.stein_update(X, S, w, torch.tensor(1.25)), tm.ops.stein_update(X, S, w, 1.25))
+    # numpy scalars are numbers too (as for the QP options)
+    np = pytest.importorskip("numpy")
+    for h in (np.float32(1.25), np.float64(1.25)):
+        assert torch.equal(tm.ops.stein_task_matrix(X, S, h), tm.ops.stein_task_matrix(X, S, 1.25))
+        assert torch.equal(tm.ops.stein_update(X, S, w, h), tm.ops.stein_update(X, S, w, 1.25))
+    assert torch.equal(tm.ops.stein_update(X, S, w, np.int64(2)), tm.ops.stein_update(X, S, w, 2.0))
+    with pytest.raises(TypeError, match="bandwidth"):
+        tm.ops.stein_task_matrix(X, S, True)
+    for h in (torch.tensor([1.0, 2.0]), torch.ones(1, 2), torch.empty(0)):
+        with pytest.raises(ValueError, match="bandwidth h"):
+            tm.ops.stein_task_matrix(X, S, h)
+        with pytest.raises(ValueError, match="bandwidth h"):
+            tm.ops.stein_update(X, S, w, h)
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
@@ -339,6 +391,8 @@ def test_value_errors():
             tm.ops.stein_update(X, S, w, h)
     with pytest.raises(ValueError, match="same device"):
         tm.ops.stein_task_matrix(X, S.to("meta"), 1.0)
+    with pytest.raises(ValueError, match="same device"):
+        tm.ops.stein_update(X, S, w.to("meta"), 1.0)
     with pytest.raises(ValueError, match=r"w must have shape \(K,\) = \(2,\)"):
         tm.ops.stein_update(X, S, torch.ones(3, dtype=F64), 1.0)
     with pytest.raises(ValueError, match="w must be finite"):

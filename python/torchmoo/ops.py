@@ -60,6 +60,9 @@ def _qp_options(
     same values, for direct ``torch.ops`` calls)."""
     if not isinstance(method, str):
         raise TypeError(f"{op}: method must be a str ('active_set' or 'frank_wolfe'), got {type(method).__name__}.")
+    # Checked here too (not only in the kernels) so that meta tensors and torch.compile's tracing reject it.
+    if method not in ("active_set", "frank_wolfe"):
+        raise ValueError(f"{op}: method must be 'active_set' or 'frank_wolfe', got {method!r}.")
     if max_iter is None:
         max_iter_i = -1
     else:
@@ -425,7 +428,8 @@ def _stein_inputs(op: str, X: object, S: object, h: object) -> float:
         if h.numel() != 1:
             raise ValueError(f"{op}: the bandwidth h must be a positive number, got a tensor of shape {tuple(h.shape)}.")
         h = h.item()
-    if isinstance(h, bool) or not isinstance(h, (int, float)):
+    # numbers.Real: numpy scalars (np.float32, np.int64) are bandwidths too, as they are QP options.
+    if isinstance(h, bool) or not isinstance(h, numbers.Real):
         raise TypeError(f"{op}: the bandwidth h must be a positive number, got {type(h).__name__}.")
     h = float(h)
     if not math.isfinite(h) or h <= 0.0:
