@@ -504,7 +504,9 @@ def _cpu_model() -> str:
 
 def _cpu_times() -> Tuple[float, float]:
     with open("/proc/stat") as f:
-        parts = [float(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already counted
+        # in user and nice, so the columns after steal would count it twice
+        parts = [float(x) for x in f.readline().split()[1:9]]
     idle = parts[3] + (parts[4] if len(parts) > 4 else 0.0)  # idle + iowait
     return sum(parts), idle
 

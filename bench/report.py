@@ -106,6 +106,8 @@ def calibrated_number(fn: Callable[[], object], target_s: float = 0.02,
     """How many back-to-back calls of ``fn`` take about ``target_s`` (for microsecond calls). ``sync``: wait for
     the device after each call, so that asynchronous launches are not counted as finished work."""
     fn()
+    if sync is not None:  # the untimed call's device work must not be charged to the first counted call
+        sync()
     t0 = time.perf_counter()
     n = 0
     while time.perf_counter() - t0 < target_s / 4:
@@ -138,6 +140,8 @@ class Section:
         kkt, rewarm = {}, []
         for name, fn in self.fns.items():
             fn()
+            if sync is not None:  # the warm-up call's device work must not count as the checked call's
+                sync()
             t0 = time.perf_counter()
             out = fn()
             if sync is not None:

@@ -233,6 +233,105 @@ def test_weights_that_share_a_unit_name_are_refused(monkeypatch):
             pareto_multidigits.run(pareto_multidigits.Config(**bad), None)
 
 
+def _hypervolume_2d(points, ref):
+    """Area dominated by 2-objective ``points`` (minimization) inside the box below ``ref``, by sweeping."""
+    pts = sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1])
+    area, stair = 0.0, []  # the non-dominated points, task 1 increasing, task 2 decreasing
+    for a, b in pts:
+        if not stair or b < stair[-1][1]:
+            stair.append((a, b))
+    for k, (a, b) in enumerate(stair):
+        right = stair[k + 1][0] if k + 1 < len(stair) else ref[0]
+        area += (right - a) * (ref[1] - b)
+    return area
+
+
+@pytest.mark.parametrize("mgda_loss, mgda_nondominated", [((1.0, 1.0), True), ((1.2, 1.6), False),
+                                                          ((0.9, 1.4), True), ((0.9, 1.7), False)])
+def test_mgda_multidigits_summary_from_scripted_units(tmp_path, monkeypatch, mgda_loss, mgda_nondominated):
+    """The aggregators are the configured ones (``w`` on task 1, MGDA with the configured normalization);
+    the table, the two hypervolumes (reference ln 10 per task; the second without MGDA's model) and the
+    dominance flag are those of the units' test results (a copy of a linear model's losses is not dominated;
+    a tie in one loss and a worse other loss is)."""
+    losses = {"linear w=0.2": (2.0, 0.5), "linear w=0.5": (1.0, 1.0), "linear w=0.9": (0.9, 1.5), "mgda": mgda_loss}
+    seen = {}
+
+    def scripted_unit(unit, aggregator, cfg, ctx, data, unit_index):
+        seen[unit] = aggregator
+        loss = list(losses[unit])
+        result = {"method": unit, "test_loss": loss, "test_accuracy": [0.5 - loss[0] / 10, 0.5 - loss[1] / 10],
+                  "history": [{"epoch": 1, "test_loss": loss, "test_accuracy": [0.0, 0.0]}]}
+        ctx.record(unit, result, seconds=unit_index + 0.5)
+        return result
+
+    monkeypatch.setattr(mgda_multidigits, "_train_unit", scripted_unit)
+    monkeypatch.setattr(mgda_multidigits, "_data", lambda *a: None)
+    cfg = tiny_config(weights=[0.2, 0.5, 0.9], mgda_normalization="l2")
+    res = tm.experiments.run_experiment("mgda-multidigits", out=str(tmp_path / "s"), progress=False, config=cfg)
+    assert list(seen) == list(losses)
+    for w in (0.2, 0.5, 0.9):
+        agg = seen[f"linear w={w:g}"]
+        assert isinstance(agg, tm.methods.LinearScalarization)
+        assert agg.static_weights(2, dtype=torch.float64, device="cpu").tolist() == pytest.approx([w, 1 - w])
+    assert isinstance(seen["mgda"], tm.methods.MGDA) and seen["mgda"].normalization == "l2"
+    summary, ref = res["summary"], (math.log(10.0), math.log(10.0))
+    assert [row["method"] for row in summary["table"]] == list(losses)
+    for i, row in enumerate(summary["table"]):
+        loss = losses[row["method"]]
+        assert (row["loss task 1"], row["loss task 2"]) == loss and row["seconds"] == i + 0.5
+        assert row["acc task 1"] == pytest.approx(0.5 - loss[0] / 10)
+        assert row["acc task 2"] == pytest.approx(0.5 - loss[1] / 10)
+    linear = [v for u, v in losses.items() if u != "mgda"]
+    assert summary["hypervolume (linear scalarization only)"] == pytest.approx(_hypervolume_2d(linear, ref))
+    assert summary["hypervolume (all models, ref = chance loss)"] == pytest.approx(
+        _hypervolume_2d(list(losses.values()), ref))
+    assert summary["mgda non-dominated by the linear models"] is mgda_nondominated
+
+
+def test_mgda_multidigits_units_share_initialization_batches_and_splits(tmp_path, monkeypatch):
+    """Every unit starts from the model seeded with the run's seed and sees the same mini-batches, each
+    epoch a new order of the whole train split; test metrics come from the test split."""
+    cfg = tiny_config(weights=[0.3], epochs=2, train_images=96, test_images=32)
+    train = tm.zoo.data.MultiDigits("train", seed=3, num_images=96).tensors()
+    test = tm.zoo.data.MultiDigits("test", seed=3, num_images=32).tensors()
+    data = mgda_multidigits._data(cfg, 3, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(data[0] + data[1], train + test))
+
+    batches, first_state, current = {}, {}, {}
+    original_train, original_losses = mgda_multidigits._train_unit, mgda_multidigits._losses
+
+    def train_unit(unit, *args):
+        current["unit"] = unit
+        return original_train(unit, *args)
+
+    def losses(model, x, y):
+        unit = current["unit"]
+        first_state.setdefault(unit, {k: v.clone() for k, v in model.state_dict().items()})
+        batches.setdefault(unit, []).append(x.clone())
+        return original_losses(model, x, y)
+
+    monkeypatch.setattr(mgda_multidigits, "_train_unit", train_unit)
+    monkeypatch.setattr(mgda_multidigits, "_losses", losses)
+    res = tm.experiments.run_experiment("mgda-multidigits", out=str(tmp_path / "r"), progress=False, config=cfg,
+                                        seed=3)
+    assert set(batches) == {"linear w=0.3", "mgda"}
+    torch.manual_seed(3)
+    init = tm.zoo.models.MultiLeNet(num_tasks=2, image_size=28).state_dict()
+    for unit, state in first_state.items():
+        assert all(torch.equal(state[k], init[k]) for k in init), unit
+    a, b = batches["linear w=0.3"], batches["mgda"]
+    assert len(a) == len(b) == 2 * 2 and all(torch.equal(p, q) for p, q in zip(a, b))  # 96 images: 64 + 32
+    for epoch in range(2):
+        probe = torch.randn(28 * 28, dtype=torch.float64)  # one number per image, to compare as multisets
+        seen = torch.cat(a[2 * epoch : 2 * epoch + 2]).flatten(1).double() @ probe
+        assert torch.equal(seen.sort().values, (train[0].flatten(1).double() @ probe).sort().values)  # each once
+    assert not torch.equal(a[0], a[2])  # a new order each epoch
+    on_disk = json.loads((tmp_path / "r" / "results.json").read_text())
+    for unit, result in res["units"].items():
+        assert result["steps"] == 4 and on_disk["evaluations"][unit] == 8  # two task gradients per step
+        assert len(result["history"]) == 2 and result["history"][-1]["test_loss"] == result["test_loss"]
+
+
 def test_pareto_seeds_train_at_the_configured_weight(tmp_path, monkeypatch):
     # the weight of a seed is the configured one, not the one its unit name shows (6 digits)
     seen = []

@@ -47,7 +47,7 @@ CHANCE_LOSS = math.log(10.0)  # cross-entropy of a uniform 10-way prediction
 
 @dataclass
 class Config:
-    """Small default (about a minute on 2 CPU cores); :func:`full` is the long setting."""
+    """Small default (about 15 s on 2 CPU cores); :func:`full` is the long setting."""
 
     weights: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # of task 1 (upper-left)
     mgda_normalization: str = "none"
