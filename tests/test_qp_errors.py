@@ -207,15 +207,11 @@ def test_clearly_non_psd_G_raises_value_error(op, G, dtype):
         op(G, c)
 
 
-@OPS
-@pytest.mark.parametrize("m", [2, 3, 10])
-@pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_round_off_negative_diagonal_is_accepted(op, m, dtype):
-    # A zero-curvature index whose diagonal entry came out as -1e-17 (e.g. cancellation in an assembled
-    # G): the smallest eigenvalue is -1e-17 * max|G|, far inside the PSD tolerance, so it is no error, and
-    # the entry counts as 0. min_norm_simplex puts all weight there; nonneg_qp (c > 0 there) leaves it 0.
+def _assert_last_curvature_counts_as_zero(op, m, dtype, diag):
+    """G = I with G_mm = diag (negative, within the PSD tolerance): e_m is a zero curvature.
+    min_norm_simplex puts all weight there; nonneg_qp (c = (-1, ..., -1, 1)) leaves it 0."""
     G = torch.eye(m, dtype=F64)
-    G[-1, -1] = -1e-17
+    G[-1, -1] = diag
     c = torch.cat([-torch.ones(m - 1, dtype=F64), torch.ones(1, dtype=F64)]) if op is nonneg else None
     x = op(G.to(dtype), None if c is None else c.to(dtype))
     expected = torch.zeros(m, dtype=dtype)
@@ -224,6 +220,16 @@ def test_round_off_negative_diagonal_is_accepted(op, m, dtype):
     else:
         expected[:-1] = 1.0
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+
+
+@OPS
+@pytest.mark.parametrize("m", [2, 3, 10])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_round_off_negative_diagonal_is_accepted(op, m, dtype):
+    # A zero-curvature index whose diagonal entry came out as -1e-17 (e.g. cancellation in an assembled
+    # G): the smallest eigenvalue is -1e-17 * max|G|, far inside the PSD tolerance, so it is no error, and
+    # the entry counts as 0. min_norm_simplex puts all weight there; nonneg_qp (c > 0 there) leaves it 0.
+    _assert_last_curvature_counts_as_zero(op, m, dtype, -1e-17)
 
 
 @OPS
@@ -440,16 +446,7 @@ def test_half_precision_round_off_asymmetry_is_accepted(op, dtype):
 def test_eigenvalue_inside_the_psd_tolerance_is_accepted(op, m, dtype, k):
     # An eigenvalue of -k m max|G| / 2 is inside the documented PSD tolerance (k m max|G|) although it is
     # outside k max|G|: accepted, and the entry counts as a zero curvature (as for -1e-17 above).
-    G = torch.eye(m, dtype=F64)
-    G[-1, -1] = -0.5 * k * m
-    c = torch.cat([-torch.ones(m - 1, dtype=F64), torch.ones(1, dtype=F64)]) if op is nonneg else None
-    x = op(G.to(dtype), None if c is None else c.to(dtype))
-    expected = torch.zeros(m, dtype=dtype)
-    if op is simplex:
-        expected[-1] = 1.0
-    else:
-        expected[:-1] = 1.0
-    torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+    _assert_last_curvature_counts_as_zero(op, m, dtype, -0.5 * k * m)
 
 
 @pytest.mark.parametrize("m", [2, 10])
