@@ -35,10 +35,10 @@ inline CombineProblem prepare(const at::Tensor& J, const at::Tensor& w) {
                    J.scalar_type(), ".");
   // Half J is computed in float32, so float32 weights are taken as they are (weights beyond float16's range
   // can still give a finite combination).
-  const bool half = J.scalar_type() == at::kHalf || J.scalar_type() == at::kBFloat16;
-  TORCH_CHECK_TYPE(w.scalar_type() == J.scalar_type() || (half && w.scalar_type() == at::kFloat),
-                   "combine: w must have the dtype of J (", J.scalar_type(), half ? " or float32" : "", "), got ",
-                   w.scalar_type(), ".");
+  const at::ScalarType compute = J.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_TYPE(w.scalar_type() == J.scalar_type() || w.scalar_type() == compute,
+                   "combine: w must have the dtype of J (", J.scalar_type(),
+                   compute != J.scalar_type() ? " or float32" : "", "), got ", w.scalar_type(), ".");
   TORCH_CHECK_VALUE(w.device() == J.device(), "combine: w is on ", w.device(), " but J is on ", J.device(),
                     "; pass both on the same device.");
   TORCH_CHECK_VALUE(J.dim() >= 2, "combine: J must have shape (..., m, n) (at least 2 dims), got shape ", J.sizes(),
@@ -56,7 +56,7 @@ inline CombineProblem prepare(const at::Tensor& J, const at::Tensor& w) {
   p.B = 1;
   for (int64_t s : batch) p.B *= s;
   p.dtype = J.scalar_type();
-  p.compute = p.dtype == at::kDouble ? at::kDouble : at::kFloat;
+  p.compute = compute;
   at::Tensor J3 = J.reshape({p.B, p.m, p.n});
   if (J3.scalar_type() != p.compute) J3 = J3.to(p.compute);
   if (p.n > 1 && J3.stride(2) != 1) J3 = J3.contiguous();

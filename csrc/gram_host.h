@@ -53,10 +53,13 @@ inline std::vector<int64_t> out_shape(const GramProblem& p) {
   return shape;
 }
 
-// J J^T through at::matmul with the upper triangle mirrored, so the result is exactly symmetric.
+// J J^T through at::matmul with the upper triangle mirrored, so the result is exactly symmetric; in J3's
+// dtype, computed in float32 for float16 / bfloat16 as the kernels are (a half GEMM may reduce in the half
+// dtype: torch's allow_{fp16,bf16}_reduced_precision_reduction, on by default on CUDA).
 inline at::Tensor matmul_gram(const at::Tensor& J3) {
-  const at::Tensor G = at::matmul(J3, J3.mT());
-  return G.triu() + G.triu(1).mT();
+  const at::Tensor Jc = J3.scalar_type() == at::kDouble ? J3 : J3.to(at::kFloat);
+  const at::Tensor G = at::matmul(Jc, Jc.mT());
+  return (G.triu() + G.triu(1).mT()).to(J3.scalar_type());
 }
 
 // A finite J gives a finite G unless J J^T overflows; NaN or infinity in row i of J makes G_ii non-finite.

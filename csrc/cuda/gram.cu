@@ -26,10 +26,7 @@ at::Tensor gram_cuda_op(const at::Tensor& J, bool check) {
   if (B == 0 || m == 0 || n == 0) {
     G3 = at::zeros({B, m, m}, J.options());
   } else if (m > gram_cuda::kMaxM) {
-    // float16 / bfloat16 through a float32 copy, as on the CPU: cuBLAS's half GEMM may reduce in the half
-    // dtype (torch's allow_{fp16,bf16}_reduced_precision_reduction, on by default).
-    const bool half = J.scalar_type() == at::kHalf || J.scalar_type() == at::kBFloat16;
-    G3 = half ? gram_host::matmul_gram(p.J.to(at::kFloat)).to(J.scalar_type()) : gram_host::matmul_gram(p.J);
+    G3 = gram_host::matmul_gram(p.J);  // float16 / bfloat16 through a float32 copy, as on the CPU
   } else {
     G3 = at::empty({B, m, m}, J.options());
     const int mi = static_cast<int>(m);
