@@ -262,3 +262,13 @@ def check_max_iter_budget(solve, residual, G: torch.Tensor, c, feasible, bar: fl
             assert torch.equal(x, x_full)
         else:
             assert float(info.kkt_residual) > bar
+
+
+def check_meta_outputs(real, meta, dtype) -> None:
+    """A QP operator's ``(x, QPInfo)`` on meta tensors has the shapes and dtypes of its real result: ``x`` in
+    G's dtype, the QPInfo fields int64 / float64 / bool whatever G's dtype, batch dims kept."""
+    def flat(out):
+        return [out[0], *out[1]]
+
+    assert [(t.shape, t.dtype) for t in flat(meta)] == [(t.shape, t.dtype) for t in flat(real)]
+    assert [t.dtype for t in real[1]] == [torch.int64, F64, torch.bool] and real[0].dtype == dtype

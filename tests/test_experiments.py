@@ -233,16 +233,13 @@ def test_weights_that_share_a_unit_name_are_refused(monkeypatch):
             pareto_multidigits.run(pareto_multidigits.Config(**bad), None)
 
 
-def _hypervolume_2d(points, ref):
-    """Area dominated by 2-objective ``points`` (minimization) inside the box below ``ref``, by sweeping."""
-    pts = sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1])
-    area, stair = 0.0, []  # the non-dominated points, task 1 increasing, task 2 decreasing
-    for a, b in pts:
-        if not stair or b < stair[-1][1]:
-            stair.append((a, b))
-    for k, (a, b) in enumerate(stair):
-        right = stair[k + 1][0] if k + 1 < len(stair) else ref[0]
-        area += (right - a) * (ref[1] - b)
+def _hv2d(points, ref) -> float:
+    """Area dominated by ``points`` (minimization) below ``ref``, by a sweep over f1 (brute force)."""
+    pts = sorted((float(a), float(b)) for a, b in points if a < ref[0] and b < ref[1])
+    area, best = 0.0, ref[1]
+    for i, (a, b) in enumerate(pts):
+        best = min(best, b)
+        area += ((pts[i + 1][0] if i + 1 < len(pts) else ref[0]) - a) * (ref[1] - best)
     return area
 
 
@@ -282,9 +279,9 @@ def test_mgda_multidigits_summary_from_scripted_units(tmp_path, monkeypatch, mgd
         assert row["acc task 1"] == pytest.approx(0.5 - loss[0] / 10)
         assert row["acc task 2"] == pytest.approx(0.5 - loss[1] / 10)
     linear = [v for u, v in losses.items() if u != "mgda"]
-    assert summary["hypervolume (linear scalarization only)"] == pytest.approx(_hypervolume_2d(linear, ref))
+    assert summary["hypervolume (linear scalarization only)"] == pytest.approx(_hv2d(linear, ref))
     assert summary["hypervolume (all models, ref = chance loss)"] == pytest.approx(
-        _hypervolume_2d(list(losses.values()), ref))
+        _hv2d(list(losses.values()), ref))
     assert summary["mgda non-dominated by the linear models"] is mgda_nondominated
 
 
@@ -1301,16 +1298,6 @@ def test_png_diverse_resumed_png_unit_counts_the_control_of_every_step(tmp_path,
 # --------------------------------------------------------------------------------------------------
 # pareto-zdt2, pareto-multidigits: what their numbers are
 # --------------------------------------------------------------------------------------------------
-
-
-def _hv2d(points, ref) -> float:
-    """Area dominated by ``points`` (minimization) below ``ref``, by a sweep over f1 (brute force)."""
-    pts = sorted((float(a), float(b)) for a, b in points if a < ref[0] and b < ref[1])
-    area, best = 0.0, ref[1]
-    for i, (a, b) in enumerate(pts):
-        best = min(best, b)
-        area += ((pts[i + 1][0] if i + 1 < len(pts) else ref[0]) - a) * (ref[1] - best)
-    return area
 
 
 def test_pareto_zdt2_seeds_steps_and_counts_are_the_configured_ones(tmp_path):

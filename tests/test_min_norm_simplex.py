@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import torchmoo as tm
 from conftest import (
-    F64, KINDS, Problem, check_max_iter_budget, gram, is_well_conditioned, make_jacobian, random_batch, scale_of,
+    F64, KINDS, Problem, check_max_iter_budget, check_meta_outputs, gram, is_well_conditioned,
+    make_jacobian, random_batch, scale_of,
 )
 from torchmoo.reference import (
     min_norm_simplex_reference,
@@ -567,15 +568,11 @@ def test_meta_tensors_and_compile():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 def test_meta_outputs_match_real_ones(dtype):
-    # w in G's dtype, the QPInfo fields int64 / float64 / bool whatever G's dtype, batch dims kept
     G, c = random_batch(6, 3, seed=33)
     G, c = G.reshape(3, 2, 3, 3).to(dtype), c.reshape(3, 2, 3).to(dtype)
     for cc in (None, c):
         real = solve(G, cc)
-        meta = solve(G.to("meta"), None if cc is None else cc.to("meta"))
-        flat = lambda out: [out[0], *out[1]]  # noqa: E731
-        assert [(t.shape, t.dtype) for t in flat(meta)] == [(t.shape, t.dtype) for t in flat(real)]
-        assert [t.dtype for t in real[1]] == [torch.int64, F64, torch.bool] and real[0].dtype == dtype
+        check_meta_outputs(real, solve(G.to("meta"), None if cc is None else cc.to("meta")), dtype)
 
 
 def test_kkt_residual_of_infeasible_and_suboptimal_points():
@@ -590,6 +587,21 @@ def test_kkt_residual_of_infeasible_and_suboptimal_points():
     for scale in (1.0, 1e6, 1e-6):
         assert float(simplex_kkt_residual(scale * G, scale * c, w)) == pytest.approx(0.5, abs=1e-14)
     assert float(simplex_kkt_residual(G, c, torch.tensor([1.0, 0.0], dtype=F64))) == 0.0
+
+
+def test_ill_conditioned_small_problems_meet_the_bar():
+    # Condition number 1e10, m = 3: the full-support solve of the m <= 8 path loses about cond * eps in
+    # its weights, so only its KKT check keeps such lanes to the contract's residual (the rest go to the
+    # active-set method).
+    gen = torch.Generator().manual_seed(0)
+    B, m = 600, 3
+    Q, _ = torch.linalg.qr(torch.randn(B, m, m, generator=gen, dtype=F64))
+    ev = torch.tensor([1.0, 1e-5, 1e-10], dtype=F64)
+    G = (Q * ev) @ Q.mT
+    G = (G + G.mT) / 2
+    c = 1e-3 * torch.randn(B, m, generator=gen, dtype=F64)
+    w, info = solve(G, c)
+    check_solution(G, c, w, info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -652,17 +664,3 @@ class TestCuda:
         ref = tm.ops.min_norm_simplex(G)
         assert torch.allclose(qp_objective(G, None, w), qp_objective(G, None, ref), rtol=1e-9, atol=1e-12)
 
-
-def test_ill_conditioned_small_problems_meet_the_bar():
-    # Condition number 1e10, m = 3: the full-support solve of the m <= 8 path loses about cond * eps in
-    # its weights, so only its KKT check keeps such lanes to the contract's residual (the rest go to the
-    # active-set method).
-    gen = torch.Generator().manual_seed(0)
-    B, m = 600, 3
-    Q, _ = torch.linalg.qr(torch.randn(B, m, m, generator=gen, dtype=F64))
-    ev = torch.tensor([1.0, 1e-5, 1e-10], dtype=F64)
-    G = (Q * ev) @ Q.mT
-    G = (G + G.mT) / 2
-    c = 1e-3 * torch.randn(B, m, generator=gen, dtype=F64)
-    w, info = solve(G, c)
-    check_solution(G, c, w, info)

@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchmoo as tm
-from conftest import F64, KINDS, Problem, check_max_iter_budget, gram, is_well_conditioned, random_batch, scale_of
+from conftest import (
+    F64, KINDS, Problem, check_max_iter_budget, check_meta_outputs, gram, is_well_conditioned, random_batch, scale_of,
+)
 from torchmoo.reference import nonneg_kkt_residual, nonneg_qp_reference, qp_objective
 
 BAR = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -536,17 +538,13 @@ def test_meta_tensors_and_compile():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
 def test_meta_outputs_match_real_ones(dtype):
-    # lambda in G's dtype, the QPInfo fields int64 / float64 / bool whatever G's dtype, batch dims kept
     g = torch.Generator().manual_seed(34)
     A = torch.randn(2, 3, 3, 3, generator=g, dtype=F64)
     G = (A @ A.mT + torch.eye(3, dtype=F64)).to(dtype)  # positive definite: Frank-Wolfe's bound exists
     c = torch.randn(2, 3, 3, generator=g, dtype=F64).to(dtype)
     for method in ("active_set", "frank_wolfe"):
         real = solve(G, c, method=method)
-        meta = solve(G.to("meta"), c.to("meta"), method=method)
-        flat = lambda out: [out[0], *out[1]]  # noqa: E731
-        assert [(t.shape, t.dtype) for t in flat(meta)] == [(t.shape, t.dtype) for t in flat(real)]
-        assert [t.dtype for t in real[1]] == [torch.int64, F64, torch.bool] and real[0].dtype == dtype
+        check_meta_outputs(real, solve(G.to("meta"), c.to("meta"), method=method), dtype)
 
 
 # --------------------------------------------------------------------------------------------------

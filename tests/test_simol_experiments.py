@@ -348,18 +348,14 @@ def test_toy_draws_are_shared_by_the_starts_and_differ_between_seeds(tmp_path):
     assert row["predicted x1"] == pytest.approx(7.0 * (2.0 / 6.0 - 4.0 / 6.0))
 
 
-def test_fewshot_summary_pools_the_seeds():
+def test_fewshot_summary_pools_the_seeds(monkeypatch):
     """accuracy and its CI over the episodes of all seeds; worst-10% per seed, then averaged."""
     cfg = FS.Config(n_way=4)
     a = [0.2 * (i % 5) for i in range(20)]
     b = [0.5 + 0.025 * i for i in range(20)]
     runs = [{"test_accuracies": a, "seconds_per_step": 1.0}, {"test_accuracies": b, "seconds_per_step": 3.0}]
-    orig = FS._plot
-    FS._plot = lambda *args: None
-    try:
-        s = FS._summary(cfg, {("maml", 1): runs}, {}, None)
-    finally:
-        FS._plot = orig
+    monkeypatch.setattr(FS, "_plot", lambda *args: None)
+    s = FS._summary(cfg, {("maml", 1): runs}, {}, None)
     (row,) = s["table"]
     pooled = 100.0 * torch.tensor(a + b, dtype=torch.float64)
     assert row["accuracy %"] == pytest.approx(float(pooled.mean()))
